@@ -1,0 +1,3 @@
+from pyscale.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Implementations of the `pyscale` subcommands (registered in pyscale.cli.COMMANDS)."""

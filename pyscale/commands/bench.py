@@ -1,0 +1,76 @@
+"""`pyscale bench`: sweep the named shape sets of each op family and their baselines into the store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "benchmark pyscale's ops and their baselines on this device into the store"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("family", nargs="?", default="all", choices=["attention", "gemm", "moe", "all"],
+                        help="op family to sweep (default: all)")
+    parser.add_argument("--shapes", default=None,
+                        help="shape set named after a model: quick, llama3-8b, llama3-70b, mixtral-8x7b, "
+                             "qwen3-moe, deepseek-v3 (default: llama3-8b on a GPU, quick on CPU)")
+    parser.add_argument("--quick", action="store_true", help="the tiny 'quick' shape set (what CPU runs use)")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--impl", action="append", help="only these implementations (repeatable), e.g. pyscale")
+    parser.add_argument("--energy", action="store_true", help="measure energy over >= 1 s windows (NVML/RAPL)")
+    parser.add_argument("--resume", action="store_true", help="skip cases already measured ok in the store")
+    parser.add_argument("--store", type=Path, default=None, help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
+    parser.add_argument("--export", type=Path, default=None, help="also write this sweep's rows to .csv/.json/.parquet")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    parser.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                        help="fan the sweep out over a Ray cluster (ADDRESS, or start a local one)")
+
+
+def _resolve_device(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    from pyscale import sysinfo
+
+    return "cuda" if sysinfo.cuda_available() else "cpu"
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyscale import benchmark, report_rows
+    from pyscale.store import Store
+
+    device = _resolve_device(args.device)
+    shape_set = "quick" if args.quick else (args.shapes or ("llama3-8b" if device == "cuda" else "quick"))
+    families = benchmark.FAMILIES if args.family == "all" else (args.family,)
+    cases = benchmark.plan_cases(families, shape_set, device=device, impls=args.impl)
+    if not cases:
+        print(f"no cases for {', '.join(families)} with shapes {shape_set!r} on {device}")
+        return 1
+    executor = None
+    if args.ray:
+        from pyscale.distributed import RayUnavailable, ray_executor
+
+        try:
+            executor = ray_executor(None if args.ray == "auto" else args.ray, device=device)
+        except RayUnavailable as exc:
+            print(f"pyscale bench: {exc}", file=sys.stderr)
+            return 2
+    if device == "cpu" and not args.json:
+        print(f"no GPU: measuring {len(cases)} CPU cases at the tiny '{shape_set}' shapes "
+              "(reference / C++ / Triton-interpreter paths; CPU rows are tagged with the CPU device)")
+    with Store(args.store) as store:
+        summary = benchmark.sweep(cases, store=store, device=device, resume=args.resume, energy=args.energy,
+                                  executor=executor, progress=not args.json,
+                                  arguments={k: (str(v) if isinstance(v, Path) else v)
+                                             for k, v in vars(args).items() if not k.startswith("_")})
+    rows = report_rows.bench_rows(summary.rows)
+    if args.export:
+        report_rows.export(rows, args.export)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        report_rows.print_bench_table(rows, title=f"pyscale bench {', '.join(families)} [{shape_set}] on {device}")
+        print(f"run {summary.run_id}: {summary.measured} measured, {summary.failed} failed, "
+              f"{summary.skipped} skipped (already in the store)")
+    return 0 if summary.failed == 0 else 3

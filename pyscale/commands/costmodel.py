@@ -1,0 +1,146 @@
+"""`pyscale costmodel fit|show`: fit runtime/energy cost models from the store, or show a profile."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = "fit runtime and energy cost models from stored measurements (fit), or print a device profile (show)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    fit = sub.add_parser("fit", help="fit per (op, dtype, backend) models of one device, with leave-shape-out CV")
+    fit.add_argument("--store", metavar="PATH", help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
+    fit.add_argument("--device", metavar="NAME", help="device name or uuid (needed when the store has several)")
+    fit.add_argument("--op", metavar="OP", help="fit only this op")
+    fit.add_argument("--dtype", metavar="DTYPE", help="fit only this dtype")
+    fit.add_argument("--backend", metavar="BACKEND", help="fit only this backend")
+    fit.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (default 5)")
+    fit.add_argument("--residual", action="store_true",
+                     help="add the gradient-boosted tree residual (needs scikit-learn: pyscale[costmodel])")
+    fit.add_argument("--out", metavar="PROFILE.json", help="write the device profile JSON here")
+    fit.add_argument("--plot", metavar="DIR", help="write one roofline PNG per (op, dtype, backend) here")
+    show = sub.add_parser("show", help="print a device profile: a JSON file or a shipped one by --device")
+    show.add_argument("profile", nargs="?", metavar="PROFILE.json", help="profile file")
+    show.add_argument("--device", metavar="NAME", help="show the profile shipped with pyscale for this device")
+
+
+def _error(message: str) -> int:
+    print(f"pyscale costmodel: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _print_profile(profile: Any) -> None:
+    print(f"device: {profile.device_name} ({profile.device_kind or 'unknown kind'}), created {profile.created}")
+    src = profile.source or {}
+    if src.get("command"):
+        print(f"command: {src['command']}")
+    lib = {k: v for k, v in profile.versions.items() if k != "device"}
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(lib.items())) +
+          (f"; device {profile.versions['device']}" if profile.versions.get("device") else ""))
+    header = (f"{'op':<16} {'dtype':<8} {'backend':<10} {'rows':>5} {'eta_c':>9} {'eta_m':>9} {'t0_s':>9} "
+              f"{'alpha':>5} | {'time MAPE%':>10} {'R2log':>6} | {'E MAPE%':>8} {'E e2e%':>7} {'E P̄%':>6} "
+              f"| {'P MAPE%':>7} {'P P̄%':>6}")
+    print(header)
+    print("-" * len(header))
+    for m in profile.models:
+        r = m.runtime
+        cv = m.cv.metrics if m.cv else {}
+
+        def metric(name: str, key: str = "mape_pct", cv: dict = cv) -> str:
+            return _fmt(cv.get(name, {}).get(key), ".1f" if key == "mape_pct" else ".3f")
+
+        print(f"{m.op:<16} {m.dtype:<8} {m.backend:<10} {m.n_rows:>5} {_fmt(r.eta_compute):>9} "
+              f"{_fmt(r.eta_memory):>9} {_fmt(r.t0_s):>9} {r.wave_alpha:>5.2f} | {metric('runtime'):>10} "
+              f"{metric('runtime', 'r2_log'):>6} | {metric('energy'):>8} {metric('energy_e2e'):>7} "
+              f"{metric('energy_baseline'):>6} | {metric('power'):>7} {metric('power_baseline'):>6}")
+    print("eta_c/eta_m: fraction of the hw peak/bandwidth, or FLOP/s and bytes/s where the device has none; "
+          "MAPE from leave-shape-out CV; P̄ = constant-power baseline")
+    for m in profile.models:
+        units = f"units: compute {m.runtime.compute_units}, memory {m.runtime.memory_units}"
+        if m.energy:
+            units += (f"; energy e_flop {m.energy.e_flop_j:.3g} J/FLOP, e_byte {m.energy.e_byte_j:.3g} J/B, "
+                      f"P0 {m.energy.p0_w:.3g} W")
+        print(f"  {m.op}/{m.dtype}/{m.backend}: {units}")
+        for note in [*m.notes, *m.runtime.notes, *(m.energy.notes if m.energy else []),
+                     *(m.cv.notes if m.cv else [])]:
+            print(f"    note: {note}")
+    for note in profile.notes:
+        print(f"note: {note}")
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from pyscale import store as st
+    from pyscale.costmodel import fit_device_profile, rows_from_measurements
+
+    if args.folds < 2:
+        return _error(f"--folds must be at least 2: got {args.folds}")
+    path = Path(args.store) if args.store else st.default_path()
+    if not path.is_file():
+        return _error(f"--store: no store at {path} (run `pyscale bench` first or pass --store PATH)")
+    command = "pyscale " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["costmodel"] else None
+    with st.Store(path) as store:
+        try:
+            profile = fit_device_profile(store, device=args.device, op=args.op, dtype=args.dtype,
+                                         backend=args.backend, folds=args.folds, residual=args.residual,
+                                         command=command)
+        except ImportError as exc:
+            return _error(f"--residual: {exc}")
+        except ValueError as exc:
+            return _error(str(exc))
+        _print_profile(profile)
+        if args.out:
+            try:
+                profile.to_json(args.out)
+            except OSError as exc:
+                return _error(f"--out: cannot write {args.out}: {exc}")
+            print(f"wrote {args.out}")
+        if args.plot:
+            from pyscale.costmodel.plot import plot_roofline
+
+            rows = rows_from_measurements(m for m in store.measurements(status=None)
+                                          if m["device_name"] == profile.device_name)
+            for m in profile.models:
+                key = (profile.device_name, m.op, m.dtype, m.backend)
+                name = f"{m.op}_{m.dtype}_{m.backend}.png".replace("/", "-").replace(" ", "_")
+                try:
+                    out = plot_roofline(rows[key], m.runtime, Path(args.plot) / name)
+                except ValueError as exc:
+                    print(f"no plot for {m.op}/{m.dtype}/{m.backend}: {exc}")
+                    continue
+                print(f"wrote {out}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from pyscale.costmodel import DeviceProfile, list_shipped_profiles, load_shipped_profile
+
+    if (args.profile is None) == (args.device is None):
+        return _error("show needs either PROFILE.json or --device NAME (exactly one)")
+    if args.profile is not None:
+        try:
+            profile = DeviceProfile.from_json(Path(args.profile))
+        except (ValueError, KeyError) as exc:
+            return _error(f"PROFILE.json {args.profile}: {exc}")
+    else:
+        profile = load_shipped_profile(args.device)
+        if profile is None:
+            shipped = sorted(list_shipped_profiles()) or "none"
+            return _error(f"--device: no shipped profile for {args.device!r}; shipped: {shipped}")
+    _print_profile(profile)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "fit":
+        return _fit(args)
+    if args.action == "show":
+        return _show(args)
+    return _error("choose an action: fit or show (see pyscale costmodel --help)")

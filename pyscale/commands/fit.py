@@ -1,0 +1,154 @@
+"""`pyscale fit`: fit a loss law to runs (CSV/Parquet), with bootstrap CIs, a plot and the frontier."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "fit a scaling law (chinchilla, kaplan, ...) to training runs; report parameters, CIs and plots"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", nargs="?", help="CSV or Parquet with columns N, D (or C), loss[, run, step]")
+    parser.add_argument("--law", default="chinchilla",
+                        help="chinchilla (default), kaplan, kaplan_compute, overtraining, data_constrained, qat, "
+                             "downstream")
+    parser.add_argument("--synthetic", type=int, nargs="?", const=250, metavar="N_RUNS",
+                        help="fit N_RUNS (default 250) synthetic runs drawn from Hoffmann et al.'s law with 1%% "
+                             "noise instead of a file (to try the command)")
+    parser.add_argument("--save-synthetic", metavar="CSV", help="also write the synthetic runs to this CSV")
+    parser.add_argument("--columns", default="", metavar="N=params,loss=val_loss",
+                        help="map canonical columns to your own names")
+    parser.add_argument("--loss", default="huber", choices=["huber", "mse", "asymmetric", "huber_nll"])
+    parser.add_argument("--delta", type=float, default=None, help="Huber delta (default 1e-3; 1.345 for huber_nll)")
+    parser.add_argument("--quick", action="store_true", help="a small start grid instead of the full one")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates over runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=None, help="processes for the bootstrap (default: cores)")
+    parser.add_argument("--flops-per-param-token", type=float, default=6.0, help="k in C = k*N*D (default 6)")
+    parser.add_argument("--nan-policy", default="raise", choices=["raise", "omit"],
+                        help="bad rows: raise an error listing them, or drop and count them")
+    parser.add_argument("--frontier", type=float, nargs="*", default=None, metavar="FLOPS",
+                        help="also report compute-optimal N*, D* at these budgets")
+    parser.add_argument("--validate", type=int, default=None, metavar="K",
+                        help="also refit without the K largest compute budgets and report the extrapolation error")
+    parser.add_argument("--isoflop", action="store_true",
+                        help="also run IsoFLOP Approach 2 (per-budget parabolas; needs several N per budget)")
+    parser.add_argument("--plot", metavar="PNG", help="write loss-vs-compute, iso-loss and residual plots")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
+
+
+def _columns(spec: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        if "=" not in item:
+            raise ValueError(f"--columns: expected CANONICAL=yours, got {item!r}")
+        key, value = (s.strip() for s in item.split("=", 1))
+        out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from pyscale.scaling import compute_optimal, fit
+    from pyscale.scaling.synthetic import chinchilla_runs, write_csv
+
+    if args.data is None and args.synthetic is None:
+        print("pyscale fit: give a CSV/Parquet file, or --synthetic to try it on generated runs", file=sys.stderr)
+        return 2
+    try:
+        if args.data is None:
+            data = chinchilla_runs(args.synthetic, seed=args.seed)
+            if args.save_synthetic:
+                write_csv(data, args.save_synthetic)
+            source = f"synthetic: {args.synthetic} runs from hoffmann2022 with 1% noise (seed {args.seed})"
+        else:
+            data, source = args.data, args.data
+        result = fit(args.law, data, loss=args.loss, delta=args.delta, starts="quick" if args.quick else "grid",
+                     bootstrap=args.bootstrap, seed=args.seed, columns=_columns(args.columns),
+                     nan_policy=args.nan_policy, flops_per_param_token=args.flops_per_param_token,
+                     n_jobs=args.jobs)
+        frontier = None
+        if args.frontier and result.success:
+            frontier = compute_optimal(result, args.frontier)
+        validation = iso = None
+        if args.validate:
+            from pyscale.scaling import leave_largest_out
+
+            validation = leave_largest_out(args.law, data, n_largest=args.validate, loss=args.loss,
+                                           delta=args.delta, starts="quick" if args.quick else "grid",
+                                           columns=_columns(args.columns), nan_policy=args.nan_policy,
+                                           flops_per_param_token=args.flops_per_param_token)
+        if args.isoflop:
+            from pyscale.scaling import isoflop
+
+            iso = isoflop.approach2(data, bootstrap=max(args.bootstrap, 200), seed=args.seed,
+                                    columns=_columns(args.columns), nan_policy=args.nan_policy,
+                                    flops_per_param_token=args.flops_per_param_token)
+        if args.plot:
+            from pyscale.scaling.plot import plot_fit
+
+            plot_fit(result, args.plot)
+    except ValueError as exc:
+        print(f"pyscale fit: {exc}", file=sys.stderr)
+        return 2
+
+    if args.json:
+        out = {"source": source, **result.to_dict()}
+        if frontier is not None:
+            out["frontier"] = frontier.to_dict()
+        if validation is not None:
+            out["validation"] = validation.to_dict()
+        if iso is not None:
+            out["isoflop"] = iso.to_dict()
+        if args.plot:
+            out["plot"] = args.plot
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return 0 if result.success else 1
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    status = "[green]converged[/]" if result.success else "[red]FAILED[/]"
+    table = Table(title=f"{result.law.name}: {result.law.formula}  ({source})")
+    table.add_column("param", style="bold")
+    table.add_column("value", justify="right")
+    table.add_column("stderr", justify="right")
+    table.add_column(f"{100 * result.ci_level:g}% CI (bootstrap)", justify="right")
+    for name, v in result.params.items():
+        se = "fixed" if name in result.fixed else f"{result.stderr[name]:.3g}"
+        ci = result.ci.get(name)
+        table.add_row(name, f"{v:.6g}", se, f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "—")
+    console.print(table)
+    d = result.to_dict()
+    console.print(f"{status}: {result.message}")
+    console.print(f"loss={result.loss} (delta {result.delta:g}, {result.reduction}) · {result.flops_convention} · "
+                  f"n={result.n} rows / {result.n_runs} runs · {result.n_dropped} dropped · "
+                  f"{result.n_starts} starts · nfev={result.nfev} · {result.time_s:.2f}s")
+    console.print(f"objective={result.objective:.6g} · AIC={result.aic:.4g} · BIC={result.bic:.4g} · "
+                  f"RMSE(log)={d['rmse_log']:.3g}")
+    if result.bootstrap is not None:
+        console.print(f"bootstrap: {len(result.bootstrap)} replicates over runs, {result.bootstrap_failed} failed, "
+                      f"{result.bootstrap_time_s:.2f}s")
+    if frontier is not None:
+        ft = Table(title=f"compute-optimal ({frontier.method}, {frontier.flops_convention})")
+        for col in ("C (FLOPs)", "N*", "D*", "D*/N*", "loss"):
+            ft.add_column(col, justify="right")
+        for c, n, dd, lo in zip(frontier.flops, frontier.N, frontier.D, frontier.loss):
+            ft.add_row(f"{c:.3g}", f"{n:.3g}", f"{dd:.3g}", f"{dd / n:.1f}", f"{lo:.4f}")
+        console.print(ft)
+    if validation is not None:
+        v = validation.summary()
+        console.print(f"leave-largest-out: fit on {validation.n_train} rows with C < {validation.threshold:.3g}, "
+                      f"predicted {validation.n_test}: MAPE {100 * v['mape']:.2f}%, max |rel err| "
+                      f"{100 * v['max_rel_error']:.2f}%, bias(log) {v['bias_log']:+.4f}")
+    if iso is not None:
+        ci_a = f" [{iso.ci_a[0]:.3f}, {iso.ci_a[1]:.3f}]" if iso.ci_a else ""
+        ci_b = f" [{iso.ci_b[0]:.3f}, {iso.ci_b[1]:.3f}]" if iso.ci_b else ""
+        console.print(f"IsoFLOP approach 2 ({len(iso.budgets)} budgets): N_opt ~ C^{iso.a:.3f}{ci_a}, "
+                      f"D_opt ~ C^{iso.b:.3f}{ci_b}")
+    if args.plot:
+        console.print(f"plot written to {args.plot}")
+    return 0 if result.success else 1

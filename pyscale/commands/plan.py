@@ -1,0 +1,177 @@
+"""`pyscale plan`: a budget -> N*, D*, a concrete architecture, time, energy and cost, every assumption named."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "plan a FLOPs-, time-, energy- or cost-optimal training run from a loss law and GPU costs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    b = parser.add_argument_group("budget (exactly one)")
+    x = b.add_mutually_exclusive_group(required=True)
+    x.add_argument("--flops", type=float, help="training compute budget in FLOPs")
+    x.add_argument("--gpu-hours", type=float, help="GPU-hours (time-optimal)")
+    x.add_argument("--deadline-hours", type=float, help="wall-clock hours on --n-gpus GPUs (time-optimal)")
+    x.add_argument("--kwh", type=float, help="GPU energy in kWh (facility energy if --pue is given)")
+    x.add_argument("--dollars", type=float, help="money, with --price-per-gpu-hour")
+    x.add_argument("--target-loss", type=float, help="the cheapest run that reaches this loss")
+    parser.add_argument("--objective", choices=["flops", "time", "energy", "cost"], default=None,
+                        help="what a --target-loss plan minimises (default flops); other budgets imply it")
+    parser.add_argument("--law", default="epoch2024", help="a preset (epoch2024, hoffmann2022, ...) or a saved fit JSON")
+    h = parser.add_argument_group("hardware (user inputs are labelled as such in the plan)")
+    h.add_argument("--gpu", default=None, help="GPU name from pyscale.hw (e.g. 'H100 SXM')")
+    h.add_argument("--n-gpus", type=int, default=1)
+    h.add_argument("--dp-efficiency", type=float, default=None, help="data-parallel scaling efficiency (required if n>1)")
+    h.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation to assume")
+    h.add_argument("--power-w", type=float, default=None, help="average power per GPU while training")
+    h.add_argument("--price-per-gpu-hour", type=float, default=None)
+    h.add_argument("--pue", type=float, default=None, help="power usage effectiveness for facility energy")
+    h.add_argument("--dtype", default="bf16")
+    h.add_argument("--profile", type=Path, default=None,
+                   help="a fitted device profile JSON (pyscale costmodel fit --out): MFU and power per architecture")
+    h.add_argument("--store", type=Path, default=None,
+                   help="use measured training steps of --gpu (or this device) from this store")
+    a = parser.add_argument_group("architecture")
+    a.add_argument("--seq-len", type=int, default=2048)
+    a.add_argument("--vocab", type=int, default=32000)
+    a.add_argument("--experts", type=int, default=0)
+    a.add_argument("--top-k", type=int, default=0)
+    a.add_argument("--gqa", type=int, default=1, help="query heads per kv head")
+    a.add_argument("--inference-tokens", type=float, default=0.0, help="expected inference tokens (over-training)")
+    a.add_argument("--batch-law", choices=["deepseek", "kaplan"], default="deepseek")
+    a.add_argument("--recompute", choices=["auto", "none", "full"], default="auto")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="directory for the iso-loss PNG (and the time-energy trade-off when power is known)")
+
+
+def budget_of(args: argparse.Namespace):
+    from pyscale.plan import Budget
+
+    if args.flops is not None:
+        return Budget("flops", args.flops)
+    if args.gpu_hours is not None:
+        return Budget("gpu_hours", args.gpu_hours)
+    if args.deadline_hours is not None:
+        return Budget("gpu_hours", args.deadline_hours * args.n_gpus)
+    if args.kwh is not None:
+        return Budget("kwh", args.kwh)
+    if args.dollars is not None:
+        return Budget("dollars", args.dollars)
+    return Budget("loss", args.target_loss)
+
+
+def hardware_of(args: argparse.Namespace):
+    from pyscale.plan import hardware
+
+    if args.mfu is not None or args.power_w is not None:
+        if not args.gpu:
+            raise SystemExit("pyscale plan: --mfu/--power-w need --gpu NAME (to know the peak)")
+        return hardware.from_user(args.gpu, mfu=args.mfu, power_w=args.power_w, n_devices=args.n_gpus,
+                                  dp_efficiency=args.dp_efficiency, dtype=args.dtype,
+                                  price_per_device_hour=args.price_per_gpu_hour, pue=args.pue)
+    if args.profile is not None or (args.gpu and args.store is None):
+        from pyscale import hw
+        from pyscale.costmodel import DeviceProfile, load_shipped_profile
+        from pyscale.plan.step_model import hardware_from_profile
+
+        profile = (DeviceProfile.from_json(args.profile) if args.profile is not None
+                   else load_shipped_profile(args.gpu))
+        if profile is not None:
+            spec = hw.lookup(profile.device_name)
+            known = not isinstance(spec, hw.UnknownGPU)
+            return hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, args.dtype) if known else None,
+                                         memory_bytes=spec.memory_bytes if known else None, n_devices=args.n_gpus,
+                                         dp_efficiency=args.dp_efficiency, dtype=args.dtype,
+                                         price_per_device_hour=args.price_per_gpu_hour, pue=args.pue)
+    if args.store is not None:
+        from pyscale.plan.measured import hardware_from_store
+
+        return hardware_from_store(args.store, device_name=args.gpu, n_devices=args.n_gpus,
+                                   dp_efficiency=args.dp_efficiency, dtype=args.dtype,
+                                   price_per_device_hour=args.price_per_gpu_hour, pue=args.pue)
+    if args.gpu:
+        return hardware.from_user(args.gpu, n_devices=args.n_gpus, dp_efficiency=args.dp_efficiency,
+                                  dtype=args.dtype, price_per_device_hour=args.price_per_gpu_hour, pue=args.pue)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyscale.plan import plan
+
+    try:
+        result = plan(budget_of(args), law=args.law, hardware=hardware_of(args), objective=args.objective,
+                      inference_tokens=args.inference_tokens, seq_len=args.seq_len, vocab_size=args.vocab,
+                      n_experts=args.experts, top_k=args.top_k, gqa_ratio=args.gqa, batch_law=args.batch_law,
+                      recompute=args.recompute)
+    except ValueError as exc:
+        print(f"pyscale plan: {exc}")
+        return 2
+    if args.plot:
+        from pyscale.plan import choose_law
+        from pyscale.plan.planner import equal_loss_candidates
+        from pyscale.plan.plot import iso_loss, pareto
+
+        args.plot.mkdir(parents=True, exist_ok=True)
+        iso_loss(result, choose_law(args.law), args.plot / "plan_iso_loss.png")
+        hardware = hardware_of(args)
+        if hardware is not None and hardware.flops_source is not None and hardware.power_source is not None:
+            pareto(equal_loss_candidates(result, law=args.law, hardware=hardware), args.plot / "plan_time_energy.png")
+        else:
+            print("time-energy plot skipped: it needs a throughput and a power (--mfu and --power-w, or a profile)")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print_plan(result)
+    return 0
+
+
+def _n(v: float | None, unit: str = "", spec: str = ".4g") -> str:
+    return "—" if v is None else f"{format(v, spec)}{unit}"
+
+
+def print_plan(p) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"pyscale plan — {p.objective}-optimal for {p.budget.describe()}", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    interval = "absent" if p.loss_interval is None else f"[{p.loss_interval[0]:.4f}, {p.loss_interval[1]:.4f}]"
+    c = p.config
+    rows = [
+        ("law", f"{p.law} ({p.flops_convention})"),
+        ("N* (continuous optimum)", _n(p.n_params_optimal)),
+        ("parameters (exact)", f"{p.n_params:,} total, {p.n_params_non_embedding:,} non-embedding"),
+        ("tokens", _n(p.tokens)),
+        ("tokens per parameter", _n(p.tokens_per_param, spec=".3g")),
+        ("predicted loss", f"{p.predicted_loss:.4f}  95% interval {interval}"),
+        ("architecture", f"{c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads ({c.n_kv_heads} kv), "
+                         f"head_dim {c.head_dim}, d_ff {c.d_ff}" + (f", {c.n_experts} experts top-{c.top_k}"
+                                                                    if c.n_experts else "")),
+        ("batch", f"{p.batch.tokens:,} tokens ({p.batch.sequences} x {c.seq_len}), {p.steps:,} steps"),
+        ("memory", p.memory.reason),
+        ("training FLOPs", f"{p.training_flops:.3e} (law), {p.model_flops:.3e} (model FLOPs)"),
+        ("hardware", "—" if p.device is None else f"{p.n_devices} x {p.device}"),
+        ("MFU", _n(p.mfu, spec=".3f")),
+        ("time", "—" if p.time_s is None else f"{p.time_s / 3600:.4g} h ({p.gpu_hours:.4g} GPU-h)"),
+        ("GPU energy", _n(p.energy_kwh, " kWh")),
+        ("facility energy", _n(p.facility_energy_kwh, " kWh")),
+        ("cost", "—" if p.cost_dollars is None else f"${p.cost_dollars:,.0f}"),
+    ]
+    if p.flops_optimal:
+        rows.append(("FLOPs-optimal at same C", f"N {p.flops_optimal['N']:.4g}, D {p.flops_optimal['D']:.4g}, "
+                                                f"loss {p.flops_optimal['loss']:.4f}"))
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    console.print("[bold]assumptions[/]")
+    for a in p.assumptions:
+        console.print(f"  • {a}")
+    console.print(f"  • loss interval: {p.loss_interval_source}")
+    for k, why in p.unavailable.items():
+        console.print(f"  • {k} unavailable: {why}")

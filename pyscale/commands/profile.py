@@ -1,0 +1,232 @@
+"""`pyscale profile`: FLOPs, time, energy and MFU of a training step, per module, into the store.
+
+    pyscale profile --model gpt --layers 12 --d-model 768 --heads 12 --seq 256 --batch 4 --steps 20
+    pyscale profile -m mypkg.bench:step --steps 10        # profiles mypkg.bench.step() as the step
+
+The built-in model comes from pyscale.models (config.GPTConfig, gpt.GPT, gpt.train_step, gpt.make_batch);
+its step's model FLOPs are the config's PaLM count (6N + 12·L·H·Q·T per token) times the tokens per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any
+
+HELP = "profile a training step (the built-in GPT or your function): FLOPs, time, energy, MFU per module"
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", choices=("gpt",), help="profile the built-in model's training step")
+    what.add_argument("-m", "--function", metavar="MODULE:FUNCTION",
+                      help="profile FUNCTION() from an importable MODULE as the step (called with no arguments)")
+    g = parser.add_argument_group("built-in model (--model gpt)")
+    g.add_argument("--layers", type=int, default=12)
+    g.add_argument("--d-model", type=int, default=768)
+    g.add_argument("--heads", type=int, default=12)
+    g.add_argument("--kv-heads", type=int, default=None, help="key/value heads (GQA); default: --heads")
+    g.add_argument("--d-ff", type=int, default=None, help="MLP hidden size; default: the config's")
+    g.add_argument("--experts", type=int, default=0, help="MoE experts (0: dense MLP)")
+    g.add_argument("--top-k", type=int, default=0, help="experts per token")
+    g.add_argument("--vocab", type=int, default=None, help="vocabulary size; default: the config's")
+    g.add_argument("--seq", type=int, default=256, help="sequence length")
+    g.add_argument("--batch", type=int, default=4, help="sequences per step")
+    g.add_argument("--impl", choices=("auto", "pyscale", "torch"), default="auto",
+                   help="pyscale modules where they exist, or plain PyTorch")
+    g.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    g.add_argument("--seed", type=int, default=0)
+    p = parser.add_argument_group("measurement")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: the current GPU, else cpu)")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--meter", choices=("auto", "nvml", "rapl", "null"), default="auto")
+    p.add_argument("--min-window", type=float, default=1.0, help="shortest energy window in seconds")
+    p.add_argument("--idle", type=float, default=1.0, help="seconds of idle power measurement (0: skip)")
+    p.add_argument("--sampler", action="store_true", help="also record a power trace (native NVML sampler)")
+    p.add_argument("--store", default=None, help="SQLite store path (default: pyscale's store)")
+    p.add_argument("--no-store", action="store_true", help="write nothing")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
+
+
+class ProfileError(RuntimeError):
+    """A problem with the command line's request, reported without a traceback."""
+
+
+def _load_function(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ProfileError(f"-m expects MODULE:FUNCTION, e.g. mypkg.bench:step: got {spec!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: modules in the current directory are importable
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ProfileError(f"cannot import {module_name!r}: {exc}") from exc
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ProfileError(f"{module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise ProfileError(f"{spec} is not callable")
+    return fn
+
+
+def _gpt_step(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any, Any, float, dict[str, Any]]:
+    """(step function, model, model FLOPs per step, params) of the built-in GPT."""
+    import torch
+
+    try:
+        config_mod = importlib.import_module("pyscale.models.config")
+        gpt = importlib.import_module("pyscale.models.gpt")
+    except ImportError as exc:
+        raise ProfileError(f"the built-in model is not available: pyscale.models.gpt could not be imported ({exc}); "
+                           f"profile your own step with -m MODULE:FUNCTION instead") from exc
+    options: dict[str, Any] = {"n_layers": args.layers, "d_model": args.d_model, "n_heads": args.heads,
+                               "seq_len": args.seq, "n_experts": args.experts, "top_k": args.top_k}
+    for key, value in (("n_kv_heads", args.kv_heads), ("d_ff", args.d_ff), ("vocab_size", args.vocab)):
+        if value is not None:
+            options[key] = value
+    try:
+        config = config_mod.GPTConfig(**options)
+    except (TypeError, ValueError) as exc:
+        raise ProfileError(f"invalid model configuration: {exc}") from exc
+    torch.manual_seed(args.seed)
+    model = gpt.GPT(config, impl=args.impl, dtype=dtype, device=device)
+    build_optimizer = getattr(gpt, "build_optimizer", None)
+    optimizer = (build_optimizer(model, lr=args.lr) if build_optimizer is not None
+                 else torch.optim.AdamW(model.parameters(), lr=args.lr))
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    tokens, targets = gpt.make_batch(config, args.batch, device=device, generator=generator)
+    tokens_per_step = args.batch * args.seq
+    model_flops = float(config.model_flops_per_token()) * tokens_per_step
+
+    def step() -> Any:
+        return gpt.train_step(model, optimizer, tokens, targets)
+
+    params = {**options, "batch": args.batch, "impl": args.impl, "tokens_per_step": tokens_per_step,
+              "impl_parts": dict(getattr(model, "impl_parts", {})),
+              "n_params": int(config.n_params(embeddings=True)),
+              "n_params_non_embedding": int(config.n_params(embeddings=False))}
+    return step, model, model_flops, params
+
+
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from pyscale.profile.profiler import Profiler
+
+    if args.steps < 1:
+        raise ProfileError(f"--steps must be >= 1: got {args.steps}")
+    device = torch.device(args.device) if args.device else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProfileError(f"--device {args.device}: no CUDA device is available here")
+    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    dtype = getattr(torch, dtype_name)
+
+    if args.model == "gpt":
+        step, module, model_flops, params = _gpt_step(args, device, dtype)
+        op = "gpt_step"  # the op pyscale.plan.measured reads (STEP_OP)
+    else:
+        step, module, model_flops, params = _load_function(args.function), None, None, {"function": args.function}
+        op = args.function
+    store = None
+    if not args.no_store:
+        from pyscale.store import Store
+
+        store = Store(args.store) if args.store else Store()
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    try:
+        with Profiler(store=store, device=device, meter=args.meter, min_window_s=args.min_window,
+                      idle_s=args.idle, command="profile", arguments=arguments, sampler=args.sampler) as prof:
+            result = prof.profile_step(step, steps=args.steps, warmup=args.warmup, module=module, name=op,
+                                       dtype=dtype_name if args.model else None, model_flops=model_flops,
+                                       params=params)
+    finally:
+        if store is not None:
+            store.close()
+    out = {"op": op, "device": str(device), "dtype": dtype_name, "params": params,
+           "summary": result.summary.to_dict(), "steps": [m.to_dict() for m in result.steps],
+           "modules": [m.to_dict() for m in result.modules],
+           "store": None if store is None else str(store.path)}
+    if args.model == "gpt":
+        tokens = params["tokens_per_step"]
+        s = result.summary
+        out["tokens_per_s"] = tokens / s.time_s if s.time_s else None
+        out["energy_j_per_token"] = s.energy_j / tokens if s.energy_j is not None else None
+    return out
+
+
+def _si(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value * 1e3:.3f}"
+
+
+def _energy(m: dict[str, Any]) -> str:
+    if m["energy_j"] is None:
+        return f"unavailable: {m['energy_j_unavailable_reason']}"
+    return f"{m['energy_j']:.4g}" + (" (attributed)" if m["energy_attributed"] else "")
+
+
+def _mfu(m: dict[str, Any]) -> str:
+    return f"{100 * m['mfu']:.1f} %" if m["mfu"] is not None else "—"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        out = collect(args)
+    except ProfileError as exc:
+        print(f"pyscale profile: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(out, indent=2, sort_keys=True, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    s = out["summary"]
+    table = Table(title=f"{out['op']} on {out['device']} ({out['dtype']}), per step")
+    for col in ("module", "FLOPs", "fwd / bwd FLOPs", "model FLOPs", "time ms", "share", "energy J", "MFU"):
+        table.add_column(col, justify="left" if col in ("module", "energy J") else "right")
+    table.add_row("[bold]step[/]", _si(s["flops"], "FLOP"),
+                  f"{_si(s['extra'].get('forward_flops'), '')} / {_si(s['extra'].get('backward_flops'), '')}",
+                  _si(s["model_flops"], "FLOP"), _ms(s["time_s"]), "100 %", _energy(s), _mfu(s))
+    for m in out["modules"]:
+        share = m["extra"].get("time_share")
+        table.add_row(m["extra"].get("module", m["name"]), _si(m["flops"], "FLOP"),
+                      f"{_si(m['extra'].get('forward_flops'), '')} / {_si(m['extra'].get('backward_flops'), '')}",
+                      _si(m["model_flops"], "FLOP"), _ms(m["time_s"]),
+                      "—" if share is None else f"{100 * share:.1f} %", _energy(m), _mfu(m))
+    console.print(table)
+    console.print(f"step time median {_ms(s['time_s'])} ms (p20 {_ms(s['time_s_p20'])}, p80 {_ms(s['time_s_p80'])}), "
+                  f"{s['repeats']} steps")
+    if s["mfu"] is None:
+        console.print(f"MFU unavailable: {s['mfu_unavailable_reason']}")
+    power = (f"avg power {s['avg_power_w']:.1f} W" if s["avg_power_w"] is not None
+             else f"power unavailable: {s['avg_power_w_unavailable_reason']}")
+    idle = (f"idle {s['idle_power_w']:.1f} W (not subtracted)" if s["idle_power_w"] is not None
+            else f"idle power unavailable: {s['idle_power_w_unavailable_reason']}")
+    console.print(f"{power}; {idle}")
+    if out.get("tokens_per_s") is not None:
+        per_token = out["energy_j_per_token"]
+        console.print(f"{out['tokens_per_s']:.1f} tokens/s" +
+                      (f", {per_token:.3g} J/token" if per_token is not None else ""))
+    console.print("module energy is attributed by time share; " +
+                  (f"stored in {out['store']}" if out["store"] else "nothing stored (--no-store)"))
+    return 0

@@ -1,0 +1,127 @@
+"""Model-level prediction: a training step's time, energy and MFU from per-op models.
+
+`predict_step(profile, op_breakdown)` takes the per-op breakdown the profiler produces — one entry per
+distinct op call, (op, dtype, flops, bytes, count) with executed FLOPs and bytes of ONE call — and sums
+the per-op predictions, count times each. Assumptions, stated so they can be checked:
+
+* ops run one after another on one stream (no overlap of compute and communication), and nothing
+  outside the listed ops costs time (optimizer, host gaps, data loading are only included if listed);
+* energy is the sum of per-op energies at their predicted times (the energy model's P₀·T term
+  carries the static power for exactly that long).
+
+MFU follows DESIGN §6: model FLOPs (PaLM convention) / (step time · peak). Without `model_flops` only
+the hardware FLOPs utilisation (executed FLOPs) is given. Validation against measured steps of the
+built-in model happens when the profiler and `pyscale bench` land (issue 7, item 6); until then this
+is the building block, tested on synthetic profiles only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyscale import hw
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One line of a step's op breakdown: `count` calls, each with these executed FLOPs and bytes."""
+
+    op: str
+    dtype: str
+    flops: float
+    bytes: float
+    count: int = 1
+    backend: str | None = None
+    features: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepPrediction:
+    time_s: float
+    energy_j: float | None
+    flops: float  # executed FLOPs of the step
+    model_flops: float | None
+    peak_flops_per_s: float | None
+    mfu: float | None  # model FLOPs utilisation; None without model_flops or a peak
+    hfu: float | None  # executed ("hardware") FLOPs utilisation; None without a peak
+    tokens: int | None
+    energy_j_per_token: float | None
+    per_op: list[dict[str, Any]]
+    unavailable_reasons: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _as_call(item: Any, i: int) -> OpCall:
+    if isinstance(item, OpCall):
+        call = item
+    elif isinstance(item, Mapping):
+        call = OpCall(**item)
+    elif isinstance(item, (tuple, list)) and len(item) in (5, 6):
+        call = OpCall(*item[:5], features=item[5] if len(item) == 6 else {})
+    else:
+        raise ValueError(f"op_breakdown[{i}] must be an OpCall, a mapping or (op, dtype, flops, bytes, count"
+                         f"[, features]): got {item!r}")
+    if not (isinstance(call.count, int) and call.count >= 0):
+        raise ValueError(f"op_breakdown[{i}].count must be an int ≥ 0: got {call.count!r}")
+    if call.flops < 0 or call.bytes < 0:
+        raise ValueError(f"op_breakdown[{i}]: flops and bytes must be ≥ 0: got {call.flops}, {call.bytes}")
+    return call
+
+
+def predict_step(profile: Any, op_breakdown: Iterable[Any], *, model_flops: float | None = None,
+                 peak_flops_per_s: float | None = None, tokens: int | None = None) -> StepPrediction:
+    """Predicted step time (s), energy (J), MFU and J/token of a step given its op breakdown.
+
+    `peak_flops_per_s` defaults to the `hw` peak of the profile's device in the dtype carrying the most
+    FLOPs. An op missing from the profile is an error naming it (a silent 0 would flatter the step).
+    """
+    calls = [_as_call(item, i) for i, item in enumerate(op_breakdown)]
+    if not calls:
+        raise ValueError("op_breakdown is empty")
+    reasons: dict[str, str] = {}
+    notes: list[str] = []
+    per_op: list[dict[str, Any]] = []
+    time_s, energy_j, flops = 0.0, 0.0, 0.0
+    energy_ok = True
+    flops_by_dtype: dict[str, float] = {}
+    for call in calls:
+        t = float(profile.predict_time_s(call.op, call.dtype, call.flops, call.bytes, backend=call.backend,
+                                         **dict(call.features)))
+        entry: dict[str, Any] = {"op": call.op, "dtype": call.dtype, "count": call.count,
+                                 "time_s": t * call.count, "energy_j": None}
+        try:
+            e = float(profile.predict_energy_j(call.op, call.dtype, call.flops, call.bytes, time_s=t,
+                                               backend=call.backend))
+            entry["energy_j"] = e * call.count
+            energy_j += e * call.count
+        except ValueError as exc:
+            energy_ok = False
+            reasons.setdefault("energy_j", str(exc))
+        per_op.append(entry)
+        time_s += t * call.count
+        flops += call.flops * call.count
+        flops_by_dtype[call.dtype] = flops_by_dtype.get(call.dtype, 0.0) + call.flops * call.count
+    if peak_flops_per_s is None:
+        spec = hw.lookup(profile.device_name) if profile.device_kind != "cpu" else None
+        main_dtype = max(flops_by_dtype, key=flops_by_dtype.get)
+        try:
+            peak_flops_per_s = hw.peak_flops(spec, main_dtype) if spec is not None else None
+        except ValueError:
+            peak_flops_per_s = None
+        if peak_flops_per_s is None:
+            reasons["peak_flops_per_s"] = f"no hw peak for {profile.device_name!r} in {main_dtype}; pass one"
+        else:
+            notes.append(f"peak: pyscale.hw dense {main_dtype} peak of {profile.device_name!r}")
+    hfu = flops / (time_s * peak_flops_per_s) if peak_flops_per_s and time_s > 0 else None
+    mfu = None
+    if model_flops is None:
+        reasons["mfu"] = "model_flops not given (MFU counts model FLOPs, not executed ones); see hfu"
+    elif peak_flops_per_s and time_s > 0:
+        mfu = model_flops / (time_s * peak_flops_per_s)
+    energy = energy_j if energy_ok else None
+    per_token = energy / tokens if energy is not None and tokens else None
+    return StepPrediction(time_s=time_s, energy_j=energy, flops=flops, model_flops=model_flops,
+                          peak_flops_per_s=peak_flops_per_s, mfu=mfu, hfu=hfu, tokens=tokens,
+                          energy_j_per_token=per_token, per_op=per_op, unavailable_reasons=reasons, notes=notes)

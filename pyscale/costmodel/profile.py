@@ -1,0 +1,334 @@
+"""Device profiles: the fitted cost models of one device, as a small JSON file.
+
+A `DeviceProfile` holds, per (op, dtype, backend), the runtime model, the energy model (when energy was
+measured), the leave-shape-out CV errors, the row counts and notes, plus the device name, the date and
+the versions it was measured with. `to_json`/`from_json` round-trip it; `fit_device_profile` builds one
+from a store.
+
+Profiles measured on real GPUs ship in `pyscale/data/profiles/*.json` (package data) so a planner can
+use them on machines without that GPU: `load_shipped_profile(device_name)`, `list_shipped_profiles()`.
+A profile is only ever written from measurements; none is invented.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pyscale import hw
+from pyscale.costmodel.data import Rows, rows_from_measurements, tile_count
+from pyscale.costmodel.energy import EnergyModel, fit_energy
+from pyscale.costmodel.evaluate import CVResult, cross_validate
+from pyscale.costmodel.runtime import RuntimeModel, fit_runtime
+
+FORMAT = "pyscale-device-profile"
+FORMAT_VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
+
+
+@dataclass
+class OpModel:
+    """The fitted models of one (op, dtype, backend)."""
+
+    op: str
+    dtype: str
+    backend: str
+    runtime: RuntimeModel
+    energy: EnergyModel | None = None
+    cv: CVResult | None = None
+    n_rows: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "dtype": self.dtype, "backend": self.backend, "n_rows": self.n_rows,
+                "skipped": dict(self.skipped), "runtime": self.runtime.to_dict(),
+                "energy": None if self.energy is None else self.energy.to_dict(),
+                "cv": None if self.cv is None else self.cv.to_dict(), "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OpModel:
+        return cls(op=str(d["op"]), dtype=str(d["dtype"]), backend=str(d["backend"]),
+                   runtime=RuntimeModel.from_dict(d["runtime"]),
+                   energy=None if d.get("energy") is None else EnergyModel.from_dict(d["energy"]),
+                   cv=None if d.get("cv") is None else CVResult.from_dict(d["cv"]), n_rows=int(d.get("n_rows", 0)),
+                   skipped=dict(d.get("skipped", {})), notes=list(d.get("notes", [])))
+
+
+def _same_dtype(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:  # "bf16" and "torch.bfloat16" are the same dtype
+        return hw._canonical_dtype(a) == hw._canonical_dtype(b)
+    except ValueError:
+        return False
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf → None, so the file is strict JSON (an undefined metric, e.g. R² of one row, is null)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _scalar_or_array(x: np.ndarray, *like: Any) -> Any:
+    return float(x[0]) if all(np.ndim(v) == 0 for v in like) else x
+
+
+@dataclass
+class DeviceProfile:
+    device_name: str
+    device_kind: str
+    created: str
+    versions: dict[str, Any]
+    models: list[OpModel]
+    notes: list[str] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ lookup
+
+    def ops(self) -> list[tuple[str, str, str]]:
+        return [(m.op, m.dtype, m.backend) for m in self.models]
+
+    def model(self, op: str, dtype: str, backend: str | None = None) -> OpModel:
+        """The model of (op, dtype[, backend]); errors name the argument and list what exists."""
+        of_op = [m for m in self.models if m.op == op]
+        if not of_op:
+            raise ValueError(f"op {op!r} is not in the profile of {self.device_name!r}; "
+                             f"ops: {sorted({m.op for m in self.models})}")
+        of_dtype = [m for m in of_op if _same_dtype(m.dtype, str(dtype))]
+        if not of_dtype:
+            raise ValueError(f"dtype {dtype!r} of op {op!r} is not in the profile of {self.device_name!r}; "
+                             f"dtypes: {sorted({m.dtype for m in of_op})}")
+        if backend is not None:
+            chosen = [m for m in of_dtype if m.backend == backend]
+            if not chosen:
+                raise ValueError(f"backend {backend!r} of {op}/{dtype} is not in the profile; "
+                                 f"backends: {sorted(m.backend for m in of_dtype)}")
+            return chosen[0]
+        if len(of_dtype) > 1:
+            raise ValueError(f"backend: {op}/{dtype} has several backends in the profile "
+                             f"({sorted(m.backend for m in of_dtype)}); pass backend=")
+        return of_dtype[0]
+
+    def _tiles(self, m: OpModel, tiles: Any, features: Mapping[str, Any]) -> Any:
+        if tiles is not None or not features:
+            return tiles
+        return tile_count(m.op, features, tile_m=m.runtime.tile_m, tile_n=m.runtime.tile_n)
+
+    def predict_time_s(self, op: str, dtype: str, flops: Any, bytes: Any, *, backend: str | None = None,
+                       tiles: Any = None, **features: Any) -> Any:
+        """Seconds per call. `features` are shape params (m=, n=, batch=, seq_q=, heads_q=, ...) used to
+        count tiles for the wave-quantisation term; `tiles=` gives the count directly."""
+        m = self.model(op, dtype, backend)
+        t = self._tiles(m, tiles, features)
+        return _scalar_or_array(m.runtime.predict_time_s(flops, bytes, t), flops, bytes)
+
+    def predict_energy_j(self, op: str, dtype: str, flops: Any, bytes: Any, *, time_s: Any = None,
+                         backend: str | None = None, tiles: Any = None, **features: Any) -> Any:
+        """Joules per call; with `time_s=None` the runtime model's predicted time is used."""
+        m = self.model(op, dtype, backend)
+        if m.energy is None:
+            raise ValueError(f"op {op!r} ({dtype}, {m.backend}) has no energy model in the profile of "
+                             f"{self.device_name!r}: no energy was measured for it")
+        if time_s is None:
+            t = self._tiles(m, tiles, features)
+            time_s = m.runtime.predict_time_s(flops, bytes, t)
+        return _scalar_or_array(m.energy.predict_energy_j(flops, bytes, time_s), flops, bytes, time_s)
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "device": {"name": self.device_name,
+                "kind": self.device_kind}, "created": self.created, "versions": dict(self.versions),
+                "source": dict(self.source), "notes": list(self.notes),
+                "models": [m.to_dict() for m in self.models]}
+
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The profile as JSON text; also written to `path` when given."""
+        text = json.dumps(_finite(self.to_dict()), indent=1, sort_keys=True, allow_nan=False) + "\n"
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DeviceProfile:
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            raise ValueError(f"profile: not a pyscale device profile (format must be {FORMAT!r})")
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"profile: format_version {d.get('format_version')} is newer than this pyscale's "
+                             f"{FORMAT_VERSION}: upgrade pyscale")
+        return cls(device_name=str(d["device"]["name"]), device_kind=str(d["device"].get("kind", "")),
+                   created=str(d["created"]), versions=dict(d.get("versions", {})),
+                   models=[OpModel.from_dict(m) for m in d["models"]], notes=list(d.get("notes", [])),
+                   source=dict(d.get("source", {})))
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike[str]) -> DeviceProfile:
+        """Read a profile from JSON text or from a file path."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            path = Path(text_or_path)
+            if not path.is_file():
+                raise ValueError(f"profile: no such file {os.fspath(path)!r}")
+            text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"profile: invalid JSON ({exc})") from exc
+        return cls.from_dict(data)
+
+
+# ---------------------------------------------------------------------------------------- shipped
+
+
+def _norm_name(name: str) -> str:
+    return " ".join(w for w in re.split(r"[\s\-_]+", name.strip().lower()) if w and w not in {"nvidia", "geforce"})
+
+
+def list_shipped_profiles(directory: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """Device name → path of every profile shipped in `pyscale/data/profiles` (or `directory`)."""
+    root = Path(directory) if directory is not None else SHIPPED_DIR
+    out: dict[str, Path] = {}
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            out[str(data["device"]["name"])] = path
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a profile; never fail a lookup because of a stray file
+    return out
+
+
+def load_shipped_profile(device_name: str, directory: str | os.PathLike[str] | None = None) -> DeviceProfile | None:
+    """The shipped profile of `device_name` (case, separators and vendor words ignored), or None."""
+    if not isinstance(device_name, str) or not device_name.strip():
+        raise ValueError(f"device_name must be a non-empty string: got {device_name!r}")
+    wanted = _norm_name(device_name)
+    spec = hw.lookup(device_name)
+    for name, path in list_shipped_profiles(directory).items():
+        other = hw.lookup(name)
+        same_spec = isinstance(spec, hw.GPUSpec) and isinstance(other, hw.GPUSpec) and spec.name == other.name
+        if _norm_name(name) == wanted or same_spec:
+            return DeviceProfile.from_json(path)
+    return None
+
+
+# ---------------------------------------------------------------------------------------- fitting
+
+
+def _library_versions() -> dict[str, str | None]:
+    import scipy
+
+    from pyscale import __version__
+
+    return {"pyscale": __version__, "numpy": np.__version__, "scipy": scipy.__version__}
+
+
+def spec_for(device_name: str, device_kind: str) -> hw.GPUSpec | hw.UnknownGPU | None:
+    """The hw spec used for a device's rows: None for CPUs (no peak table), else `hw.lookup`."""
+    return None if device_kind == "cpu" else hw.lookup(device_name)
+
+
+def fit_device_profile(store: Any, *, device: str | None = None, op: str | None = None, dtype: str | None = None,
+                       backend: str | None = None, folds: int = 5, residual: bool = False, seed: int = 0,
+                       spec: hw.GPUSpec | hw.UnknownGPU | None = None, command: str | None = None) -> DeviceProfile:
+    """Fit every (op, dtype, backend) of one device in `store` and cross-validate it by shape.
+
+    `device` is a device name or uuid from the store (required when the store holds several).
+    `spec` overrides the `hw` lookup (for devices not in the table). Errors name the argument.
+    """
+    all_rows = store.measurements(status=None)
+    where = f"store {os.fspath(getattr(store, 'path', '?'))!s}"
+    if not all_rows:
+        raise ValueError(f"{where} has no measurements: run `pyscale bench` first")
+    names = sorted({r["device_name"] for r in all_rows})
+    if device is None:
+        if len(names) > 1:
+            raise ValueError(f"device: {where} holds measurements of several devices {names}; pick one")
+        device = names[0]
+    picked = [r for r in all_rows if r["device_name"].lower() == device.lower() or r["device_uuid"] == device]
+    if not picked:
+        raise ValueError(f"device {device!r} has no measurements in {where}; devices: {names}")
+    if op is not None:
+        ops = sorted({r["op"] for r in picked})
+        picked = [r for r in picked if r["op"] == op]
+        if not picked:
+            raise ValueError(f"op {op!r} has no measurements of {device!r} in {where}; ops: {ops}")
+    if dtype is not None:
+        dtypes = sorted({r["dtype"] for r in picked})
+        picked = [r for r in picked if _same_dtype(r["dtype"], dtype)]
+        if not picked:
+            raise ValueError(f"dtype {dtype!r} has no measurements in {where}; dtypes: {dtypes}")
+    if backend is not None:
+        backends = sorted({r["backend"] for r in picked})
+        picked = [r for r in picked if r["backend"] == backend]
+        if not picked:
+            raise ValueError(f"backend {backend!r} has no measurements in {where}; backends: {backends}")
+    device_name = picked[0]["device_name"]
+    device_kind = str(picked[0].get("device_kind") or "")
+    if spec is None:
+        spec = spec_for(device_name, device_kind)
+    device_versions = []
+    for device_id in sorted({r["device_id"] for r in picked}):
+        v = store.device(device_id).versions() if hasattr(store, "device") else {}
+        if v not in device_versions:
+            device_versions.append(v)
+    notes: list[str] = []
+    if len(device_versions) > 1:
+        notes.append(f"rows come from {len(device_versions)} driver/library version sets (all fitted together)")
+    if isinstance(spec, hw.UnknownGPU) or spec is None:
+        notes.append("no spec peak for this device: efficiencies are absolute throughputs (FLOP/s, bytes/s)")
+    models: list[OpModel] = []
+    for _, rows in sorted(rows_from_measurements(picked).items(), key=lambda kv: kv[0]):
+        models_or_note = _fit_one(rows, spec, folds=folds, residual=residual, seed=seed)
+        if isinstance(models_or_note, str):
+            notes.append(models_or_note)
+        else:
+            models.append(models_or_note)
+    if not models:
+        raise ValueError(f"{where}: no (op, dtype, backend) of {device_name!r} has enough usable rows to fit: "
+                         + "; ".join(notes))
+    versions: dict[str, Any] = dict(_library_versions())
+    versions["device"] = device_versions[0] if len(device_versions) == 1 else device_versions
+    return DeviceProfile(device_name=device_name, device_kind=device_kind,
+                         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         versions=versions, models=models, notes=notes,
+                         source={"store": os.fspath(getattr(store, "path", "")), "command": command,
+                                 "measured": True})
+
+
+def _fit_one(rows: Rows, spec: hw.GPUSpec | hw.UnknownGPU | None, *, folds: int, residual: bool,
+             seed: int) -> OpModel | str:
+    label = f"{rows.op}/{rows.dtype}/{rows.backend}"
+    if len(rows) < 3:
+        return f"{label}: not fitted, {len(rows)} usable row(s) (skipped: {rows.skipped or 'none'})"
+    runtime = fit_runtime(rows, spec, residual=residual)
+    notes: list[str] = []
+    if rows.skipped:
+        notes.append(f"skipped rows: {rows.skipped}")
+    energy = None
+    n_energy = int((rows.has_energy & (rows.energy_j > 0)).sum())
+    if n_energy >= 3:
+        energy = fit_energy(rows)
+    else:
+        notes.append(f"no energy model: {n_energy} row(s) with a measured energy")
+    cv = None
+    if len(set(rows.groups)) >= 2:
+        cv = cross_validate(rows, spec, k=folds, seed=seed, residual=residual)
+    else:
+        notes.append("no cross-validation: a single shape")
+    return OpModel(op=rows.op, dtype=rows.dtype, backend=rows.backend, runtime=runtime, energy=energy, cv=cv,
+                   n_rows=len(rows), skipped=dict(rows.skipped), notes=notes)

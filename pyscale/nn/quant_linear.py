@@ -1,0 +1,183 @@
+"""QuantLinear: an inference nn.Linear replacement with quantised weights, and `quantize_model`.
+
+Schemes (weights quantised once at construction, activations on the fly in forward):
+  "fp8-tensor"    e4m3 weights and activations, one scale each (tensor-wise)           gemm_fp8
+  "fp8-row"       e4m3, per-output-channel weight and per-token activation scales      gemm_fp8
+  "fp8-block128"  e4m3, 128x128 weight blocks and 1x128 activation groups             gemm_fp8
+  "int8"          W8A8: int8 per-channel weights, int8 per-token activations           gemm_int8
+  "w4a16-g32" / "w4a16-g64" / "w4a16-g128" (+ "-asym")  int4 group-wise weights, 16-bit activations
+Buffers (all in state_dict): fp8/int8 `weight` (N, K) + `weight_scale` fp32; w4a16 `qweight` uint8
+(N, K/2) + `scales` (N, K/g) in the module dtype (+ `zeros` uint8 for -asym); `bias` (N,) or None.
+Module dtype casts (`.half()`, `.to(dtype)`) leave these buffers alone; device moves apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pyscale import ops
+from pyscale.ops.quantize import scale_shape
+
+W4A16_SCHEMES = tuple(f"w4a16-g{g}{a}" for g in (32, 64, 128) for a in ("", "-asym"))
+SCHEMES = ("fp8-tensor", "fp8-row", "fp8-block128", "int8", *W4A16_SCHEMES)
+_FP8_ACT = {"fp8-tensor": "tensor", "fp8-row": "row", "fp8-block128": "block1x128"}
+_FP8_WEIGHT = {"fp8-tensor": "tensor", "fp8-row": "row", "fp8-block128": "block128x128"}
+
+
+def _w4a16_params(scheme: str) -> tuple[int, bool]:
+    parts = scheme.split("-")
+    return int(parts[1][1:]), len(parts) == 2
+
+
+def check_scheme(scheme: str, in_features: int) -> None:
+    """ValueError naming the argument when `scheme` is unknown or cannot hold `in_features`."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}: got {scheme!r}")
+    if scheme.startswith("w4a16"):
+        g, _ = _w4a16_params(scheme)
+        if in_features % g:
+            raise ValueError(f"in_features must be a multiple of the group size {g} for {scheme!r}: "
+                             f"got {in_features}")
+
+
+class QuantLinear(nn.Module):
+    """y = x W^T + b with W stored quantised.
+
+    Args:
+        in_features (K), out_features (N): as nn.Linear.
+        scheme: one of SCHEMES.
+        bias: whether there is a bias (stored in `dtype`).
+        dtype: the activation dtype: bias and int4 scales are stored in it and W4A16 runs in it
+               (float16 or bfloat16 for W4A16; FP8 and int8 also accept float32).
+    forward(x: (..., K) float) -> (..., N) in x.dtype.
+    FLOPs: 2 M N K per forward (M = tokens), plus the activation quantisation (3 M K).
+    """
+
+    def __init__(self, in_features: int, out_features: int, scheme: str, bias: bool = True, *,
+                 dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        check_scheme(scheme, in_features)
+        if scheme.startswith("w4a16") and dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be float16 or bfloat16 for {scheme!r}: got {dtype}")
+        self.in_features, self.out_features, self.scheme, self.dtype = in_features, out_features, scheme, dtype
+        n, k = out_features, in_features
+        if scheme.startswith("fp8"):
+            self.register_buffer("weight", torch.zeros((n, k), dtype=torch.float8_e4m3fn, device=device))
+            self.register_buffer("weight_scale", torch.ones(scale_shape(_FP8_WEIGHT[scheme], n, k), device=device))
+        elif scheme == "int8":
+            self.register_buffer("weight", torch.zeros((n, k), dtype=torch.int8, device=device))
+            self.register_buffer("weight_scale", torch.ones((n, 1), device=device))
+        else:
+            g, symmetric = _w4a16_params(scheme)
+            self.group_size = g
+            self.register_buffer("qweight", torch.full((n, k // 2), 0x88, dtype=torch.uint8, device=device))
+            self.register_buffer("scales", torch.zeros((n, k // g), dtype=dtype, device=device))
+            zeros = None if symmetric else torch.full((n, k // g), 8, dtype=torch.uint8, device=device)
+            self.register_buffer("zeros", zeros)
+        self.register_buffer("bias", torch.zeros(n, dtype=dtype, device=device) if bias else None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scheme: str, *, dtype: torch.dtype | None = None) -> QuantLinear:
+        """Quantise an nn.Linear's weights with `scheme`. dtype defaults to the linear's dtype when that
+        is float16/bfloat16, else bfloat16."""
+        w = linear.weight.detach()
+        if dtype is None:
+            dtype = w.dtype if w.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+        mod = cls(linear.in_features, linear.out_features, scheme, linear.bias is not None, dtype=dtype,
+                  device=w.device)
+        mod.load_quantized_weight(w)
+        if linear.bias is not None:
+            mod.bias.copy_(linear.bias.detach().to(dtype))
+        return mod
+
+    @torch.no_grad()
+    def load_quantized_weight(self, weight: torch.Tensor) -> None:
+        """Quantise a float (out_features, in_features) weight into this module's buffers."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"weight must have shape {(self.out_features, self.in_features)}: "
+                             f"got {tuple(weight.shape)}")
+        if self.scheme.startswith("fp8"):
+            q, s = ops.quantize_fp8(weight.float().contiguous(), _FP8_WEIGHT[self.scheme])
+            self.weight.copy_(q)
+            self.weight_scale.copy_(s)
+        elif self.scheme == "int8":
+            q, s = ops.quantize_int8(weight.float().contiguous())
+            self.weight.copy_(q)
+            self.weight_scale.copy_(s)
+        else:
+            g, symmetric = _w4a16_params(self.scheme)
+            packed = ops.int4_quantize(weight.to(self.dtype).contiguous(), g, symmetric=symmetric)
+            self.qweight.copy_(packed.qweight)
+            self.scales.copy_(packed.scales)
+            if not symmetric:
+                self.zeros.copy_(packed.zeros)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The weight this module multiplies by, (out_features, in_features) fp32."""
+        if self.scheme.startswith("fp8"):
+            return ops.dequantize(self.weight, self.weight_scale, _FP8_WEIGHT[self.scheme])
+        if self.scheme == "int8":
+            return ops.dequantize(self.weight, self.weight_scale, "row")
+        return ops.int4_dequantize(self.qweight, self.scales, self.zeros, group_size=self.group_size).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self.scheme.startswith("fp8"):
+            qx, sx = ops.quantize_fp8(x2, _FP8_ACT[self.scheme])
+            bias = self.bias.to(x.dtype) if self.bias is not None else None
+            y = ops.gemm_fp8(qx, self.weight, sx, self.weight_scale, out_dtype=x.dtype, bias=bias)
+        elif self.scheme == "int8":
+            qx, sx = ops.quantize_int8(x2)
+            bias = self.bias.to(x.dtype) if self.bias is not None else None
+            y = ops.gemm_int8(qx, self.weight, sx, self.weight_scale, out_dtype=x.dtype, bias=bias)
+        else:
+            y = ops.gemm_w4a16(x2.to(self.dtype), self.qweight, self.scales, self.zeros,
+                               group_size=self.group_size, bias=self.bias).to(x.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def _apply(self, fn, recurse=True):
+        # Device moves apply; dtype casts (.half(), .to(torch.float32), ...) do not: fp8 codes, fp32
+        # scales and the int4 format would be corrupted, and torch counts float8 as floating point.
+        for name, buf in self._buffers.items():
+            if buf is not None:
+                target = fn(torch.empty(0, dtype=buf.dtype, device=buf.device)).device
+                self._buffers[name] = buf.to(device=target)
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme!r}, "
+                f"bias={self.bias is not None}, dtype={self.dtype}")
+
+
+def quantize_model(model: nn.Module, scheme: str,
+                   filter: Callable[[str, nn.Linear], bool] | None = None,
+                   *, dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace every nn.Linear of `model` (in place) by QuantLinear.from_linear(linear, scheme).
+
+    Args:
+        model: any module; it is modified and returned.
+        scheme: one of SCHEMES.
+        filter: called with (qualified name, linear); only layers for which it returns True are replaced
+                (default: all). A selected layer the scheme cannot hold raises ValueError naming it.
+        dtype: activation dtype of the new layers (default as QuantLinear.from_linear).
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}: got {scheme!r}")
+    targets = [(name, mod) for name, mod in model.named_modules()
+               if type(mod) is nn.Linear and (filter is None or filter(name, mod))]
+    for name, linear in targets:  # check every layer before replacing any
+        try:
+            check_scheme(scheme, linear.in_features)
+        except ValueError as exc:
+            raise ValueError(f"layer {name!r} cannot be quantised: {exc}") from None
+    for name, linear in targets:
+        new = QuantLinear.from_linear(linear, scheme, dtype=dtype)
+        if name == "":
+            return new
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return model

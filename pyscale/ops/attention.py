@@ -1,0 +1,463 @@
+"""Fused softmax attention (FlashAttention-2): fixed-length and varlen, with GQA, causal and windows.
+
+Format (DESIGN.md section 8): q (batch, seq_q, heads_q, head_dim), k/v (batch, seq_k, heads_kv,
+head_dim), output like q; varlen packs sequences: (total, heads, head_dim) with cu_seqlens int32
+(batch + 1,). Query head h reads kv head h // (heads_q // heads_kv). Causal is bottom-right aligned
+(`causal_lower_right`); `window=(left, right)` keeps keys j with -left <= j - i - (seq_k - seq_q) <= right
+(-1: unbounded on that side), intersected with the causal mask when both are given. lse is natural-log
+fp32, (batch, heads_q, seq_q) or (heads_q, total_q). A query row with nothing to attend to gives
+output 0, lse -inf and zero gradients.
+
+Custom ops (always returning (out, lse); the backward is its own op so FLOP counters see it):
+    pyscale::attention_fwd(q, k, v, causal, scale, window_left, window_right) -> (out, lse)
+    pyscale::attention_bwd(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right,
+        grad_lse=None) -> (dq, dk, dv)
+    pyscale::attention_varlen_fwd / pyscale::attention_varlen_bwd: the same with cu_seqlens_q,
+        cu_seqlens_k, max_seqlen_q, max_seqlen_k after v (after lse for the backward).
+lse is differentiable too (e.g. for a z-loss): its gradient enters the backward as grad_lse.
+
+FLOPs (DESIGN section 6), with P = number of allowed (query, key) pairs per head, counted exactly
+(causal and window included) and summed over the batch:
+    executed forward  = 4 * P * heads_q * head_dim        (QK^T and PV, 2 FLOPs per multiply-add)
+    executed backward = 10 * P * heads_q * head_dim       (QK^T recomputed, dV, dP, dQ, dK: 2.5x)
+    model forward     = 4 * seq_q * seq_k * heads_q * head_dim per sequence (no causal discount)
+    model backward    = 2 * model forward                 (PaLM's MFU convention, no recompute)
+Memory is O(sequence): the kernels never form the (seq_q, seq_k) matrix (the reference backend does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from pyscale.ops._checks import check_same_device, check_tensor
+from pyscale.ops._dispatch import dispatch
+from pyscale.reference import attention as ref
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+# ----------------------------------------------------------------------------- backends
+
+def _kernels():
+    # Imported lazily: importing pyscale.ops must not import triton (nor create a CUDA context).
+    from pyscale.kernels import attention as kernels
+
+    return kernels
+
+
+def _fwd_triton(q, k, v, causal, scale, window_left, window_right):
+    return _kernels().attention_forward(q, k, v, causal=causal, scale=scale, window_left=window_left,
+                                        window_right=window_right)
+
+
+def _fwd_reference(q, k, v, causal, scale, window_left, window_right):
+    out, lse = ref.attention(q, k, v, causal=causal, scale=scale, window_left=window_left,
+                             window_right=window_right)
+    return out.contiguous(), lse.float().contiguous()
+
+
+def _bwd_triton(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse):
+    return _kernels().attention_backward(grad_out, q, k, v, out, lse, causal=causal, scale=scale,
+                                         window_left=window_left, window_right=window_right, dlse=grad_lse)
+
+
+def _bwd_reference(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse):
+    grads = ref.attention_backward(grad_out, q, k, v, causal=causal, scale=scale, window_left=window_left,
+                                   window_right=window_right, dlse=grad_lse)
+    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
+
+
+def _varlen_fwd_triton(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_left, window_right):
+    return _kernels().attention_forward(q, k, v, causal=causal, scale=scale, window_left=window_left,
+                                        window_right=window_right, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                                        max_seqlen_q=max_q, max_seqlen_k=max_k)
+
+
+def _varlen_fwd_reference(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_left, window_right):
+    out, lse = ref.attention_varlen(q, k, v, cu_q, cu_k, causal=causal, scale=scale, window_left=window_left,
+                                    window_right=window_right)
+    return out.contiguous(), lse.float().contiguous()
+
+
+def _varlen_bwd_triton(grad_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, window_left,
+                       window_right, grad_lse):
+    return _kernels().attention_backward(grad_out, q, k, v, out, lse, causal=causal, scale=scale,
+                                         window_left=window_left, window_right=window_right,
+                                         cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
+                                         max_seqlen_k=max_k, dlse=grad_lse)
+
+
+def _varlen_bwd_reference(grad_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, window_left,
+                          window_right, grad_lse):
+    grads = ref.attention_varlen_backward(grad_out, q, k, v, cu_q, cu_k, causal=causal, scale=scale,
+                                          window_left=window_left, window_right=window_right, dlse=grad_lse)
+    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
+
+
+_FWD = {"triton": _fwd_triton, "reference": _fwd_reference}
+_BWD = {"triton": _bwd_triton, "reference": _bwd_reference}
+_VARLEN_FWD = {"triton": _varlen_fwd_triton, "reference": _varlen_fwd_reference}
+_VARLEN_BWD = {"triton": _varlen_bwd_triton, "reference": _varlen_bwd_reference}
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+def _lse_like(q: torch.Tensor, varlen: bool) -> torch.Tensor:
+    shape = (q.shape[1], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1])
+    return q.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("pyscale::attention_fwd", mutates_args=())
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+                  window_left: int, window_right: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return dispatch("attention", q.device, _FWD, q, k, v, causal, scale, window_left, window_right)
+
+
+@attention_fwd.register_fake
+def _(q, k, v, causal, scale, window_left, window_right):
+    return q.new_empty(q.shape), _lse_like(q, False)
+
+
+@torch.library.custom_op("pyscale::attention_bwd", mutates_args=())
+def attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, causal: bool, scale: float, window_left: int, window_right: int,
+                  grad_lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return dispatch("attention_backward", q.device, _BWD, grad_out, q, k, v, out, lse, causal, scale,
+                    window_left, window_right, grad_lse)
+
+
+@attention_bwd.register_fake
+def _(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse=None):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@torch.library.custom_op("pyscale::attention_varlen_fwd", mutates_args=())
+def attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                         scale: float, window_left: int, window_right: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return dispatch("attention_varlen", q.device, _VARLEN_FWD, q, k, v, cu_seqlens_q, cu_seqlens_k,
+                    max_seqlen_q, max_seqlen_k, causal, scale, window_left, window_right)
+
+
+@attention_varlen_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, window_left,
+      window_right):
+    return q.new_empty(q.shape), _lse_like(q, True)
+
+
+@torch.library.custom_op("pyscale::attention_varlen_bwd", mutates_args=())
+def attention_varlen_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         out: torch.Tensor, lse: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                         scale: float, window_left: int, window_right: int, grad_lse: torch.Tensor | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return dispatch("attention_varlen_backward", q.device, _VARLEN_BWD, grad_out, q, k, v, out, lse,
+                    cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, window_left,
+                    window_right, grad_lse)
+
+
+@attention_varlen_bwd.register_fake
+def _(grad_out, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+      window_left, window_right, grad_lse=None):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_fwd(ctx, inputs, output):
+    q, k, v, causal, scale, window_left, window_right = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.args = (causal, scale, window_left, window_right)
+
+
+def _backward_fwd(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = attention_bwd(grad_out, q, k, v, out, lse, *ctx.args, grad_lse)
+    return dq, dk, dv, None, None, None, None
+
+
+attention_fwd.register_autograd(_backward_fwd, setup_context=_setup_fwd)
+
+
+def _setup_varlen(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_left, window_right = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.args = (max_q, max_k, causal, scale, window_left, window_right)
+
+
+def _backward_varlen(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = attention_varlen_bwd(grad_out, q, k, v, out, lse, cu_q, cu_k, *ctx.args, grad_lse)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+attention_varlen_fwd.register_autograd(_backward_varlen, setup_context=_setup_varlen)
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _check_head_dim(head_dim: int) -> None:
+    if head_dim % 8 or not 8 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be a multiple of 8 between 8 and {MAX_HEAD_DIM} (e.g. 32, 64, 80, 96, "
+                         f"128, 256): got {head_dim}")
+
+
+def _check_window(window: object) -> tuple[int, int]:
+    if window is None:
+        return -1, -1
+    if (not isinstance(window, (tuple, list)) or len(window) != 2
+            or not all(isinstance(w, int) and not isinstance(w, bool) for w in window)):
+        raise TypeError(f"window must be None or a pair of ints (left, right): got {window!r}")
+    left, right = window
+    if left < -1 or right < -1:
+        raise ValueError(f"window must hold sizes >= 0, or -1 for unbounded: got {tuple(window)}")
+    return int(left), int(right)
+
+
+def _check_scale(scale: float | None, head_dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite float: got {scale!r}")
+    return float(scale)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ndim: int) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, dtypes=FLOAT_DTYPES, ndim=ndim)
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have the dtype of q ({str(q.dtype).removeprefix('torch.')}): "
+                            f"got {str(t.dtype).removeprefix('torch.')}")
+    check_same_device(q=q, k=k, v=v)
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k must have the same head_dim as q: got {k.shape[-1]} vs {q.shape[-1]}")
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k {tuple(k.shape)}: got {tuple(v.shape)}")
+    _check_head_dim(q.shape[-1])
+    heads_q, heads_kv = q.shape[-2], k.shape[-2]
+    if heads_kv == 0 or heads_q % heads_kv:
+        raise ValueError(f"heads_q must be divisible by heads_kv (k.shape[-2]): got heads_q={heads_q}, "
+                         f"heads_kv={heads_kv}")
+
+
+# ----------------------------------------------------------------------------- public API
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+              scale: float | None = None, window: tuple[int, int] | None = None,
+              return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention softmax(q k^T * scale + mask) v, fused (FlashAttention-2), differentiable.
+
+    Args:
+        q: (batch, seq_q, heads_q, head_dim), float16/bfloat16/float32.
+        k, v: (batch, seq_k, heads_kv, head_dim), q's dtype and device; heads_q % heads_kv == 0 (GQA/MQA:
+            query head h reads kv head h // (heads_q // heads_kv)).
+        causal: bottom-right aligned causal mask (query i sees keys j <= i + seq_k - seq_q).
+        scale: softmax scale; default 1/sqrt(head_dim).
+        window: (left, right) sliding window around the (bottom-right) diagonal, -1 for an unbounded side;
+            with causal the two masks intersect.
+        return_lse: also return the log-sum-exp.
+    Returns:
+        out (batch, seq_q, heads_q, head_dim) in q.dtype, and with return_lse the natural-log lse,
+        fp32 (batch, heads_q, seq_q) (-inf on rows with nothing to attend to, whose output is 0).
+    FLOPs: executed 4 * pairs * heads_q * head_dim forward, 2.5x that backward; model (PaLM)
+        4 * batch * seq_q * seq_k * heads_q * head_dim forward, 2x backward. See `attention_flops`.
+    Only the head dim needs unit stride; other layouts are read in place (else copied).
+    """
+    _check_qkv(q, k, v, 4)
+    if k.shape[0] != q.shape[0]:
+        raise ValueError(f"k must have the batch size of q: got {k.shape[0]} vs {q.shape[0]}")
+    left, right = _check_window(window)
+    out, lse = attention_fwd(q, k, v, bool(causal), _check_scale(scale, q.shape[-1]), left, right)
+    return (out, lse) if return_lse else out
+
+
+def _check_cu(name: str, cu: torch.Tensor, q: torch.Tensor, total: int) -> list[int]:
+    check_tensor(name, cu, dtypes=(torch.int32,), ndim=1)
+    if cu.device != q.device:
+        raise ValueError(f"{name} must be on the device of q ({q.device}): got {cu.device}")
+    if cu.numel() < 1:
+        raise ValueError(f"{name} must have batch + 1 >= 1 entries: got an empty tensor")
+    values = cu.tolist()
+    if values[0] != 0:
+        raise ValueError(f"{name} must start at 0: got {values[0]}")
+    if any(b < a for a, b in zip(values, values[1:])):
+        raise ValueError(f"{name} must be non-decreasing (sequence lengths >= 0): got {values}")
+    if values[-1] != total:
+        raise ValueError(f"{name} must end at the number of packed tokens {total}: got {values[-1]}")
+    return values
+
+
+def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
+                     scale: float | None = None, window: tuple[int, int] | None = None,
+                     return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """`attention` over packed variable-length sequences (sequence b attends only to itself).
+
+    Args:
+        q: (total_q, heads_q, head_dim), float16/bfloat16/float32: sequences concatenated.
+        k, v: (total_k, heads_kv, head_dim), q's dtype and device.
+        cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) offsets: sequence b is rows cu[b]:cu[b + 1]; starts at
+            0, non-decreasing (length-0 sequences allowed), ends at total_q / total_k.
+        max_seqlen_q, max_seqlen_k: int upper bounds on the sequence lengths (they size the launch grid).
+        causal, scale, window, return_lse: as `attention`, per sequence (bottom-right aligned per sequence).
+    Returns:
+        out (total_q, heads_q, head_dim) in q.dtype, and with return_lse the lse, fp32 (heads_q, total_q).
+    FLOPs: as `attention`, summed over sequences; see `attention_varlen_flops`.
+    The cu_seqlens checks read them on the host (one device sync).
+    """
+    _check_qkv(q, k, v, 3)
+    cq = _check_cu("cu_seqlens_q", cu_seqlens_q, q, q.shape[0])
+    ck = _check_cu("cu_seqlens_k", cu_seqlens_k, q, k.shape[0])
+    if len(cq) != len(ck):
+        raise ValueError(f"cu_seqlens_k must have the length of cu_seqlens_q (batch + 1 = {len(cq)}): got {len(ck)}")
+    for name, bound, cu in (("max_seqlen_q", max_seqlen_q, cq), ("max_seqlen_k", max_seqlen_k, ck)):
+        longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < longest:
+            raise ValueError(f"{name} must be an int >= the longest sequence ({longest}): got {bound!r}")
+    left, right = _check_window(window)
+    out, lse = attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                                    bool(causal), _check_scale(scale, q.shape[-1]), left, right)
+    return (out, lse) if return_lse else out
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+class AttentionFlops(NamedTuple):
+    executed: int  # what the kernels run: allowed pairs counted exactly, backward with its recompute
+    model: int  # PaLM MFU convention: every (query, key) pair, backward = 2x forward
+
+
+def attention_pairs(seq_q: int, seq_k: int, *, causal: bool = False, window: tuple[int, int] | None = None) -> int:
+    """Number of allowed (query, key) pairs of one head of one sequence under the causal/window mask."""
+    if seq_q <= 0 or seq_k <= 0:
+        return 0
+    left, right = _check_window(window)
+    i = torch.arange(seq_q, dtype=torch.int64)
+    off = seq_k - seq_q
+    lo = (i + off - left).clamp(min=0) if left >= 0 else torch.zeros_like(i)
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    hi = (i + off + right).clamp(max=seq_k - 1) if right >= 0 else torch.full_like(i, seq_k - 1)
+    return int((hi - lo + 1).clamp(min=0).sum())
+
+
+_PASS_FACTORS = {"fwd": (4, 4), "bwd": (10, 8), "fwd+bwd": (14, 12)}  # (executed, model) per pair*head*dim
+
+
+def _pass_factors(pass_: str) -> tuple[int, int]:
+    if pass_ not in _PASS_FACTORS:
+        raise ValueError(f"pass_ must be one of {', '.join(_PASS_FACTORS)}: got {pass_!r}")
+    return _PASS_FACTORS[pass_]
+
+
+def attention_flops(batch: int, seq_q: int, seq_k: int, heads_q: int, head_dim: int, *, causal: bool = False,
+                    window: tuple[int, int] | None = None, pass_: str = "fwd") -> AttentionFlops:
+    """FLOPs of `attention` on (batch, seq_q, heads_q, head_dim) queries and seq_k keys.
+
+    executed = c_e * pairs * batch * heads_q * head_dim with c_e = 4 (fwd), 10 (bwd: QK^T recompute, dV,
+    dP, dQ, dK), 14 (fwd+bwd); model = c_m * batch * seq_q * seq_k * heads_q * head_dim with c_m = 4, 8, 12.
+    """
+    ce, cm = _pass_factors(pass_)
+    pairs = attention_pairs(seq_q, seq_k, causal=causal, window=window)
+    return AttentionFlops(ce * pairs * batch * heads_q * head_dim, cm * batch * seq_q * seq_k * heads_q * head_dim)
+
+
+def attention_varlen_flops(seqlens_q: Sequence[int], seqlens_k: Sequence[int], heads_q: int, head_dim: int, *,
+                           causal: bool = False, window: tuple[int, int] | None = None,
+                           pass_: str = "fwd") -> AttentionFlops:
+    """`attention_flops` summed over packed sequences with the given lengths."""
+    ce, cm = _pass_factors(pass_)
+    pairs = sum(attention_pairs(a, b, causal=causal, window=window) for a, b in zip(seqlens_q, seqlens_k))
+    dense = sum(a * b for a, b in zip(seqlens_q, seqlens_k))
+    return AttentionFlops(ce * pairs * heads_q * head_dim, cm * dense * heads_q * head_dim)
+
+
+def _bind(names: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+def _window_of(a: Mapping[str, Any]) -> tuple[int, int]:
+    return (int(a["window_left"]), int(a["window_right"]))
+
+
+Formula = Callable[[Sequence[Any], Mapping[str, Any], Any], int]
+
+
+def _fixed_flops(pass_: str, names: Sequence[str], kind: str = "executed") -> Formula:
+    def flops(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any = None) -> int:
+        a = _bind(names, args, kwargs)
+        q, k = a["q"], a["k"]
+        f = attention_flops(q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3], causal=bool(a["causal"]),
+                            window=_window_of(a), pass_=pass_)
+        return getattr(f, kind)
+    return flops
+
+
+def _varlen_flops(pass_: str, names: Sequence[str], kind: str = "executed") -> Formula:
+    def flops(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any = None) -> int:
+        a = _bind(names, args, kwargs)
+        q, cq, ck = a["q"], a["cu_seqlens_q"].tolist(), a["cu_seqlens_k"].tolist()
+        lens_q = [y - x for x, y in zip(cq, cq[1:])]
+        lens_k = [y - x for x, y in zip(ck, ck[1:])]
+        f = attention_varlen_flops(lens_q, lens_k, q.shape[1], q.shape[2], causal=bool(a["causal"]),
+                                   window=_window_of(a), pass_=pass_)
+        return getattr(f, kind)
+    return flops
+
+
+def _nbytes(t: Any) -> int:
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+def _bytes(names: Sequence[str], reads: Sequence[str], backward: bool) -> Formula:
+    """Compulsory traffic: each input read once, each output written once; the backward also writes and
+    reads delta (one fp32 per query row, the size of lse)."""
+    def nbytes(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any = None) -> int:
+        a = _bind(names, args, kwargs)
+        total = sum(_nbytes(a.get(n)) for n in reads) + sum(_nbytes(t) for t in (out or ()))
+        return total + (2 * _nbytes(a["lse"]) if backward else 0)
+    return nbytes
+
+
+_FWD_ARGS = ("q", "k", "v", "causal", "scale", "window_left", "window_right")
+_BWD_ARGS = ("grad_out", "q", "k", "v", "out", "lse", "causal", "scale", "window_left", "window_right",
+             "grad_lse")
+_VFWD_ARGS = ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k", "causal", "scale",
+              "window_left", "window_right")
+_VBWD_ARGS = ("grad_out", "q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q",
+              "max_seqlen_k", "causal", "scale", "window_left", "window_right", "grad_lse")
+
+#: Executed FLOPs of each custom op from its call: fn(args, kwargs, out) -> int (pyscale.profile.flops).
+FLOP_FORMULAS: dict[str, Formula] = {
+    "pyscale::attention_fwd": _fixed_flops("fwd", _FWD_ARGS),
+    "pyscale::attention_bwd": _fixed_flops("bwd", _BWD_ARGS),
+    "pyscale::attention_varlen_fwd": _varlen_flops("fwd", _VFWD_ARGS),
+    "pyscale::attention_varlen_bwd": _varlen_flops("bwd", _VBWD_ARGS),
+}
+#: Model FLOPs (PaLM: every pair, backward = 2x forward) of each custom op.
+MODEL_FLOP_FORMULAS: dict[str, Formula] = {
+    "pyscale::attention_fwd": _fixed_flops("fwd", _FWD_ARGS, "model"),
+    "pyscale::attention_bwd": _fixed_flops("bwd", _BWD_ARGS, "model"),
+    "pyscale::attention_varlen_fwd": _varlen_flops("fwd", _VFWD_ARGS, "model"),
+    "pyscale::attention_varlen_bwd": _varlen_flops("bwd", _VBWD_ARGS, "model"),
+}
+#: Compulsory bytes moved by each custom op (the kernels never write the (seq_q, seq_k) matrix).
+BYTE_FORMULAS: dict[str, Formula] = {
+    "pyscale::attention_fwd": _bytes(_FWD_ARGS, ("q", "k", "v"), False),
+    "pyscale::attention_bwd": _bytes(_BWD_ARGS, ("grad_out", "q", "k", "v", "out", "lse", "grad_lse"), True),
+    "pyscale::attention_varlen_fwd": _bytes(_VFWD_ARGS, ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k"), False),
+    "pyscale::attention_varlen_bwd": _bytes(_VBWD_ARGS, ("grad_out", "q", "k", "v", "out", "lse", "cu_seqlens_q",
+                                                         "cu_seqlens_k", "grad_lse"), True),
+}

@@ -1,0 +1,79 @@
+"""MoE auxiliary losses and auxiliary-loss-free balancing (differentiable PyTorch; tiny next to the GEMMs).
+
+- Switch load-balancing loss: α · E · Σ_i f_i · P_i, with f_i = (slots routed to expert i) / (T · k),
+  detached, and P_i the mean over tokens of expert i's router probability (softmax scoring: softmax of
+  the logits; sigmoid scoring: the sigmoid scores normalised to sum 1 per token). 1·α at perfect balance.
+- Router z-loss (ST-MoE): β · mean_t logsumexp(logits_t)².
+- DeepSeek-V3's auxiliary-loss-free balancing: after each step, bias_i += rate · sign(mean load − load_i);
+  the bias enters `moe_route(bias=...)`, selection only.
+
+FLOPs: load balancing ≈ 4·T·E (scores and their mean) + 2·E; z-loss ≈ 4·T·E (logsumexp) + 2·T.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pyscale.ops._checks import check_choice, check_tensor
+
+
+def load_balancing_loss(logits: torch.Tensor, tokens_per_expert: torch.Tensor, top_k: int, *,
+                        scoring: str = "softmax", coef: float = 1.0) -> torch.Tensor:
+    """Switch-Transformer load-balancing loss (a 0-D fp32 tensor, differentiable in logits).
+
+    Args:
+        logits: (T, E) router logits.
+        tokens_per_expert: (E,) integer slots routed to each expert (moe_align's tokens_per_expert).
+        top_k: experts per token (f_i is normalised by T · top_k).
+        scoring: "softmax" or "sigmoid", as in moe_route.
+        coef: α.
+    """
+    check_tensor("logits", logits, ndim=2)
+    check_tensor("tokens_per_expert", tokens_per_expert, ndim=1)
+    check_choice("scoring", scoring, ("softmax", "sigmoid"))
+    t, e = logits.shape
+    if tokens_per_expert.shape[0] != e:
+        raise ValueError(f"tokens_per_expert must have n_experts = {e} entries: got {tokens_per_expert.shape[0]}")
+    if t == 0:
+        return logits.new_zeros((), dtype=torch.float32)
+    x = logits.float()
+    if scoring == "softmax":
+        p = torch.softmax(x, dim=-1)
+    else:
+        s = torch.sigmoid(x)
+        p = s / s.sum(dim=-1, keepdim=True)
+    f = tokens_per_expert.detach().float() / (t * top_k)
+    return coef * e * (f * p.mean(dim=0)).sum()
+
+
+def router_z_loss(logits: torch.Tensor, *, coef: float = 1.0) -> torch.Tensor:
+    """ST-MoE router z-loss coef · mean_t logsumexp(logits_t)² (0-D fp32, differentiable)."""
+    check_tensor("logits", logits, ndim=2)
+    if logits.shape[0] == 0:
+        return logits.new_zeros((), dtype=torch.float32)
+    return coef * torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
+@torch.no_grad()
+def update_expert_bias(bias: torch.Tensor, tokens_per_expert: torch.Tensor, rate: float) -> torch.Tensor:
+    """In place: bias_i += rate · sign(mean load − load_i) (under-loaded experts become more attractive)."""
+    check_tensor("bias", bias, ndim=1)
+    load = tokens_per_expert.float().to(bias.device)
+    bias.add_(rate * torch.sign(load.mean() - load).to(bias.dtype))
+    return bias
+
+
+def _lb_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+    t, e = args[0].shape
+    return 4 * t * e + 2 * e
+
+
+def _z_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+    t, e = args[0].shape
+    return 4 * t * e + 2 * t
+
+
+# Plain-PyTorch functions (no custom op); keyed by function name for the profiler.
+FLOP_FORMULAS = {"pyscale.ops.load_balancing_loss": _lb_flops, "pyscale.ops.router_z_loss": _z_flops}

@@ -1,0 +1,14 @@
+"""Training plans from loss laws and measured costs: budget -> N, D, architecture, time, energy, cost.
+
+Needs no torch: exact parameter counts come from pyscale.models.config (pure Python).
+"""
+
+from __future__ import annotations
+
+from pyscale.plan.budget import Budget
+from pyscale.plan.hardware import Hardware, from_measurements, from_user
+from pyscale.plan.law import LawChoice, choose_law
+from pyscale.plan.planner import OBJECTIVES, Plan, plan
+
+__all__ = ["OBJECTIVES", "Budget", "Hardware", "LawChoice", "Plan", "choose_law", "from_measurements",
+           "from_user", "plan"]

@@ -1,0 +1,87 @@
+"""The loss law a plan uses: a preset or a saved fit, with what is known of its uncertainty."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pyscale.scaling import get_law, presets
+
+
+@dataclass
+class LawChoice:
+    name: str
+    law: Any  # a pyscale.scaling Law
+    params: dict[str, float]
+    source: str
+    n_convention: str
+    flops_per_param_token: float = 6.0
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    ci_level: float | None = None
+    bootstrap: np.ndarray | None = None  # (replicates, n_params) in law.params order
+    embeddings_counted: bool = True
+
+    def predict(self, N: Any, D: Any) -> np.ndarray:
+        return self.law.predict(self.params, N=N, D=D)
+
+    def _predict_many(self, param_sets: list[dict[str, float]], N: float, D: float) -> np.ndarray:
+        """The law at one (N, D) for many parameter sets at once (finite values only)."""
+        theta = np.stack([self.law.to_internal(p) for p in param_sets])
+        logp, _ = self.law.log_model(theta, self.law.prepare({"N": np.array([N]), "D": np.array([D])}))
+        out = np.exp(logp[:, 0])
+        return out[np.isfinite(out)]
+
+    def loss_interval(self, N: float, D: float, *, seed: int = 0, samples: int = 2000
+                      ) -> tuple[tuple[float, float] | None, str]:
+        """A (2.5 %, 97.5 %) interval of the predicted loss, and how it was obtained (or why absent)."""
+        names = list(self.law.params)
+        if self.bootstrap is not None and len(self.bootstrap):
+            losses = self._predict_many([dict(zip(names, row)) for row in self.bootstrap], N, D)
+            lo, hi = np.percentile(losses, [2.5, 97.5])
+            return (float(lo), float(hi)), f"{len(losses)} bootstrap refits of the fit (resampled runs)"
+        if self.ci:
+            rng = np.random.default_rng(seed)
+            level = self.ci_level or 0.95
+            from scipy.stats import norm
+
+            z = float(norm.ppf(0.5 + level / 2))
+            draws = {k: np.full(samples, float(v)) for k, v in self.params.items()}
+            for k, (lo, hi) in self.ci.items():
+                draws[k] = rng.normal((lo + hi) / 2, (hi - lo) / (2 * z), samples)
+            losses = self._predict_many([{k: v[i] for k, v in draws.items()} for i in range(samples)], N, D)
+            lo, hi = np.percentile(losses, [2.5, 97.5])
+            return (float(lo), float(hi)), (
+                f"published {100 * level:g}% CIs of {', '.join(self.ci)} treated as independent normals "
+                f"(other constants fixed); an approximation: the published joint distribution is not available")
+        return None, "absent: this law has neither bootstrap refits nor published confidence intervals"
+
+
+def choose_law(spec: str | Any = "epoch2024") -> LawChoice:
+    """A preset name, a path to a saved fit (JSON with 'law' and 'params'), or a FitResult."""
+    if hasattr(spec, "law") and hasattr(spec, "params") and hasattr(spec, "bootstrap"):  # FitResult
+        return LawChoice(spec.law.name, spec.law, dict(spec.params), "fitted by pyscale.scaling.fit",
+                         "as in the fitted data's N column", spec.flops_per_param_token, dict(spec.ci),
+                         spec.ci_level, spec.bootstrap)
+    if isinstance(spec, str) and spec.lower() in presets.PRESETS:
+        p = presets.get(spec)
+        if p.law is None or not {"N", "D"} <= set(p.law.inputs):
+            raise ValueError(f"law: preset {spec!r} is not a law of N and D; a plan needs one")
+        return LawChoice(p.name, p.law, dict(p.params), p.source, p.n_convention, p.flops_per_param_token,
+                         dict(p.ci), p.ci_level, None, embeddings_counted="non-embedding" not in p.n_convention)
+    path = Path(str(spec))
+    if not path.exists():
+        raise ValueError(f"law must be a preset ({', '.join(sorted(presets.PRESETS))}) or a saved fit JSON: "
+                         f"got {spec!r}")
+    data = json.loads(path.read_text())
+    if "law" not in data or "params" not in data:
+        raise ValueError(f"law: {path} has no 'law' and 'params' (save one with `pyscale fit ... --json`)")
+    law = get_law(data["law"])
+    ci = {k: tuple(v) for k, v in (data.get("ci") or {}).items() if v and None not in v}
+    n_conv = data.get("n_convention", "as in the fitted data's N column (assumed to count all parameters)")
+    return LawChoice(law.name, law, {k: float(v) for k, v in data["params"].items()}, f"saved fit {path}",
+                     n_conv, float(data.get("flops_per_param_token", 6.0)), ci, data.get("ci_level"), None,
+                     embeddings_counted="non-embedding" not in n_conv)

@@ -1,0 +1,116 @@
+"""A training step of the built-in model as a list of op calls, priced by a fitted cost model.
+
+This is issue 7's model-level prediction: the step's GEMMs (forward, input-gradient and weight-gradient
+for every linear layer and the LM head) and attention calls (forward and backward) are each priced by the
+device profile's runtime and energy models and summed (`pyscale.costmodel.predict_step`). Elementwise
+work (norms, rotary, SwiGLU, softmax of the loss, optimizer) is not in the breakdown; the comparison with
+measured `gpt_step` rows (`validate_against_store`) shows how much that leaves out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pyscale.costmodel.model_level import OpCall, StepPrediction, predict_step
+from pyscale.plan.hardware import Hardware
+
+_ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def _gemm(m: int, n: int, k: int, dtype: str, count: int, backend: str | None, op: str) -> OpCall:
+    size = _ITEMSIZE[dtype]
+    return OpCall(op, dtype, 2.0 * m * n * k, float((m * k + n * k + m * n) * size), count, backend,
+                  {"m": m, "n": n, "k": k})
+
+
+def _linear_calls(m: int, n: int, k: int, dtype: str, count: int, backend: str | None, op: str) -> list[OpCall]:
+    """Forward (M,N,K), input gradient (M,K,N) and weight gradient (N,K,M) of a linear layer."""
+    return [_gemm(m, n, k, dtype, count, backend, op), _gemm(m, k, n, dtype, count, backend, op),
+            _gemm(n, k, m, dtype, count, backend, op)]
+
+
+def gpt_op_breakdown(config: Any, micro_batch: int, *, dtype: str = "bf16", gemm_op: str = "gemm",
+                     gemm_backend: str | None = None, attention_fwd_op: str = "attention_fwd",
+                     attention_bwd_op: str = "attention_bwd", attention_backend: str | None = None
+                     ) -> list[OpCall]:
+    """The GEMM and attention calls of one forward+backward of `micro_batch` sequences."""
+    if dtype not in _ITEMSIZE:
+        raise ValueError(f"dtype must be one of {', '.join(_ITEMSIZE)}: got {dtype!r}")
+    s, d, L = config.seq_len, config.d_model, config.n_layers
+    t = micro_batch * s
+    calls: list[OpCall] = []
+    attn_n = config.d_attn + 2 * config.d_kv
+    for n, k in ((attn_n, d), (d, config.d_attn)):
+        calls += _linear_calls(t, n, k, dtype, L, gemm_backend, gemm_op)
+    if config.n_experts:
+        d_ff = config.d_ff_expert or config.d_ff
+        # tokens spread evenly over experts: the balanced case a load-balancing loss aims for
+        per_expert = max(1, round(t * config.top_k / config.n_experts))
+        calls += _linear_calls(t, config.n_experts, d, dtype, L, gemm_backend, gemm_op)  # router
+        for n, k in ((2 * d_ff, d), (d, d_ff)):
+            calls += _linear_calls(per_expert, n, k, dtype, L * config.n_experts, gemm_backend, gemm_op)
+    else:
+        for n, k in ((2 * config.d_ff, d), (d, config.d_ff)):
+            calls += _linear_calls(t, n, k, dtype, L, gemm_backend, gemm_op)
+    calls += _linear_calls(t, config.vocab_size, d, dtype, 1, gemm_backend, gemm_op)  # LM head
+    pairs = micro_batch * s * (s + 1) // 2  # causal, query-key pairs counted exactly
+    size = _ITEMSIZE[dtype]
+    qkvo = float(t * (2 * config.d_attn + 2 * config.d_kv) * size)
+    feats = {"batch": micro_batch, "heads": config.n_heads, "seq_q": s, "seq_k": s, "head_dim": config.head_dim,
+             "causal": True}
+    fwd = 4.0 * pairs * config.n_heads * config.head_dim
+    calls.append(OpCall(attention_fwd_op, dtype, fwd, qkvo, L, attention_backend, feats))
+    calls.append(OpCall(attention_bwd_op, dtype, 2.5 * fwd, 2 * qkvo, L, attention_backend, feats))
+    return calls
+
+
+def predict_gpt_step(profile: Any, config: Any, micro_batch: int, *, peak_flops_per_s: float | None = None,
+                     **breakdown: Any) -> StepPrediction:
+    """Predicted time, energy and MFU of one training step (see `gpt_op_breakdown` for `breakdown`)."""
+    tokens = micro_batch * config.seq_len
+    return predict_step(profile, gpt_op_breakdown(config, micro_batch, **breakdown),
+                        model_flops=float(config.model_flops_per_token()) * tokens, tokens=tokens,
+                        peak_flops_per_s=peak_flops_per_s)
+
+
+def hardware_from_profile(profile: Any, *, micro_batch: int = 1, peak_flops_per_s: float | None = None,
+                          memory_bytes: int | None = None, n_devices: int = 1, dp_efficiency: float | None = None,
+                          dtype: str = "bf16", price_per_device_hour: float | None = None, pue: float | None = None,
+                          **breakdown: Any) -> Hardware:
+    """Throughput and power of any architecture predicted from a device profile (a fitted cost model)."""
+    def flops(config: Any) -> tuple[float, str]:
+        if not hasattr(config, "seq_len"):
+            raise ValueError("a cost-model throughput needs a concrete architecture")
+        pred = predict_gpt_step(profile, config, micro_batch, peak_flops_per_s=peak_flops_per_s, dtype=dtype,
+                                **breakdown)
+        return pred.model_flops / pred.time_s, (f"cost model of {profile.device_name} ({profile.created}): "
+                                                "step time = sum of predicted GEMM and attention calls")
+
+    def power(config: Any) -> tuple[float | None, str]:
+        if not hasattr(config, "seq_len"):
+            return None, "a cost-model power needs a concrete architecture"
+        pred = predict_gpt_step(profile, config, micro_batch, peak_flops_per_s=peak_flops_per_s, dtype=dtype,
+                                **breakdown)
+        if pred.energy_j is None:
+            return None, f"cost model has no energy model: {pred.unavailable_reasons.get('energy_j')}"
+        return pred.energy_j / pred.time_s, f"energy model of {profile.device_name} (energy roofline)"
+
+    return Hardware(profile.device_name, n_devices, dp_efficiency, "user-given" if dp_efficiency else "",
+                    peak_flops_per_s, dtype, memory_bytes, price_per_device_hour, pue, flops, power)
+
+
+def validate_against_store(profile: Any, rows: Sequence[dict[str, Any]], **breakdown: Any) -> list[dict[str, Any]]:
+    """Predicted vs measured step time of stored `gpt_step` rows (relative error per row)."""
+    from pyscale.models.config import GPTConfig
+
+    out = []
+    for r in rows:
+        p = r["params"]
+        fields = {k: p[k] for k in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "seq_len",
+                                    "n_experts", "top_k") if k in p}
+        config = GPTConfig(**fields)
+        pred = predict_gpt_step(profile, config, int(p["batch"]), **breakdown)
+        out.append({"config": fields, "measured_s": r["time_s_median"], "predicted_s": pred.time_s,
+                    "rel_error": pred.time_s / r["time_s_median"] - 1.0})
+    return out

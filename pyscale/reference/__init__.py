@@ -1,0 +1,1 @@
+"""Pure-PyTorch references of every pyscale op: the test oracle and the CPU fallback."""

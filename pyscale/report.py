@@ -1,0 +1,213 @@
+"""pyscale's main job, end to end: device -> quick benchmark -> cost model -> loss law -> plan -> report.
+
+`run_main_job(...)` writes one Markdown file plus PNG plots into a directory and returns its path. Each
+stage says what it measured or used, and why anything is missing; nothing is filled in by assumption.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Section:
+    title: str
+    lines: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        body = "\n".join(self.lines)
+        pics = "\n".join(f"![{Path(p).stem}]({Path(p).name})" for p in self.images)
+        return f"## {self.title}\n\n{body}\n\n{pics}\n".rstrip() + "\n"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v).replace("|", "\\|")
+
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(cell(v) for v in r) + " |" for r in rows)]
+
+
+def _device_section() -> tuple[Section, dict]:
+    from pyscale.commands.info import collect
+
+    info = collect()
+    s = Section("Device")
+    for dev in info["devices"]:
+        spec = dev.get("spec")
+        s.lines.append(f"- **{dev['kind']}**: {dev['name']}" + (f" (spec row: {spec['name']})"
+                                                               if spec and spec.get("known") else ""))
+    s.lines.append("")
+    s.lines += _table(["backend", "available", "detail"],
+                      [(b["name"], "yes" if b["available"] else "no", b["detail"]) for b in info["backends"]])
+    s.lines.append("")
+    s.lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+    return s, info
+
+
+def _bench_section(store: Any, device: str, shapes: str, families: Sequence[str], progress: bool) -> Section:
+    from pyscale import benchmark, report_rows
+
+    s = Section(f"Benchmark ({shapes} shapes on {device})")
+    cases = benchmark.plan_cases(families, shapes, device=device)
+    summary = benchmark.sweep(cases, store=store, device=device, progress=progress, command="report",
+                              arguments={"shapes": shapes, "families": list(families)})
+    rows = report_rows.bench_rows(summary.rows)
+    if device == "cpu":
+        s.lines.append("No GPU here: these are CPU timings of the reference / C++ / interpreter paths at tiny "
+                       "shapes. They exercise the pipeline; they say nothing about GPU performance.")
+        s.lines.append("")
+    s.lines += _table(["op", "impl", "dtype", "shape", "ms", "TFLOP/s", "% peak", "GB/s", "energy J", "status"],
+                      [(r["op"], r["impl"], r["dtype"], ",".join(f"{k}={v}" for k, v in r["params"].items()),
+                        r["time_ms"], r["tflops"], r["pct_peak"], r["gb_s"],
+                        r["energy_j"] if r["energy_j"] is not None else f"n/a ({r['energy_unavailable_reason']})",
+                        r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}") for r in rows])
+    s.lines.append("")
+    s.lines.append(f"Store run {summary.run_id}: {summary.measured} measured, {summary.failed} failed.")
+    return s
+
+
+def _costmodel_section(store: Any, device_name: str, out: Path) -> tuple[Section, Any]:
+    from pyscale import costmodel
+
+    s = Section("Cost model")
+    try:
+        profile = costmodel.fit_device_profile(store, device=device_name, command="pyscale report")
+    except ValueError as exc:
+        s.lines.append(f"No cost model fitted: {exc}")
+        return s, None
+    path = out / "device_profile.json"
+    path.write_text(profile.to_json())
+    s.lines.append(f"Fitted from this store's measurements of {device_name}; saved as `{path.name}`. "
+                   "Errors are leave-shape-out cross-validated (no shape in both train and test).")
+    s.lines.append("")
+    def metric(m: Any, name: str) -> float | None:
+        return (m.cv.metrics.get(name) or {}).get("mape_pct") if m.cv else None
+
+    s.lines += _table(["op", "dtype", "backend", "rows", "runtime MAPE %", "energy MAPE %",
+                       "constant-power energy MAPE %"],
+                      [(m.op, m.dtype, m.backend, m.n_rows, metric(m, "runtime"), metric(m, "energy"),
+                        metric(m, "energy_baseline")) for m in profile.models])
+    notes = sorted({n for m in profile.models for n in m.notes})
+    if notes:
+        s.lines += ["", *(f"- {n}" for n in notes)]
+    return s, profile
+
+
+def _law_section(law: str, data: str | None, out: Path) -> tuple[Section, Any]:
+    s = Section("Loss law")
+    if data:
+        from pyscale.scaling import fit
+        from pyscale.scaling.plot import plot_fit
+
+        result = fit("chinchilla", data, starts="quick", bootstrap=100)
+        s.lines.append(f"Fitted Chinchilla's law to `{data}` (quick start grid, 100 bootstrap refits over runs):")
+        s.lines.append("")
+        s.lines += ["```", result.report(), "```"]
+        img = out / "fit.png"
+        plot_fit(result, img)
+        s.images.append(str(img))
+        (out / "fit.json").write_text(json.dumps(result.to_dict(), indent=2))
+        return s, result
+    from pyscale.scaling import presets
+
+    p = presets.get(law)
+    s.lines.append(f"Preset **{p.name}**: {p.source}. {p.n_convention}; {p.flops_convention}.")
+    s.lines.append("")
+    s.lines += _table(["parameter", "value", f"published {100 * (p.ci_level or 0):g}% CI"],
+                      [(k, v, "—" if k not in p.ci else f"[{p.ci[k][0]:g}, {p.ci[k][1]:g}]")
+                       for k, v in p.params.items()])
+    return s, law
+
+
+def _plan_section(law_spec: Any, budget: str, hardware: Any, out: Path) -> Section:
+    from pyscale.plan import choose_law, plan
+    from pyscale.plan.plot import iso_loss
+
+    p = plan(budget, law=law_spec, hardware=hardware)
+    s = Section(f"Plan ({p.objective}-optimal for {p.budget.describe()})")
+    c = p.config
+    rows = [("N (exact)", f"{p.n_params:,}"), ("tokens", f"{p.tokens:.4g}"),
+            ("tokens per parameter", f"{p.tokens_per_param:.3g}"),
+            ("predicted loss", f"{p.predicted_loss:.4f}" + ("" if p.loss_interval is None else
+                                                            f" [{p.loss_interval[0]:.4f}, {p.loss_interval[1]:.4f}]")),
+            ("architecture", f"{c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads ({c.n_kv_heads} kv), "
+                             f"d_ff {c.d_ff}"),
+            ("batch / steps", f"{p.batch.tokens:,} tokens / {p.steps:,}"), ("memory", p.memory.reason),
+            ("time", "—" if p.time_s is None else f"{p.time_s / 3600:.4g} h"),
+            ("GPU energy", "—" if p.energy_kwh is None else f"{p.energy_kwh:.4g} kWh"),
+            ("cost", "—" if p.cost_dollars is None else f"${p.cost_dollars:,.0f}")]
+    s.lines += _table(["", ""], rows)
+    s.lines += ["", "Assumptions:", *(f"- {a}" for a in p.assumptions), f"- loss interval: {p.loss_interval_source}"]
+    s.lines += [f"- {k} unavailable: {v}" for k, v in p.unavailable.items()]
+    img = out / "plan_iso_loss.png"
+    iso_loss(p, choose_law(law_spec), img)
+    s.images.append(str(img))
+    (out / "plan.json").write_text(json.dumps(p.to_dict(), indent=2, default=str))
+    return s
+
+
+def run_main_job(out_dir: str | Path = "pyscale-report", *, store_path: str | Path | None = None,
+                 shapes: str | None = None, families: Sequence[str] | None = None, skip_bench: bool = False,
+                 data: str | None = None, law: str = "epoch2024", budget: str = "1e21 flops",
+                 hardware: Any = None, progress: bool = True,
+                 on_stage: Callable[[str], None] | None = None) -> Path:
+    """Run every stage and write `<out_dir>/report.md` (+ PNGs, plan.json, device_profile.json)."""
+    from pyscale import benchmark, sysinfo
+    from pyscale.store import Store
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    say = on_stage or (lambda msg: None)
+    sections: list[Section] = []
+    problems: list[str] = []
+
+    def stage(name: str, fn: Callable[[], Any]) -> Any:
+        say(name)
+        try:
+            return fn()
+        except Exception as exc:  # a failing stage is reported in the document, the others still run
+            problems.append(f"{name}: {type(exc).__name__}: {exc}")
+            sections.append(Section(name, [f"This stage failed: `{type(exc).__name__}: {exc}`", "", "```",
+                                           traceback.format_exc()[-3000:], "```"]))
+            return None
+
+    dev_section, info = _device_section()
+    sections.append(dev_section)
+    device = "cuda" if sysinfo.cuda_available() else "cpu"
+    device_name = info["devices"][0]["name"]
+    with Store(store_path) as store:
+        store_file = store.path
+        if not skip_bench:
+            chosen = shapes or ("llama3-8b" if device == "cuda" else "quick")
+            bench = stage("Benchmark", lambda: _bench_section(store, device, chosen, families or benchmark.FAMILIES,
+                                                              progress))
+            if bench:
+                sections.append(bench)
+        cm = stage("Cost model", lambda: _costmodel_section(store, device_name, out))
+        if cm:
+            sections.append(cm[0])
+    law_result = stage("Loss law", lambda: _law_section(law, data, out))
+    if law_result:
+        sections.append(law_result[0])
+        plan_section = stage("Plan", lambda: _plan_section(law_result[1], budget, hardware, out))
+        if plan_section:
+            sections.append(plan_section)
+    header = [f"# pyscale report — {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}", "",
+              f"Device: {device_name}. Store: `{store_file}`.", ""]
+    if problems:
+        header += ["**Stages with problems:**", *(f"- {p}" for p in problems), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(header) + "\n" + "\n".join(s.markdown() for s in sections))
+    return path

@@ -1,0 +1,108 @@
+"""Derived figures and tables for measured rows: TFLOP/s, % of peak, GB/s, J/TFLOP, ratio to baselines."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pyscale import hw
+
+
+def _peak(device_kind: str, device_name: str, dtype: str) -> float | None:
+    if device_kind != "cuda":
+        return None
+    return hw.peak_flops(hw.lookup(device_name), dtype)
+
+
+def bench_rows(raw: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flatten sweep rows ({case, device, record}) into table rows with derived figures and ratios."""
+    rows = []
+    for item in raw:
+        case, device, rec = item["case"], item["device"], item["record"]
+        t = rec.time_s_median
+        row: dict[str, Any] = {
+            "op": rec.op, "impl": rec.backend, "dtype": rec.dtype, "params": case.params_dict,
+            "device": device.name, "status": rec.status, "error": rec.error, "time_ms": None if t is None else t * 1e3,
+            "tflops": None, "pct_peak": None, "gb_s": None, "energy_j": rec.energy_j, "j_per_tflop": None,
+            "energy_unavailable_reason": rec.unavailable_reasons.get("energy_j"),
+        }
+        if t:
+            if rec.flops:
+                row["tflops"] = rec.flops / t / 1e12
+                peak = _peak(device.kind, device.name, rec.dtype)
+                row["pct_peak"] = None if peak is None else 100 * rec.flops / t / peak
+                if rec.energy_j:
+                    row["j_per_tflop"] = rec.energy_j / (rec.flops / 1e12)
+            if rec.bytes:
+                row["gb_s"] = rec.bytes / t / 1e9
+        rows.append(row)
+    _add_ratios(rows)
+    return rows
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    """For pyscale rows: speedup over each baseline of the same op and shape, measured in the same run.
+
+    Baselines of another dtype count too (a quantized GEMM against the bf16 layer it replaces); they are
+    named `impl[dtype]` then."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(json.dumps([r["op"], r["params"]], sort_keys=True), []).append(r)
+    for members in groups.values():
+        for r in (m for m in members if m["impl"] == "pyscale" and m["time_ms"]):
+            r["speedup"] = {(b["impl"] if b["dtype"] == r["dtype"] else f"{b['impl']}[{b['dtype']}]"):
+                            b["time_ms"] / r["time_ms"] for b in members
+                            if b["impl"] != "pyscale" and b["time_ms"]}
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def print_bench_table(rows: Sequence[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title))
+    for col in ("op", "impl", "dtype", "shape", "ms", "TFLOP/s", "% peak", "GB/s", "J", "J/TFLOP", "speedup"):
+        table.add_column(col, justify="right" if col not in ("op", "impl", "dtype", "shape") else "left")
+    for r in rows:
+        shape = ",".join(f"{k}={v}" for k, v in r["params"].items())
+        if r["status"] != "ok":
+            table.add_row(r["op"], r["impl"], r["dtype"], shape, f"[red]{r['status']}[/]", "", "", "", "", "",
+                          escape((r["error"] or "").splitlines()[0][:60]))
+            continue
+        speed = escape(", ".join(f"{k} {v:.2f}×" for k, v in (r.get("speedup") or {}).items()))
+        energy = _fmt(r["energy_j"]) if r["energy_j"] is not None else "n/a"
+        table.add_row(r["op"], r["impl"], r["dtype"], escape(shape), _fmt(r["time_ms"]), _fmt(r["tflops"]),
+                      _fmt(r["pct_peak"], ".1f"), _fmt(r["gb_s"]), energy, _fmt(r["j_per_tflop"]), speed)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
+    console.print(table)
+
+
+def export(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    path = Path(path)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(list(rows), indent=2, default=str))
+    elif path.suffix == ".csv":
+        flat = [{**{k: v for k, v in r.items() if k not in ("params", "speedup")},
+                 "params": json.dumps(r["params"], sort_keys=True), "speedup": json.dumps(r.get("speedup") or {})}
+                for r in rows]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["op"])
+            writer.writeheader()
+            writer.writerows(flat)
+    elif path.suffix == ".parquet":
+        import pandas as pd
+
+        pd.DataFrame([{**r, "params": json.dumps(r["params"]), "speedup": json.dumps(r.get("speedup") or {})}
+                      for r in rows]).to_parquet(path, index=False)
+    else:
+        raise ValueError(f"export must end in .json, .csv or .parquet: got {path}")
+    return path

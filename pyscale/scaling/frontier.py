@@ -1,0 +1,105 @@
+"""Compute-optimal allocation: N*, D* minimising a law's loss at fixed compute C = k*N*D."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from pyscale.scaling.laws import Chinchilla, Law, get_law
+
+
+@dataclass
+class ComputeOptimal:
+    """N*, D*, the loss there, and D*/N*, per compute budget (arrays, one entry per budget)."""
+
+    flops: np.ndarray
+    N: np.ndarray
+    D: np.ndarray
+    loss: np.ndarray
+    method: str
+    flops_per_param_token: float = 6.0
+
+    @property
+    def tokens_per_param(self) -> np.ndarray:
+        return self.D / self.N
+
+    @property
+    def flops_convention(self) -> str:
+        return f"C = {self.flops_per_param_token:g}*N*D"
+
+    def to_dict(self) -> dict:
+        return {"flops": self.flops.tolist(), "N": self.N.tolist(), "D": self.D.tolist(),
+                "loss": self.loss.tolist(), "method": self.method, "flops_convention": self.flops_convention}
+
+
+def _resolve(fit_or_law: object, params: Mapping[str, float] | None,
+             k: float | None) -> tuple[Law, dict[str, float], float]:
+    law = getattr(fit_or_law, "law", None)
+    if law is not None and hasattr(fit_or_law, "params"):  # a FitResult or a Preset
+        p = dict(params or fit_or_law.params)
+        kk = k if k is not None else float(getattr(fit_or_law, "flops_per_param_token", 6.0))
+        return law, p, kk
+    law = get_law(fit_or_law)  # type: ignore[arg-type]
+    if params is None:
+        raise ValueError("params: a law needs params= (or pass a FitResult or a preset)")
+    return law, dict(params), 6.0 if k is None else float(k)
+
+
+def chinchilla_optimal(params: Mapping[str, float], flops: np.ndarray | float, k: float = 6.0):
+    """Closed form: N* = G (C/k)^(beta/(alpha+beta)), D* = (C/k)/N*, G = (alpha A/(beta B))^(1/(alpha+beta))."""
+    A, B, al, be = (float(params[n]) for n in ("A", "B", "alpha", "beta"))
+    G = (al * A / (be * B)) ** (1.0 / (al + be))
+    c = np.asarray(flops, dtype=float) / k
+    N = G * c ** (be / (al + be))
+    return N, c / N
+
+
+def compute_optimal(fit_or_law: object, flops: float | np.ndarray, *, params: Mapping[str, float] | None = None,
+                    flops_per_param_token: float | None = None, method: str = "auto",
+                    **inputs: float) -> ComputeOptimal:
+    """The compute-optimal N*, D* at each budget in `flops`.
+
+    fit_or_law: a FitResult, a preset (pyscale.scaling.presets), or a law (name/object) with `params=`.
+    method: "closed" (Chinchilla only), "numeric" (any law of N and D: minimise L(N, C/(kN)) over log N,
+        a dense log grid then a bounded Brent refinement) or "auto" (closed form when available).
+    inputs: extra fixed law inputs, e.g. U= unique tokens for the data-constrained law, G= for QAT.
+    """
+    law, p, k = _resolve(fit_or_law, params, flops_per_param_token)
+    C = np.atleast_1d(np.asarray(flops, dtype=float))
+    if not np.all(np.isfinite(C) & (C > 0)):
+        raise ValueError("flops must be finite and > 0")
+    if method not in ("auto", "closed", "numeric"):
+        raise ValueError(f"method must be 'auto', 'closed' or 'numeric': got {method!r}")
+    if not {"N", "D"} <= set(law.inputs):
+        raise ValueError(f"law {law.name} is not a function of N and D; it has no compute-optimal split")
+    closed = isinstance(law, Chinchilla) and method != "numeric"
+    if method == "closed" and not isinstance(law, Chinchilla):
+        raise ValueError(f"method='closed': no closed form for law {law.name}; use 'numeric'")
+    if closed:
+        N, D = chinchilla_optimal(p, C, k)
+    else:
+        from scipy.optimize import minimize_scalar
+
+        N, D = np.empty_like(C), np.empty_like(C)
+        for i, c in enumerate(C):
+            hi = math.log(c / k)  # D >= 1 token
+            grid = np.linspace(0.0, hi, 401)
+            losses = law.predict(p, N=np.exp(grid), D=(c / k) / np.exp(grid), **inputs)
+            losses = np.where(np.isfinite(losses), losses, np.inf)
+            j = int(np.argmin(losses))
+            a, b = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
+
+            def f(u: float, c: float = c) -> float:
+                return float(law.predict(p, N=math.exp(u), D=(c / k) / math.exp(u), **inputs)[0])
+
+            res = minimize_scalar(f, bounds=(a, b), method="bounded", options={"xatol": 1e-10})
+            u = float(res.x) if res.fun <= losses[j] else float(grid[j])
+            N[i], D[i] = math.exp(u), (c / k) / math.exp(u)
+    loss = law.predict(p, N=N, D=D, **inputs)
+    return ComputeOptimal(C, N, D, np.asarray(loss, dtype=float), "closed" if closed else "numeric", k)
+
+
+__all__ = ["ComputeOptimal", "chinchilla_optimal", "compute_optimal"]

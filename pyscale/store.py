@@ -1,0 +1,363 @@
+"""The embedded store: one SQLite file of devices, runs and measurements.
+
+- Location: `$PYSCALE_HOME/pyscale.db`, else the user's data directory (`pyscale.store.default_path()`).
+- WAL mode, one transaction per measurement: a killed process loses nothing already written.
+- The schema is versioned (`PRAGMA user_version`) and migrated forward on open.
+- Every measurement has a canonical case key (op, backend, params JSON with sorted keys, dtype, device
+  uuid, versions, rank). Recording a case again supersedes the earlier row (kept, flagged), so `--resume`
+  and retries see one current row per case and nothing measured is ever deleted.
+- An unavailable value is NULL plus a reason in `unavailable_reasons`, never 0.
+- One writer per database file is the design (rank 0 or a Ray driver gathers rows); concurrent writers
+  are still safe (SQLite locking + busy timeout), just serialised. WAL needs a local filesystem.
+Standard library only (pandas/pyarrow are imported lazily by the exporters).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DB_NAME = "pyscale.db"
+HOME_ENV = "PYSCALE_HOME"
+STATUSES = ("ok", "oom", "error", "skipped", "timeout")
+# Fields whose absence must be explained: a missing energy reading is never a silent zero.
+EXPLAINED_FIELDS = ("energy_j", "avg_power_w")
+
+MIGRATIONS: tuple[str, ...] = (
+    # v1: devices, runs and timed measurements.
+    """
+    CREATE TABLE devices (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        uuid TEXT NOT NULL,
+        compute_capability TEXT,
+        memory_bytes INTEGER,
+        driver_version TEXT,
+        cuda_version TEXT,
+        torch_version TEXT,
+        triton_version TEXT,
+        created_at REAL NOT NULL,
+        UNIQUE (uuid, driver_version, cuda_version, torch_version, triton_version)
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        command TEXT NOT NULL,
+        arguments TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        status TEXT NOT NULL DEFAULT 'running',
+        pyscale_version TEXT,
+        git_revision TEXT,
+        hostname TEXT
+    );
+    CREATE TABLE measurements (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER REFERENCES runs(id),
+        device_id INTEGER NOT NULL REFERENCES devices(id),
+        case_key TEXT NOT NULL,
+        op TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        params TEXT NOT NULL,
+        dtype TEXT NOT NULL,
+        rank INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        error TEXT,
+        time_s_median REAL,
+        time_s_p20 REAL,
+        time_s_p80 REAL,
+        repeats INTEGER,
+        flops REAL,
+        model_flops REAL,
+        bytes REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX measurements_op ON measurements (op, dtype);
+    """,
+    # v2: energy, power, clocks and temperature; explained absences; superseded rows kept.
+    """
+    ALTER TABLE measurements ADD COLUMN energy_j REAL;
+    ALTER TABLE measurements ADD COLUMN avg_power_w REAL;
+    ALTER TABLE measurements ADD COLUMN idle_power_w REAL;
+    ALTER TABLE measurements ADD COLUMN sm_clock_mhz REAL;
+    ALTER TABLE measurements ADD COLUMN mem_clock_mhz REAL;
+    ALTER TABLE measurements ADD COLUMN temperature_c REAL;
+    ALTER TABLE measurements ADD COLUMN throttle_reasons TEXT;
+    ALTER TABLE measurements ADD COLUMN unavailable_reasons TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE measurements ADD COLUMN extra TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE measurements ADD COLUMN superseded INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX measurements_current_case ON measurements (case_key) WHERE superseded = 0;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def default_path() -> Path:
+    """`$PYSCALE_HOME/pyscale.db`, else the platform's per-user data directory."""
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home).expanduser() / DB_NAME
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    elif os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return base / "pyscale" / DB_NAME
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def case_key(op: str, backend: str, params: Mapping[str, Any], dtype: str, device_uuid: str,
+             versions: Mapping[str, str | None], rank: int = 0) -> str:
+    """Canonical identity of a measured case, shared by --resume and retries."""
+    return _canonical_json({"op": op, "backend": backend, "params": dict(params), "dtype": dtype,
+                            "device": device_uuid, "versions": dict(versions), "rank": rank})
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    kind: str  # "cuda" or "cpu"
+    name: str
+    uuid: str
+    compute_capability: str | None = None
+    memory_bytes: int | None = None
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    torch_version: str | None = None
+    triton_version: str | None = None
+
+    def versions(self) -> dict[str, str | None]:
+        return {"driver": self.driver_version, "cuda": self.cuda_version, "torch": self.torch_version,
+                "triton": self.triton_version}
+
+
+@dataclass
+class MeasurementRecord:
+    """One row of the measurements table. Times in seconds, energy in joules, power in watts (SI)."""
+
+    op: str
+    backend: str
+    params: dict[str, Any]
+    dtype: str
+    status: str = "ok"
+    error: str | None = None
+    rank: int = 0
+    time_s_median: float | None = None
+    time_s_p20: float | None = None
+    time_s_p80: float | None = None
+    repeats: int | None = None
+    flops: float | None = None
+    model_flops: float | None = None
+    bytes: float | None = None
+    energy_j: float | None = None
+    avg_power_w: float | None = None
+    idle_power_w: float | None = None
+    sm_clock_mhz: float | None = None
+    mem_clock_mhz: float | None = None
+    temperature_c: float | None = None
+    throttle_reasons: str | None = None
+    unavailable_reasons: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}: got {self.status!r}")
+        if self.status != "ok":
+            if not self.error:
+                raise ValueError(f"error must say what happened when status is {self.status!r}")
+            return
+        if self.time_s_median is None or not self.time_s_median > 0 or not math.isfinite(self.time_s_median):
+            raise ValueError(f"time_s_median must be a positive finite time for an ok measurement: "
+                             f"got {self.time_s_median!r}")
+        for name in EXPLAINED_FIELDS:
+            value = getattr(self, name)
+            if value is None and not self.unavailable_reasons.get(name):
+                raise ValueError(f"{name} is None: give the reason in unavailable_reasons[{name!r}]")
+            if value is not None and value == 0:
+                raise ValueError(f"{name} is 0: an unmeasured value is None with a reason, never 0")
+
+
+_MEASUREMENT_COLUMNS = tuple(f.name for f in fields(MeasurementRecord))
+
+
+class Store:
+    """A connection to the pyscale SQLite store (created and migrated on open)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout_s: float = 60.0) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), one per write.
+        self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")  # durable at each commit in WAL mode
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} has schema v{version}, newer than this pyscale's "
+                                   f"v{SCHEMA_VERSION}: upgrade pyscale")
+            for target in range(version, SCHEMA_VERSION):
+                for statement in filter(str.strip, MIGRATIONS[target].split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target + 1}")
+
+    # ------------------------------------------------------------------ devices and runs
+
+    def register_device(self, device: DeviceRecord) -> int:
+        """The id of this device (with these versions), inserting it on first sight."""
+        row = asdict(device)
+        with self.transaction() as conn:
+            conn.execute(
+                f"INSERT OR IGNORE INTO devices ({', '.join(row)}, created_at) "
+                f"VALUES ({', '.join('?' * len(row))}, ?)", (*row.values(), time.time()))
+            found = conn.execute(
+                "SELECT id FROM devices WHERE uuid = ? AND driver_version IS ? AND cuda_version IS ? "
+                "AND torch_version IS ? AND triton_version IS ?",
+                (device.uuid, device.driver_version, device.cuda_version, device.torch_version,
+                 device.triton_version)).fetchone()
+        return int(found["id"])
+
+    def device(self, device_id: int) -> DeviceRecord:
+        row = self._conn.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no device with id {device_id}")
+        return DeviceRecord(**{f.name: row[f.name] for f in fields(DeviceRecord)})
+
+    def start_run(self, command: str, arguments: Mapping[str, Any] | Sequence[Any] = (), *,
+                  git_revision: str | None = None, hostname: str | None = None) -> int:
+        from pyscale import __version__
+
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO runs (command, arguments, started_at, pyscale_version, git_revision, hostname) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (command, _canonical_json(arguments), time.time(), __version__, git_revision,
+                 hostname or platform.node()))
+        return int(cur.lastrowid)
+
+    def end_run(self, run_id: int, status: str = "ok") -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE runs SET ended_at = ?, status = ? WHERE id = ?", (time.time(), status, run_id))
+
+    # ------------------------------------------------------------------ measurements
+
+    def record(self, m: MeasurementRecord, *, device_id: int, run_id: int | None = None) -> int:
+        """Write one measurement in its own transaction; an earlier row of the same case is superseded."""
+        m.validate()
+        device = self.device(device_id)
+        key = case_key(m.op, m.backend, m.params, m.dtype, device.uuid, device.versions(), m.rank)
+        row = {name: getattr(m, name) for name in _MEASUREMENT_COLUMNS}
+        row["params"] = _canonical_json(m.params)
+        row["unavailable_reasons"] = _canonical_json(m.unavailable_reasons)
+        row["extra"] = _canonical_json(m.extra)
+        row.update(case_key=key, device_id=device_id, run_id=run_id, created_at=time.time())
+        with self.transaction() as conn:
+            conn.execute("UPDATE measurements SET superseded = 1 WHERE case_key = ? AND superseded = 0", (key,))
+            cur = conn.execute(f"INSERT INTO measurements ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                               tuple(row.values()))
+        return int(cur.lastrowid)
+
+    def case_key_for(self, op: str, backend: str, params: Mapping[str, Any], dtype: str, *, device_id: int,
+                     rank: int = 0) -> str:
+        device = self.device(device_id)
+        return case_key(op, backend, params, dtype, device.uuid, device.versions(), rank)
+
+    def has_case(self, key: str, *, statuses: Sequence[str] = ("ok",)) -> bool:
+        """True when the current row of this case has one of `statuses` (what --resume skips)."""
+        marks = ", ".join("?" * len(statuses))
+        row = self._conn.execute(
+            f"SELECT 1 FROM measurements WHERE case_key = ? AND superseded = 0 AND status IN ({marks})",
+            (key, *statuses)).fetchone()
+        return row is not None
+
+    def measurements(self, *, op: str | None = None, dtype: str | None = None, device_id: int | None = None,
+                     status: str | None = "ok", include_superseded: bool = False) -> list[dict[str, Any]]:
+        """Current measurements joined with their device, as dicts with params etc. decoded."""
+        clauses, values = [], []
+        for column, value in (("m.op", op), ("m.dtype", dtype), ("m.device_id", device_id), ("m.status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                values.append(value)
+        if not include_superseded:
+            clauses.append("m.superseded = 0")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._conn.execute(
+            "SELECT m.*, d.name AS device_name, d.uuid AS device_uuid, d.kind AS device_kind "
+            f"FROM measurements m JOIN devices d ON d.id = m.device_id {where} ORDER BY m.id", values).fetchall()
+        out = []
+        for r in rows:
+            item = dict(r)
+            for column in ("params", "unavailable_reasons", "extra"):
+                item[column] = json.loads(item[column])
+            out.append(item)
+        return out
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        if table not in ("devices", "runs", "measurements"):
+            raise ValueError(f"table must be devices, runs or measurements: got {table!r}")
+        return [dict(r) for r in self._conn.execute(f"SELECT * FROM {table} ORDER BY id")]
+
+    # ------------------------------------------------------------------ export
+
+    def to_pandas(self, table: str = "measurements"):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(table))
+
+    def to_csv(self, path: str | os.PathLike[str], table: str = "measurements") -> Path:
+        rows = self.rows(table)
+        columns = [d[0] for d in self._conn.execute(f"SELECT * FROM {table} LIMIT 0").description]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        return Path(path)
+
+    def to_parquet(self, path: str | os.PathLike[str], table: str = "measurements") -> Path:
+        self.to_pandas(table).to_parquet(path, index=False)
+        return Path(path)

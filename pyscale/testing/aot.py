@@ -1,0 +1,208 @@
+"""Compile Triton kernels ahead of time for GPUs that are not here (sm_80, sm_89, sm_90a).
+
+The interpreter cannot see shared-memory overflow, unsupported layouts or register pressure; a real
+compile can, and needs no GPU: `triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`.
+Compiles run in a subprocess without TRITON_INTERPRET (the variable is fixed at @triton.jit time) and
+are cached by the kernel module's source, the spec and the triton version.
+
+    specs = [KernelSpec("pyscale.kernels.moe:_route_kernel", signature={...}, constexprs={...})]
+    results = assert_compiles(specs)                      # raises AssertionError with every failure
+    results = assert_compiles(specs, expect_refused=lambda r: r.arch == "sm_80")  # FP8 kernels
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# (compute capability, max dynamic shared memory per block in bytes) - CUDA C Programming Guide,
+# "Technical Specifications per Compute Capability": 163 KB (8.0), 99 KB (8.9), 227 KB (9.0).
+ARCHS: dict[str, tuple[int, int]] = {
+    "sm_80": (80, 163 * 1024),
+    "sm_89": (89, 99 * 1024),
+    "sm_90a": (90, 227 * 1024),
+}
+DEFAULT_ARCHS = ("sm_80", "sm_89", "sm_90a")
+MAX_REGISTERS = 255
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    kernel: str  # "module.path:function_name" of a @triton.jit function
+    signature: dict[str, str]  # every parameter: "*fp16", "i32", "fp32", ... or "constexpr"
+    constexprs: dict[str, Any] = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 3
+    label: str = ""  # a name for messages, e.g. "fwd D128 causal"
+    # parameters the launcher's JIT would specialise as multiples of 16 (aligned pointers, strides and
+    # sizes): without the hint loads are not vectorised and the compiler cannot pipeline them
+    divisible_by_16: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"{self.kernel}[{self.label or json.dumps(self.constexprs, sort_keys=True)}]"
+
+
+@dataclass(frozen=True)
+class AotResult:
+    spec: str
+    arch: str
+    ok: bool
+    shared_bytes: int | None = None
+    smem_limit_bytes: int | None = None
+    registers: int | None = None
+    local_bytes: int | None = None  # register spills land in local memory ...
+    stack_bytes: int | None = None  # ... or on the stack frame
+    error: str | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.ok and self.shared_bytes is not None and self.shared_bytes <= (self.smem_limit_bytes or 0)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("PYSCALE_AOT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pyscale", "aot")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _source_of(kernel: str) -> str:
+    """The kernel module's source and its siblings' (a kernel may call @triton.jit helpers from them)."""
+    module = kernel.split(":", 1)[0]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"kernel module {module!r} not found")
+    origin = Path(spec.origin)
+    siblings = sorted(p for p in origin.parent.glob("*.py") if p != origin)
+    return "\n".join([origin.read_text(), *(p.read_text() for p in siblings)])
+
+
+def _triton_version() -> str:
+    spec = importlib.util.find_spec("triton")
+    if spec is None:
+        raise RuntimeError("triton is not installed: ahead-of-time compiles need it")
+    return importlib.metadata.version("triton")
+
+
+def _key(spec: KernelSpec, arch: str) -> str:
+    blob = json.dumps([dataclasses.asdict(spec), arch, _triton_version(), _source_of(spec.kernel)],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def compile_kernels(specs: Sequence[KernelSpec], archs: Iterable[str] = DEFAULT_ARCHS,
+                    timeout_s: float = 600) -> list[AotResult]:
+    """Compile every spec for every arch (cached); one subprocess for everything not cached."""
+    archs = tuple(archs)
+    for arch in archs:
+        if arch not in ARCHS:
+            raise ValueError(f"archs: unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
+    cache = _cache_dir()
+    jobs, results = [], {}
+    for i, spec in enumerate(specs):
+        for arch in archs:
+            key = _key(spec, arch)
+            hit = cache / f"{key}.json"
+            if hit.exists():
+                results[(i, arch)] = AotResult(**json.loads(hit.read_text()))
+            else:
+                jobs.append((i, spec, arch, key))
+    if jobs:
+        payload = json.dumps([{"spec": dataclasses.asdict(s), "arch": a} for _, s, a, _ in jobs])
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        proc = subprocess.run([sys.executable, "-m", "pyscale.testing.aot"], input=payload, text=True,
+                              capture_output=True, env=env, timeout=timeout_s)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ahead-of-time compile subprocess failed:\n{proc.stderr[-4000:]}")
+        for (i, _, arch, key), raw in zip(jobs, json.loads(proc.stdout.strip().splitlines()[-1])):
+            result = AotResult(**raw)
+            results[(i, arch)] = result
+            (cache / f"{key}.json").write_text(json.dumps(dataclasses.asdict(result)))
+    return [results[(i, a)] for i in range(len(specs)) for a in archs]
+
+
+def assert_compiles(specs: Sequence[KernelSpec], archs: Iterable[str] = DEFAULT_ARCHS, *,
+                    expect_refused: Callable[[AotResult], bool] | None = None,
+                    max_registers: int = MAX_REGISTERS) -> list[AotResult]:
+    """Compile and check: each compile succeeds (or is refused where expected), shared memory fits the
+    arch's per-block limit, registers within max_registers and no spills. Raises with every problem."""
+    results = compile_kernels(specs, archs)
+    problems = []
+    for r in results:
+        refused_expected = bool(expect_refused and expect_refused(r))
+        if refused_expected:
+            if r.ok:
+                problems.append(f"{r.spec} @ {r.arch}: expected the compiler to refuse it, but it compiled")
+            continue
+        if not r.ok:
+            problems.append(f"{r.spec} @ {r.arch}: compile failed: {r.error}")
+        elif not r.fits:
+            problems.append(f"{r.spec} @ {r.arch}: shared memory {r.shared_bytes} B > limit {r.smem_limit_bytes} B")
+        elif r.registers is not None and r.registers > max_registers:
+            problems.append(f"{r.spec} @ {r.arch}: {r.registers} registers > {max_registers}")
+    if problems:
+        raise AssertionError("ahead-of-time compile problems:\n  " + "\n  ".join(problems))
+    return results
+
+
+# ----------------------------------------------------------------- subprocess side
+
+def _resource_usage(cubin: bytes) -> tuple[int | None, ...]:
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return None, None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    reg = re.search(r"REG:(\d+)", out)
+    local = re.search(r"LOCAL:(\d+)", out)
+    stack = re.search(r"STACK:(\d+)", out)
+    return tuple(int(m.group(1)) if m else None for m in (reg, local, stack))
+
+
+def _compile_one(spec: KernelSpec, arch: str) -> AotResult:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cc, limit = ARCHS[arch]
+    module_name, fn_name = spec.kernel.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+        attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in spec.divisible_by_16}
+        src = ASTSource(fn=fn, signature=dict(spec.signature), constexprs=dict(spec.constexprs), attrs=attrs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32),
+                                  options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    except Exception as exc:  # the compiler's refusal is the result
+        msg = f"{type(exc).__name__}: {exc}"
+        return AotResult(spec.describe(), arch, False, smem_limit_bytes=limit, error=msg[-2000:])
+    regs, local, stack = _resource_usage(compiled.asm["cubin"])
+    return AotResult(spec.describe(), arch, True, int(compiled.metadata.shared), limit, regs, local, stack)
+
+
+def _main() -> None:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("pyscale.testing.aot must run without TRITON_INTERPRET")
+    jobs = json.loads(sys.stdin.read())
+    out = [dataclasses.asdict(_compile_one(KernelSpec(**j["spec"]), j["arch"])) for j in jobs]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    _main()

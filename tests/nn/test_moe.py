@@ -1,0 +1,210 @@
+"""pyscale.nn.MoE vs the per-expert Python loop: output and every gradient (input, router, expert weights)
+by the DESIGN.md section 3 rule; skewed, empty-expert, one-token, top_k = E and capacity-overflow cases;
+aux outputs; torch.compile(fullgraph=True); bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyscale
+from pyscale.nn import MoE, MoEAux
+from pyscale.ops import moe_route
+from pyscale.ops.moe_align import expert_capacity
+from pyscale.reference import moe as ref
+
+EPS = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def _module(d, ff, e, k, dtype, seed=0, **kw):
+    torch.manual_seed(seed)
+    return MoE(d, ff, e, k, **kw).to(dtype)
+
+
+def _compare(m: MoE, x: torch.Tensor, *, skew_expert: int | None = None, fwd_factor=2.0, grad_factor=3.0,
+             ulps=4):
+    """Run the module, the loop in m's dtype and the loop in float64 (all on the module's routing), and
+    assert the rule for out and grads of x, router, w_gate, w_up, w_down."""
+    dtype = x.dtype
+    if skew_expert is not None:  # a router that sends every token to one expert first
+        with torch.no_grad():
+            m.router.weight.zero_()
+            m.router.weight[skew_expert] = x.float().mean(0).sign().to(dtype) * 4
+    t = x.shape[0]
+    cap = None if m.capacity_factor is None else expert_capacity(t, m.top_k, m.n_experts, m.capacity_factor)
+    xs = x.detach().clone().requires_grad_(True)
+    out, aux = m(xs)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(9)).to(dtype)
+    out.backward(g)
+    mine = [out, xs.grad, m.router.weight.grad, m.w_gate.grad, m.w_up.grad, m.w_down.grad]
+    # the module's routing decision (fp32 logits of the dtype-rounded inputs), shared by both loops
+    with torch.no_grad():
+        _, ids = moe_route(x.float() @ m.router.weight.float().T, m.top_k, scoring=m.scoring, renormalize=m.renormalize,
+                           n_group=m.n_group, topk_group=m.topk_group)
+    results = []
+    for prec in (dtype, torch.float64):
+        params = [p.detach().clone().to(prec).requires_grad_(True) for p in (x, m.router.weight, m.w_gate, m.w_up,
+                                                                              m.w_down)]
+        o, ids_used, _ = ref.moe_layer(*params, m.top_k, scoring=m.scoring, renormalize=m.renormalize,
+                                       n_group=m.n_group, topk_group=m.topk_group, capacity=cap,
+                                       route_dtype=torch.float32 if prec != torch.float64 else torch.float64,
+                                       topk_ids=ids)
+        o.backward(g.to(prec))
+        results.append([o] + [p.grad for p in params])
+    low, oracle = results
+    names = ["out", "x", "router", "w_gate", "w_up", "w_down"]
+    for i, (a, b, c) in enumerate(zip(mine, low, oracle)):
+        factor = fwd_factor if i == 0 else grad_factor
+        err = (a.double() - c).abs().max().item()
+        ref_err = (b.double() - c).abs().max().item()
+        floor = ulps * EPS[dtype] * c.abs().max().item()
+        assert err <= factor * ref_err + floor, (names[i], err, ref_err, floor)
+    return aux, ids
+
+
+CASES = [  # (tokens, d, ff, experts, top_k, dtype, extra)
+    (48, 32, 64, 4, 2, torch.float32, {}),
+    (48, 32, 64, 4, 2, torch.float16, {}),
+    (33, 32, 48, 8, 2, torch.float16, {"scoring": "sigmoid", "n_group": 4, "topk_group": 2}),
+    (20, 32, 64, 4, 4, torch.float16, {}),  # top_k = n_experts
+    (1, 32, 64, 4, 2, torch.float32, {}),  # one token
+    (40, 32, 64, 4, 2, torch.float16, {"capacity_factor": 0.5}),  # capacity overflow
+    (24, 32, 64, 4, 2, torch.bfloat16, {}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v).removeprefix("torch.") for v in c[:6])
+                         + ("-" + "-".join(f"{k}={v}" for k, v in c[6].items()) if c[6] else ""))
+def test_moe_matches_per_expert_loop(case):
+    t, d, ff, e, k, dtype, extra = case
+    m = _module(d, ff, e, k, dtype, **extra)
+    x = torch.randn(t, d, generator=torch.Generator().manual_seed(1)).to(dtype)
+    aux, ids = _compare(m, x)
+    assert isinstance(aux, MoEAux)
+    counts = torch.bincount(ids.reshape(-1).long(), minlength=e)
+    assert torch.equal(aux.tokens_per_expert.long(), counts)
+    if "capacity_factor" in extra:
+        cap = expert_capacity(t, k, e, extra["capacity_factor"])
+        assert int(aux.dropped) == int((counts - counts.clamp(max=cap)).sum()) > 0
+    else:
+        assert int(aux.dropped) == 0
+
+
+def test_skewed_load_and_empty_experts():
+    m = _module(32, 64, 8, 1, torch.float16)
+    x = torch.randn(40, 32, generator=torch.Generator().manual_seed(2)).abs().to(torch.float16)
+    aux, ids = _compare(m, x, skew_expert=5)
+    assert torch.all(ids == 5)
+    assert aux.tokens_per_expert.tolist() == [0, 0, 0, 0, 0, 40, 0, 0]
+    assert torch.all(m.w_gate.grad[[0, 1, 2, 3, 4, 6, 7]] == 0)
+
+
+def test_aux_losses_backpropagate_to_router():
+    m = _module(32, 64, 4, 2, torch.float32, aux_loss_coef=0.1, z_loss_coef=0.01)
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(3))
+    _, aux = m(x)
+    (aux.load_balancing_loss + aux.z_loss).backward()
+    logits = (x @ m.router.weight.detach().T).requires_grad_(True)
+    p = torch.softmax(logits, -1)
+    f = aux.tokens_per_expert.float() / (16 * 2)
+    expected = 0.1 * 4 * (f * p.mean(0)).sum() + 0.01 * torch.logsumexp(logits, -1).square().mean()
+    torch.testing.assert_close(aux.load_balancing_loss + aux.z_loss, expected.detach(), rtol=1e-5, atol=1e-6)
+    (g_logits,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(m.router.weight.grad, g_logits.T @ x, rtol=1e-4, atol=1e-6)
+    assert m.w_gate.grad is None  # the aux losses do not touch the experts
+
+
+def test_expert_bias_changes_selection_only():
+    m = _module(32, 64, 4, 1, torch.float32, expert_bias=True, bias_update_rate=0.5)
+    x = torch.randn(32, 32, generator=torch.Generator().manual_seed(4))
+    _, aux = m(x)
+    m.update_bias(aux.tokens_per_expert)
+    assert m.expert_bias.abs().sum() > 0
+    _, aux2 = m(x)
+    # the most loaded expert gets less after its bias went down
+    top = int(aux.tokens_per_expert.argmax())
+    assert int(aux2.tokens_per_expert[top]) <= int(aux.tokens_per_expert[top])
+    assert "expert_bias" in m.state_dict()
+
+
+def test_leading_dims_and_dtype():
+    m = _module(32, 64, 4, 2, torch.float16)
+    x = torch.randn(2, 5, 32).half()
+    out, _ = m(x)
+    assert out.shape == (2, 5, 32) and out.dtype == torch.float16
+
+
+def test_parameter_shapes():
+    m = MoE(24, 40, 6, 2)
+    assert m.router.weight.shape == (6, 24) and m.w_gate.shape == (6, 40, 24)
+    assert m.w_up.shape == (6, 40, 24) and m.w_down.shape == (6, 24, 40)
+    assert m.flops_per_token() == 2 * 24 * 6 + 2 * 2 * 3 * 24 * 40
+
+
+@pytest.mark.parametrize("backend", [None, "reference"])
+def test_torch_compile_fullgraph(backend):
+    m = _module(32, 64, 4, 2, torch.float32)
+    x = torch.randn(12, 32, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+
+    def run(fn):
+        xs = x.detach().clone().requires_grad_(True)
+        out, aux = fn(xs)
+        (out.square().sum() + aux.load_balancing_loss + aux.z_loss).backward()
+        grads = [xs.grad] + [p.grad.clone() for p in m.parameters()]
+        m.zero_grad(set_to_none=True)
+        return out.detach(), grads
+
+    ctx = pyscale.backend(backend) if backend else torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
+    with ctx:
+        out_c, grads_c = run(compiled)
+        out_e, grads_e = run(m)
+    torch.testing.assert_close(out_c, out_e)
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="top_k"):
+        MoE(32, 64, 4, 5)
+    with pytest.raises(ValueError, match="top_k"):
+        MoE(32, 64, 4, 0)
+    m = MoE(32, 64, 4, 2)
+    with pytest.raises(ValueError, match="x must end in d_model"):
+        m(torch.randn(3, 31))
+    with torch.no_grad():
+        m.router.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        m(torch.randn(3, 32))
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t,d,ff,e,k", [(2048, 1024, 512, 64, 8), (1024, 512, 1792, 8, 2)])
+def test_moe_gpu(dtype, t, d, ff, e, k):
+    m = _module(d, ff, e, k, dtype).cuda()
+    x = torch.randn(t, d, device="cuda").to(dtype)
+    out, aux = m(x)
+    out.float().square().mean().backward()
+    assert torch.isfinite(out).all() and all(torch.isfinite(p.grad).all() for p in m.parameters())
+    assert int(aux.tokens_per_expert.sum()) == t * k
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_moe_gpu_more_than_2_31_elements():
+    """x with more than 2**31 elements: int64 offsets everywhere. Routing is per token, so the first tokens'
+    outputs must equal those of a small run on those tokens alone."""
+    t, d = 2**31 // 2048 + 4099, 2048
+    m = _module(d, 256, 8, 2, torch.bfloat16).cuda()
+    x = torch.randn(t, d, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        out, aux = m(x)
+        head = 513
+        small, _ = m(x[:head].clone())
+        tail, _ = m(x[-head:].clone())
+    assert int(aux.tokens_per_expert.sum()) == t * 2
+    torch.testing.assert_close(out[:head], small)
+    torch.testing.assert_close(out[-head:], tail)

@@ -1,0 +1,178 @@
+"""int8 W8A8 GEMM (pyscale/ops/gemm_int8.py, kernels/gemm_int8.py).
+
+The int32 accumulation is exact, and the epilogue multiplies in the same order as the reference
+((acc * sa) * sb + bias), so with an fp32 output the interpreter must match the reference bit for bit.
+On a GPU the compiler may fuse the last multiply-add, hence the SQNR floors (against the fp32 product
+of the dequantised operands): fp32 >= 120 dB (one fp32 rounding or two), fp16 >= 60 dB and bf16 >= 45 dB
+(rounding the output to 11 / 8 significant bits costs at most 2^-11 / 2^-8 relative: >= 66 / 48 dB).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyscale import ops
+from pyscale.kernels import gemm_int8 as kernels
+from pyscale.ops.gemm_int8 import BYTE_FORMULAS, FLOP_FORMULAS
+from pyscale.reference import gemm_int8 as ref_gemm
+from pyscale.reference import quantize as ref_q
+from pyscale.testing.aot import KernelSpec, assert_compiles
+from pyscale.testing.numerics import gpu_like_casts, sqnr_db  # noqa: F401
+
+FLOOR_DB = {torch.float32: 120.0, torch.float16: 60.0, torch.bfloat16: 45.0}
+
+
+pytestmark = pytest.mark.usefixtures("gpu_like_casts")  # GPU rounding for fp8/bf16 casts in the interpreter
+
+
+def _operands(m, n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    qa, sa = ref_q.quantize_int8(torch.randn(m, k, generator=g) * 3)
+    qb, sb = ref_q.quantize_int8(torch.randn(n, k, generator=g) / 5)
+    return qa, qb, sa, sb
+
+
+def _dequant_product(qa, qb, sa, sb, bias=None):
+    out = (qa.double() * sa.double()) @ (qb.double() * sb.double()).T
+    return out if bias is None else out + bias.double()
+
+
+@pytest.mark.parametrize("mnk", [(1, 130, 200), (77, 130, 200), (64, 64, 256), (33, 1, 17)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_exact_in_fp32(mnk, with_bias):
+    qa, qb, sa, sb = _operands(*mnk)
+    bias = torch.randn(mnk[1]) if with_bias else None
+    out = ops.gemm_int8(qa, qb, sa, sb, out_dtype=torch.float32, bias=bias)
+    assert out.shape == mnk[:2]
+    assert torch.equal(out, ref_gemm.gemm_int8(qa, qb, sa, sb, torch.float32, bias))
+    assert sqnr_db(_dequant_product(qa, qb, sa, sb, bias), out) >= FLOOR_DB[torch.float32]
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_output(out_dtype):
+    qa, qb, sa, sb = _operands(50, 140, 256, seed=1)
+    bias = torch.randn(140).to(out_dtype)
+    out = ops.gemm_int8(qa, qb, sa, sb, out_dtype=out_dtype, bias=bias)
+    assert out.dtype == out_dtype
+    assert sqnr_db(_dequant_product(qa, qb, sa, sb, bias), out) >= FLOOR_DB[out_dtype]
+
+
+def test_extreme_values_do_not_overflow():
+    """All +-127 operands: |sum| = 127^2 K, exact in int32."""
+    k = 256
+    a = torch.full((16, k), 127, dtype=torch.int8)
+    b = torch.full((16, k), -127, dtype=torch.int8)
+    ones = torch.ones(16, 1)
+    out = ops.gemm_int8(a, b, ones, ones, out_dtype=torch.float32)
+    assert bool((out == -(127 * 127 * k)).all())
+
+
+def test_strided_operands_and_gpu_tiles():
+    qa, qb, sa, sb = _operands(130, 140, 256, seed=2)
+    a_view = qa.t().contiguous().t()
+    out = ops.gemm_int8(a_view, qb, sa, sb, out_dtype=torch.float32)
+    expected = ref_gemm.gemm_int8(qa, qb, sa, sb, torch.float32)
+    assert torch.equal(out, expected)
+    c = torch.empty(130, 140)
+    kernels.launch_int8_gemm(qa, qb, c, sa, sb, None,
+                             config={"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8})
+    assert torch.equal(c, expected)
+
+
+def test_bad_input_names_the_argument():
+    qa, qb, sa, sb = _operands(8, 16, 64)
+    with pytest.raises(TypeError, match="^a must have dtype int8"):
+        ops.gemm_int8(qa.to(torch.uint8), qb, sa, sb)
+    with pytest.raises(ValueError, match="^b must have the same K"):
+        ops.gemm_int8(qa, qb[:, :8], sa, sb)
+    with pytest.raises(ValueError, match=r"^scale_a must have shape \(M, 1\)"):
+        ops.gemm_int8(qa, qb, sa.reshape(1, 8), sb)
+    with pytest.raises(ValueError, match=r"^scale_b must have shape \(N, 1\)"):
+        ops.gemm_int8(qa, qb, sa, sb[:4])
+    with pytest.raises(TypeError, match="^scale_b must have dtype float32"):
+        ops.gemm_int8(qa, qb, sa, sb.double())
+    with pytest.raises(ValueError, match="^out_dtype must be one of"):
+        ops.gemm_int8(qa, qb, sa, sb, out_dtype=torch.int32)
+
+
+def test_opcheck():
+    qa, qb, sa, sb = _operands(5, 20, 40)
+    torch.library.opcheck(torch.ops.pyscale.gemm_int8.default, (qa, qb, sa, sb, torch.float16, None))
+    torch.library.opcheck(torch.ops.pyscale.gemm_int8.default,
+                          (qa, qb, sa, sb, torch.float32, torch.randn(20)))
+
+
+def test_formulas():
+    qa, qb, sa, sb = _operands(4, 8, 64)
+    args = (qa, qb, sa, sb, torch.bfloat16, None)
+    out = torch.empty(4, 8, dtype=torch.bfloat16)
+    assert FLOP_FORMULAS["pyscale::gemm_int8"](args, {}, out) == 2 * 4 * 8 * 64
+    assert BYTE_FORMULAS["pyscale::gemm_int8"](args, {}, out) == 4 * 64 + 8 * 64 + 4 * 4 + 8 * 4 + 4 * 8 * 2
+
+
+def test_compiles_ahead_of_time():
+    """The largest-shared-memory default (128x128x128 int8, 4 stages: 96 KB) on sm_80, sm_89, sm_90a."""
+    sig = {"a_ptr": "*i8", "b_ptr": "*i8", "c_ptr": "*bf16", "sa_ptr": "*fp32", "sb_ptr": "*fp32",
+           "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_ak": "constexpr",
+           "stride_bn": "i32", "stride_bk": "constexpr", "stride_cm": "i32", "stride_cn": "constexpr",
+           "stride_sam": "i32", "stride_sbn": "i32", "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr",
+           "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "GROUP_M": "constexpr"}
+    ce = {"stride_ak": 1, "stride_bk": 1, "stride_cn": 1, "HAS_BIAS": True, "BLOCK_M": 128, "BLOCK_N": 128,
+          "BLOCK_K": 128, "GROUP_M": 8}
+    spec = KernelSpec("pyscale.kernels.gemm_int8:_int8_gemm_kernel", sig, ce, num_warps=8, num_stages=4,
+                      label="128x128x128 s4",
+                      divisible_by_16=("a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "K",
+                                       "stride_am", "stride_bn", "stride_cm"))
+    results = assert_compiles([spec])
+    assert all(r.fits and not r.local_bytes for r in results)  # fits, no register spills
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mnk", [(1, 4096, 4096), (113, 1000, 1008), (4096, 4096, 4096)])
+def test_gpu_bf16(mnk):
+    qa, qb, sa, sb = (t.cuda() for t in _operands(*mnk))
+    out = ops.gemm_int8(qa, qb, sa, sb, out_dtype=torch.bfloat16)
+    assert sqnr_db(_dequant_product(qa, qb, sa, sb), out) >= FLOOR_DB[torch.bfloat16]
+    exact = ops.gemm_int8(qa, qb, sa, sb, out_dtype=torch.float32)
+    assert sqnr_db(_dequant_product(qa, qb, sa, sb), exact) >= FLOOR_DB[torch.float32]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_more_than_2_31_elements():
+    m, n, k = 2**21 + 2, 128, 1024
+    a = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8)
+    b = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)
+    ones_m, ones_n = torch.ones(m, 1, device="cuda"), torch.ones(n, 1, device="cuda")
+    out = ops.gemm_int8(a, b, ones_m, ones_n, out_dtype=torch.float32)
+    assert torch.equal(out[-64:], (a[-64:].double() @ b.double().T).float())
+
+
+def test_strided_bias():
+    qa, qb, sa, sb = _operands(9, 20, 64, seed=5)
+    wide = torch.randn(40)
+    out = ops.gemm_int8(qa, qb, sa, sb, out_dtype=torch.float32, bias=wide[::2])
+    assert torch.equal(out, ref_gemm.gemm_int8(qa, qb, sa, sb, torch.float32, wide[::2].contiguous()))
+
+
+
+
+@settings(max_examples=10)
+@given(m=st.integers(1, 70), n=st.integers(1, 70), k=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_any_shape_is_exact(m, n, k, seed):
+    qa, qb, sa, sb = _operands(m, n, k, seed=seed)
+    out = ops.gemm_int8(qa, qb, sa, sb, out_dtype=torch.float32)
+    assert torch.equal(out, ref_gemm.gemm_int8(qa, qb, sa, sb, torch.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("m", [1, 17, 113, 255])
+@pytest.mark.parametrize("n", [1, 97, 256])
+@pytest.mark.parametrize("k", [16, 129, 384])
+def test_full_shape_matrix(m, n, k):
+    qa, qb, sa, sb = _operands(m, n, k, seed=m + n + k)
+    out = ops.gemm_int8(qa, qb, sa, sb, out_dtype=torch.float32)
+    assert torch.equal(out, ref_gemm.gemm_int8(qa, qb, sa, sb, torch.float32))

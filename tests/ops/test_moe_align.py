@@ -1,0 +1,159 @@
+"""moe_align: C++ (and CUDA on a GPU) bit-identical to the reference; layout invariants; capacity mode."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import pyscale
+from pyscale.ops import moe_align
+from pyscale.ops.moe_align import expert_capacity
+
+FIELDS = ("sorted_ids", "expert_ids", "n_pad", "slot_pos", "offsets", "tokens_per_expert", "dropped")
+
+
+def _ids(t, k, e, seed=0, skew=None):
+    g = torch.Generator().manual_seed(seed)
+    if skew is not None:  # every token to expert `skew` first, then k - 1 other distinct experts
+        rows = []
+        for _ in range(t):
+            others = [x for x in torch.randperm(e, generator=g).tolist() if x != skew][: k - 1]
+            rows.append([skew, *others])
+        return torch.tensor(rows, dtype=torch.int32).reshape(t, k)
+    return torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(t)]).to(torch.int32).reshape(t, k)
+
+
+def _both(ids, e, block, cf=None):
+    a = moe_align(ids, e, block, capacity_factor=cf)
+    with pyscale.backend("reference"):
+        b = moe_align(ids, e, block, capacity_factor=cf)
+    return a, b
+
+
+def _check_invariants(al, ids, e, block, capacity):
+    t, k = ids.shape
+    slots = t * k
+    rows = slots + e * (block - 1)
+    flat = ids.reshape(-1).long()
+    assert al.sorted_ids.shape == (rows,) and al.expert_ids.shape == (math.ceil(rows / block),)
+    assert al.slot_pos.shape == (slots,) and al.offsets.shape == (e + 1,) and al.n_pad.shape == (1,)
+    for f in FIELDS:
+        assert getattr(al, f).dtype == torch.int32
+    counts = torch.bincount(flat, minlength=e)
+    assert torch.equal(al.tokens_per_expert.long(), counts)
+    kept = counts if capacity is None else counts.clamp(max=capacity)
+    assert int(al.dropped) == int((counts - kept).sum())
+    n_pad = int(al.n_pad)
+    assert n_pad == int(al.offsets[-1]) and n_pad % block == 0
+    sid = al.sorted_ids.long()
+    assert torch.all(sid[n_pad:] == slots)
+    for ex in range(e):
+        lo, hi = int(al.offsets[ex]), int(al.offsets[ex + 1])
+        assert hi - lo == -(-int(kept[ex]) // block) * block
+        seg = sid[lo:hi]
+        real = seg[seg < slots]
+        # slots of this expert, in slot order, the first `kept` of them
+        expected = torch.nonzero(flat == ex).flatten()[: int(kept[ex])]
+        assert torch.equal(real, expected)
+        assert torch.all(seg[len(real):] == slots)  # padding at the end of the segment
+        assert torch.all(al.expert_ids[lo // block: hi // block] == ex)
+    assert torch.all(al.expert_ids[n_pad // block:] == -1)
+    pos = al.slot_pos.long()
+    ok = pos >= 0
+    assert int((~ok).sum()) == int(al.dropped)
+    assert torch.equal(sid[pos[ok]], torch.nonzero(ok).flatten())
+
+
+@pytest.mark.parametrize("t,k,e,block", [(37, 2, 8, 16), (64, 8, 16, 16), (1, 1, 4, 16), (5, 4, 4, 3),
+                                         (100, 3, 7, 64), (0, 2, 4, 16)])
+def test_align_matches_reference_and_invariants(t, k, e, block):
+    ids = _ids(t, k, e) if t else torch.empty(0, k, dtype=torch.int32)
+    a, b = _both(ids, e, block)
+    for f in FIELDS:
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    _check_invariants(a, ids, e, block, None)
+
+
+def test_skewed_and_empty_experts():
+    ids = torch.full((50, 1), 3, dtype=torch.int32)  # every token to expert 3, the others empty
+    a, b = _both(ids, 8, 16)
+    for f in FIELDS:
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    _check_invariants(a, ids, 8, 16, None)
+    assert a.tokens_per_expert.tolist() == [0, 0, 0, 50, 0, 0, 0, 0]
+    assert int(a.n_pad) == 64
+
+
+@pytest.mark.parametrize("cf", [0.25, 0.5, 1.0, 1.5])
+def test_capacity_mode(cf):
+    ids = _ids(40, 2, 8, seed=5, skew=2)  # expert 2 overflows
+    a, b = _both(ids, 8, 16, cf)
+    for f in FIELDS:
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    cap = expert_capacity(40, 2, 8, cf)
+    assert cap == math.ceil(cf * 40 * 2 / 8)
+    _check_invariants(a, ids, 8, 16, cap)
+    assert int(a.dropped) > 0  # expert 2 got all 40 tokens, more than any of these capacities
+
+
+def test_capacity_keeps_first_tokens():
+    ids = torch.zeros(10, 1, dtype=torch.int32)
+    a = moe_align(ids, 2, 16, capacity_factor=0.4)  # capacity ceil(0.4 * 10 / 2) = 2
+    assert a.slot_pos.tolist() == [0, 1] + [-1] * 8 and int(a.dropped) == 8
+
+
+@given(t=st.integers(0, 40), k=st.integers(1, 4), e=st.integers(4, 12), block=st.sampled_from([1, 4, 16, 32]),
+       cf=st.sampled_from([None, 0.5, 1.25]), seed=st.integers(0, 10**6))
+def test_align_property(t, k, e, block, cf, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, e, (t, k), generator=g, dtype=torch.int32)  # repeats allowed: the op does not care
+    a, b = _both(ids, e, block, cf)
+    for f in FIELDS:
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    _check_invariants(a, ids, e, block, None if cf is None else expert_capacity(t, k, e, cf))
+
+
+def test_int64_ids_accepted():
+    ids = _ids(9, 2, 4).long()
+    assert torch.equal(moe_align(ids, 4, 16).sorted_ids, moe_align(ids.int(), 4, 16).sorted_ids)
+
+
+def test_opcheck():
+    ids = _ids(21, 2, 8)
+    torch.library.opcheck(torch.ops.pyscale.moe_align.default, (ids, 8, 16, -1))
+    torch.library.opcheck(torch.ops.pyscale.moe_align.default, (ids, 8, 16, 3))
+
+
+def test_bad_inputs():
+    ids = _ids(8, 2, 4)
+    with pytest.raises(TypeError, match="topk_ids must hold integer expert ids"):
+        moe_align(ids.float(), 4, 16)
+    with pytest.raises(ValueError, match=r"topk_ids must lie in 0..n_experts-1"):
+        moe_align(ids, 3, 16)
+    with pytest.raises(ValueError, match=r"topk_ids must lie in 0..n_experts-1"):
+        moe_align(ids - 1, 4, 16)
+    with pytest.raises(ValueError, match="topk_ids must be 2-D"):
+        moe_align(ids.reshape(-1), 4, 16)
+    with pytest.raises(ValueError, match="block_size"):
+        moe_align(ids, 4, 0)
+    with pytest.raises(ValueError, match="capacity_factor"):
+        moe_align(ids, 4, 16, capacity_factor=0.0)
+    with pytest.raises(ValueError, match="columns"):
+        moe_align(torch.zeros(3, 5, dtype=torch.int32), 4, 16)
+    with pytest.raises(ValueError, match="n_experts"):
+        moe_align(ids, 0, 16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t,k,e,cf", [(4096, 8, 128, None), (3000, 2, 8, 1.0), (1, 1, 256, None),
+                                      (8192, 8, 256, 0.5)])
+def test_cuda_matches_cpp(t, k, e, cf):
+    ids = torch.randint(0, e, (t, k), dtype=torch.int32)
+    cpu = moe_align(ids, e, 64, capacity_factor=cf)
+    gpu = moe_align(ids.cuda(), e, 64, capacity_factor=cf)
+    for f in FIELDS:
+        assert torch.equal(getattr(cpu, f), getattr(gpu, f).cpu()), f

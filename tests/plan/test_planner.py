@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyscale import cli
+from pyscale.plan import Budget, from_measurements, from_user, plan
+from pyscale.plan.memory import fit_memory, model_state_bytes
+
+
+def test_flops_optimal_epoch2024_at_chinchilla_compute():
+    # Besiroglu et al. 2024 refit at Chinchilla's 5.76e23 FLOPs: N* ~ 7.2e10, D* ~ 1.3e12 (~18 tokens/param).
+    p = plan(Budget("flops", 5.76e23), law="epoch2024")
+    assert p.n_params_optimal == pytest.approx(7.2e10, rel=0.02)
+    assert p.tokens_optimal == pytest.approx(1.33e12, rel=0.02)
+    assert p.tokens_optimal / p.n_params_optimal == pytest.approx(18.4, rel=0.03)
+    # The concrete architecture is near N* and the tokens keep the budget exactly.
+    assert p.n_params == pytest.approx(p.n_params_optimal, rel=0.02)
+    assert 6 * p.n_params * p.tokens == pytest.approx(5.76e23, rel=1e-9)
+    assert p.n_params == p.config.n_params()
+    assert p.loss_interval is not None and p.loss_interval[0] < p.predicted_loss < p.loss_interval[1]
+    assert any("epoch2024" in a for a in p.assumptions)
+
+
+# Hoffmann et al. 2022, Table 3 (Approach 1 projections): parameters, FLOPs, tokens.
+HOFFMANN_TABLE_3 = [
+    (400e6, 1.92e19, 8.0e9), (1e9, 1.21e20, 20.2e9), (10e9, 1.23e22, 205.1e9), (67e9, 5.76e23, 1.5e12),
+    (175e9, 3.85e24, 3.7e12), (280e9, 9.90e24, 5.9e12), (520e9, 3.43e25, 11.0e12), (1e12, 1.27e26, 21.2e12),
+    (10e12, 1.30e28, 216.2e12),
+]
+
+
+@pytest.mark.parametrize(("n", "c", "d"), HOFFMANN_TABLE_3)
+def test_hoffmann_table3_is_consistent_with_6nd(n, c, d):
+    # The table rounds tokens to 2-4 significant digits (1.5T at 67B is the coarsest: 4.7 % off).
+    assert 6 * n * d == pytest.approx(c, rel=0.05)
+
+
+def test_target_loss_plan_reaches_the_target():
+    p = plan(Budget("loss", 2.4), law="epoch2024")
+    assert p.predicted_loss == pytest.approx(2.4, abs=1e-6)
+    cheaper = plan(Budget("flops", p.training_flops * 0.9), law="epoch2024")
+    assert cheaper.predicted_loss > 2.4  # the target plan is (near) the cheapest way there
+
+
+def test_unreachable_target_and_impossible_budget_are_clear_errors():
+    with pytest.raises(ValueError, match="not reachable"):
+        plan(Budget("loss", 1.5), law="epoch2024")  # below E = 1.82
+    with pytest.raises(ValueError, match="smallest model"):
+        plan(Budget("flops", 1e12), law="epoch2024")
+
+
+def test_time_plan_with_constant_mfu_matches_flops_plan():
+    hw = from_user("H100 SXM", mfu=0.4, power_w=600.0)
+    timed = plan(Budget("gpu_hours", 1000), law="epoch2024", hardware=hw)
+    assert timed.time_s == pytest.approx(1000 * 3600, rel=0.02)
+    assert timed.mfu == pytest.approx(0.4)
+    assert timed.energy_kwh == pytest.approx(600 * 1000 / 1000, rel=0.02)
+    same = plan(Budget("flops", timed.training_flops), law="epoch2024")
+    assert timed.n_params_optimal == pytest.approx(same.n_params_optimal, rel=0.1)
+
+
+def _measured(slope: float) -> object:
+    # Throughput that grows with model size (small models reach lower MFU) when slope > 0.
+    pts = [{"n_params": n, "model_flops_per_s": 3e14 * (n / 1e8) ** slope, "avg_power_w": 500.0}
+           for n in (1e8, 1e9, 1e10, 1e11)]
+    return from_measurements(pts, device_name="H100 SXM", peak_flops_per_s=989e12, memory_bytes=80 * 2**30)
+
+
+def test_size_dependent_throughput_moves_the_time_optimum_to_larger_models():
+    flat, rising = _measured(0.0), _measured(0.15)
+    a = plan(Budget("gpu_hours", 2000), hardware=flat)
+    b = plan(Budget("gpu_hours", 2000), hardware=rising)
+    # Per-token time of small models is costlier when they run at lower MFU: the optimum grows relative
+    # to the FLOPs-optimal split at the compute each plan affords.
+    assert b.n_params_optimal / b.flops_optimal["N"] > a.n_params_optimal / a.flops_optimal["N"]
+
+
+@settings(max_examples=6)
+@given(mfu=st.floats(0.1, 0.45), factor=st.floats(1.2, 2.0), hours=st.floats(100, 1e5))
+def test_more_mfu_buys_a_bigger_model_and_lower_loss(mfu, factor, hours):
+    lo = plan(Budget("gpu_hours", hours), hardware=from_user("H100 SXM", mfu=mfu))
+    hi = plan(Budget("gpu_hours", hours), hardware=from_user("H100 SXM", mfu=min(1.0, mfu * factor)))
+    assert hi.training_flops > lo.training_flops
+    assert hi.n_params_optimal > lo.n_params_optimal
+    assert hi.predicted_loss < lo.predicted_loss
+
+
+@settings(max_examples=6)
+@given(power=st.floats(200, 700), factor=st.floats(1.2, 2.0), kwh=st.floats(1e3, 1e6))
+def test_more_power_per_flop_buys_less_under_an_energy_budget(power, factor, kwh):
+    cheap = plan(Budget("kwh", kwh), hardware=from_user("H100 SXM", mfu=0.4, power_w=power))
+    dear = plan(Budget("kwh", kwh), hardware=from_user("H100 SXM", mfu=0.4, power_w=power * factor))
+    assert dear.training_flops < cheap.training_flops
+    assert dear.n_params_optimal < cheap.n_params_optimal
+    assert cheap.energy_kwh == pytest.approx(kwh, rel=0.05)
+
+
+def test_inference_tokens_shift_toward_smaller_longer_trained_models():
+    base = plan(Budget("loss", 2.3), law="epoch2024")
+    served = plan(Budget("loss", 2.3), law="epoch2024", inference_tokens=1e14)
+    assert served.n_params_optimal < base.n_params_optimal
+    assert served.tokens_per_param > base.tokens_per_param
+
+
+def test_hardware_inputs_are_never_invented():
+    with pytest.raises(ValueError, match="dp_efficiency is required"):
+        from_user("H100 SXM", mfu=0.4, n_devices=8)
+    with pytest.raises(ValueError, match="price"):
+        plan(Budget("dollars", 1e5), hardware=from_user("H100 SXM", mfu=0.4))
+    p = plan(Budget("flops", 1e21), hardware=from_user("H100 SXM", mfu=0.4))
+    assert p.energy_kwh is None and "power" in p.unavailable["energy_kwh"]
+    assert p.cost_dollars is None and "price" in p.unavailable["cost_dollars"]
+    with pytest.raises(ValueError, match="gpu: no spec"):
+        from_user("Imaginary GPU 9000", mfu=0.4)
+
+
+def test_cost_budget_and_fleet():
+    hw = from_user("H100 SXM", mfu=0.4, power_w=650, n_devices=64, dp_efficiency=0.9, price_per_device_hour=2.5,
+                   pue=1.2)
+    p = plan(Budget("dollars", 250_000), hardware=hw)
+    assert p.cost_dollars == pytest.approx(250_000, rel=0.02)
+    assert p.facility_energy_kwh == pytest.approx(p.energy_kwh * 1.2)
+    assert p.batch.sequences % 64 == 0  # a whole number of sequences per device per step
+    assert p.memory.fits and p.memory.zero_stage is not None
+
+
+def test_memory_fit_picks_the_smallest_sharding():
+    small = plan(Budget("flops", 1e20)).config
+    big = plan(Budget("flops", 1e25)).config
+    assert fit_memory(small, capacity_bytes=80 * 2**30, n_devices=8).zero_stage == 0
+    assert model_state_bytes(1e9, 3, 8) == pytest.approx(16e9 / 8)
+    fit = fit_memory(big, capacity_bytes=80 * 2**30, n_devices=8)
+    assert fit.zero_stage in (None, 2, 3)
+    assert not fit_memory(big, capacity_bytes=80 * 2**30, n_devices=1).fits
+
+
+@pytest.mark.parametrize(("text", "kind", "value"), [
+    ("1e23 flops", "flops", 1e23), ("5000 gpu-hours", "gpu_hours", 5000), ("120 kWh", "kwh", 120),
+    ("$20,000", "dollars", 20000), ("loss=2.1", "loss", 2.1)])
+def test_budget_parse(text, kind, value):
+    assert Budget.parse(text) == Budget(kind, value)
+
+
+def test_bad_budget():
+    with pytest.raises(ValueError, match="budget: cannot parse"):
+        Budget.parse("lots of compute")
+    with pytest.raises(ValueError, match="positive"):
+        Budget("flops", -1)
+
+
+def test_cli_plan_json(capsys):
+    assert cli.main(["plan", "--flops", "1e21", "--gpu", "H100 SXM", "--mfu", "0.4", "--power-w", "600",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["objective"] == "flops" and out["config"]["n_layers"] >= 1
+    assert out["time_s"] > 0 and out["energy_kwh"] > 0 and math.isfinite(out["predicted_loss"])
+    assert cli.main(["plan", "--flops", "1e5"]) == 2
+    assert "smallest model" in capsys.readouterr().out
+
+
+def test_equal_loss_trade_off_and_plots(tmp_path, capsys):
+    from pyscale.plan.planner import equal_loss_candidates
+
+    hw = _measured(0.15)
+    p = plan(Budget("gpu_hours", 2000), hardware=hw)
+    pts = equal_loss_candidates(p, hardware=hw)
+    assert len(pts) > 10
+    # every candidate reaches the same loss; bigger models need fewer tokens
+    assert all(a["tokens"] > b["tokens"] for a, b in zip(pts, pts[1:]))
+    assert all(x["time_s"] > 0 and x["energy_kwh"] > 0 for x in pts)
+    assert cli.main(["plan", "--gpu-hours", "2000", "--gpu", "H100 SXM", "--mfu", "0.4", "--power-w", "600",
+                     "--plot", str(tmp_path)]) == 0
+    assert (tmp_path / "plan_iso_loss.png").stat().st_size > 1000
+    assert (tmp_path / "plan_time_energy.png").stat().st_size > 1000

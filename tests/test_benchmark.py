@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pyscale import benchmark
+from pyscale import benchmark as pyscale_benchmark  # the fixture takes the name `benchmark`
+from pyscale.benchmark_cases import gemm
+from pyscale.store import Store
+
+
+def _quick_gemm(impls=("torch.mm",)):
+    return benchmark.plan_cases(["gemm"], "quick", device="cpu", impls=impls)
+
+
+def test_quick_sweep_end_to_end_and_resume(tmp_path):
+    cases = _quick_gemm()
+    assert cases and all(c.impl == "torch.mm" and c.dtype == "fp32" for c in cases)
+    with Store(tmp_path / "s.db") as store:
+        summary = benchmark.sweep(cases, store=store, progress=False)
+        assert summary.measured == len(cases) and summary.failed == 0
+        rows = store.measurements()
+        assert len(rows) == len(cases)
+        for r in rows:
+            assert r["device_kind"] == "cpu" and r["time_s_median"] > 0
+            p = r["params"]
+            assert r["flops"] == 2 * p["m"] * p["n"] * p["k"]
+            assert r["energy_j"] is None and "energy not requested" in r["unavailable_reasons"]["energy_j"]
+            assert r["extra"]["cpu_threads"] >= 1
+        again = benchmark.sweep(cases, store=store, resume=True, progress=False)
+        assert again.skipped == len(cases) and again.measured == 0
+        assert len(store.measurements(include_superseded=True)) == len(cases)
+
+
+def test_oom_and_kernel_failure_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    cases = _quick_gemm()
+    real = gemm.workload
+
+    def flaky(case, device):
+        if case.params_dict["m"] == 16 and case.params_dict["layer"] == "a":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if case.params_dict["m"] == 64 and case.params_dict["layer"] == "a":
+            raise RuntimeError("triton kernel failed to launch")
+        return real(case, device)
+
+    monkeypatch.setattr(gemm, "workload", flaky)
+    with Store(tmp_path / "s.db") as store:
+        summary = benchmark.sweep(cases, store=store, progress=False)
+        assert summary.failed == 2 and summary.measured == len(cases) - 2
+        statuses = {(r["params"]["layer"], r["params"]["m"]): r for r in store.measurements(status=None)}
+        assert statuses[("a", 16)]["status"] == "oom" and "out of memory" in statuses[("a", 16)]["error"]
+        assert statuses[("a", 64)]["status"] == "error" and "failed to launch" in statuses[("a", 64)]["error"]
+        monkeypatch.setattr(gemm, "workload", real)
+        retry = benchmark.sweep(cases, store=store, resume=True, progress=False)
+        assert retry.measured == 2 and retry.skipped == len(cases) - 2  # failed cases are retried
+
+
+def test_killed_sweep_resumes_without_losing_or_duplicating(tmp_path):
+    db = tmp_path / "k.db"
+    env = {**os.environ, "PYSCALE_BENCH_CPU_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pyscale", "bench", "gemm", "--quick", "--store", str(db), "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    seen = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            with Store(db) as s:
+                seen = len(s.measurements())
+            if seen >= 1:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    proc.wait()
+    with Store(db) as s:
+        before = {tuple(sorted(r["params"].items())) for r in s.measurements()}
+    assert len(before) >= 1
+    done = subprocess.run([*cmd[:-1], "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with Store(db) as s:
+        rows = s.measurements()
+        assert len(rows) == len(_quick_gemm(None))  # every case once, none lost
+        assert before <= {tuple(sorted(r["params"].items())) for r in rows}
+
+
+def test_bad_shape_set_and_family():
+    with pytest.raises(ValueError, match="shapes must be one of"):
+        benchmark.plan_cases(["gemm"], "gpt5")
+    with pytest.raises(ValueError, match="family must be one of"):
+        benchmark.plan_cases(["conv"], "quick")
+
+
+def test_quantized_gemm_cases_compare_against_the_unquantized_layer(tmp_path):
+    from pyscale import report_rows
+
+    cases = [c for c in _quick_gemm(None) if c.params_dict["m"] == 16 and c.params_dict["layer"] == "a"]
+    assert {(c.impl, c.dtype) for c in cases} == {("torch.mm", "fp32"), ("pyscale", "int8"),
+                                                   ("pyscale", "w4a16-g128")}
+    with Store(tmp_path / "s.db") as store:
+        summary = benchmark.sweep(cases, store=store, progress=False)
+    assert summary.failed == 0
+    rows = {r["dtype"]: r for r in report_rows.bench_rows(summary.rows)}
+    for fmt in ("int8", "w4a16-g128"):
+        assert set(rows[fmt]["speedup"]) == {"torch.mm[fp32]"} and rows[fmt]["speedup"]["torch.mm[fp32]"] > 0
+    assert rows["w4a16-g128"]["gb_s"] > 0 and rows["int8"]["tflops"] > 0
+
+
+def test_pytest_benchmark_group_runs_every_implementation(benchmark):
+    group = next(g for g in _groups() if len(g) == 3)
+    info = pyscale_benchmark.run_group_for_pytest(benchmark, group, device="cpu")
+    assert {"torch.mm[fp32]", "pyscale[int8]", "pyscale[w4a16-g128]"} <= set(info)
+    assert info["pyscale[int8]"]["status"] == "ok" and info["pyscale[int8]"]["speedup"]["torch.mm[fp32]"] > 0
+    assert benchmark.extra_info["op"] == "gemm"
+
+
+def _groups():
+    return pyscale_benchmark.case_groups(_quick_gemm(None))

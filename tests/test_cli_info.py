@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from pyscale import cli
+
+
+def test_info_json_lists_devices_and_backends(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    names = {b["name"] for b in info["backends"]}
+    assert {"torch", "triton (GPU)", "triton interpreter", "_C CPU ops", "_C CUDA ops", "NVML", "RAPL"} <= names
+    for b in info["backends"]:
+        assert isinstance(b["available"], bool) and b["detail"]  # a missing backend says why
+    assert info["devices"] and info["devices"][0]["kind"] in ("cpu", "cuda")
+    assert info["versions"]["pyscale"]
+
+
+def test_info_table_and_python_m(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pyscale", "info"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "backends" in proc.stdout
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
