@@ -9,6 +9,7 @@ Usage: two_rank_profile.py STORE OUT_DIR
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,9 +62,16 @@ def main(store: str, out_dir: str) -> None:
         result = {"rank": rank, "world_size": dist.get_world_size(), "mm": mm.to_dict(),
                   "step": step.summary.to_dict()}
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result, default=str))
+        dist.barrier()  # no rank tears gloo down while another is still in a collective or writing the store
     finally:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    # Skip interpreter finalisation: gloo's worker threads can still hold Python objects then, and releasing
+    # them with the interpreter half torn down aborts the process (seen once in CI: SIGABRT on rank 1,
+    # "terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -261,7 +261,8 @@ def test_peak_from_hw_table(monkeypatch):
 
 def test_per_device_energies_with_a_multi_meter(tmp_path):
     meter = power.MultiMeter([FakeMeter(30.0), FakeMeter(50.0)])
-    with make_profiler(tmp_path, meter=meter) as prof:
+    # Each meter reads its own clock: a window long against a preemption between the two reads.
+    with make_profiler(tmp_path, meter=meter, min_window_s=0.25) as prof:
         m = prof.window("mm", torch.mm, torch.randn(16, 16), torch.randn(16, 16))
     parts = m.extra["per_device_energy_j"]
     assert len(parts) == 2 and sum(parts) == pytest.approx(m.energy_j)
