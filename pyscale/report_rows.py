@@ -11,10 +11,28 @@ from typing import Any
 from pyscale import hw
 
 
-def _peak(device_kind: str, device_name: str, dtype: str) -> float | None:
+def _compute_dtype(fmt: str) -> str | None:
+    """The tensor-core dtype a benchmark format computes in: its peak is the one a row is held against.
+
+    Quantized formats name their storage (`fp8-row`, `w4a16-g128`); W4A16 dequantises into its 16-bit
+    activations, so its matmuls run at the bf16 rate. None for a name hw.py has no peak for."""
+    if fmt.startswith("fp8"):
+        return "fp8"
+    if fmt.startswith("w4a16"):
+        return "bf16"
+    return fmt if fmt in hw.DTYPES or fmt in ("bfloat16", "float16", "float32") else None
+
+
+def _spec(device_kind: str, device_name: str) -> hw.GPUSpec | None:
     if device_kind != "cuda":
         return None
-    return hw.peak_flops(hw.lookup(device_name), dtype)
+    spec = hw.lookup(device_name)
+    return spec if isinstance(spec, hw.GPUSpec) else None
+
+
+def _peak(spec: hw.GPUSpec | None, fmt: str) -> float | None:
+    dtype = _compute_dtype(fmt)
+    return None if spec is None or dtype is None else hw.peak_flops(spec, dtype)
 
 
 def bench_rows(raw: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -26,18 +44,22 @@ def bench_rows(raw: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "op": rec.op, "impl": rec.backend, "dtype": rec.dtype, "params": case.params_dict,
             "device": device.name, "status": rec.status, "error": rec.error, "time_ms": None if t is None else t * 1e3,
-            "tflops": None, "pct_peak": None, "gb_s": None, "energy_j": rec.energy_j, "j_per_tflop": None,
+            "tflops": None, "pct_peak": None, "bytes": rec.bytes, "gb_s": None, "pct_bandwidth": None,
+            "energy_j": rec.energy_j, "j_per_tflop": None,
             "energy_unavailable_reason": rec.unavailable_reasons.get("energy_j"),
         }
+        spec = _spec(device.kind, device.name)
         if t:
             if rec.flops:
                 row["tflops"] = rec.flops / t / 1e12
-                peak = _peak(device.kind, device.name, rec.dtype)
+                peak = _peak(spec, rec.dtype)
                 row["pct_peak"] = None if peak is None else 100 * rec.flops / t / peak
                 if rec.energy_j:
                     row["j_per_tflop"] = rec.energy_j / (rec.flops / 1e12)
             if rec.bytes:
                 row["gb_s"] = rec.bytes / t / 1e9
+                if spec is not None:
+                    row["pct_bandwidth"] = 100 * rec.bytes / t / spec.memory_bandwidth_bytes_per_s
         rows.append(row)
     _add_ratios(rows)
     return rows
@@ -47,19 +69,28 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
     """For pyscale rows: speedup over each baseline of the same op and shape, measured in the same run.
 
     Baselines of another dtype count too (a quantized GEMM against the bf16 layer it replaces); they are
-    named `impl[dtype]` then."""
+    named `impl[dtype]` then. `ideal_speedup` is the baseline's bytes over the row's: the speedup a
+    bandwidth-bound op (W4A16 decode) would reach if both ran at the same GB/s."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(json.dumps([r["op"], r["params"]], sort_keys=True), []).append(r)
     for members in groups.values():
         for r in (m for m in members if m["impl"] == "pyscale" and m["time_ms"]):
-            r["speedup"] = {(b["impl"] if b["dtype"] == r["dtype"] else f"{b['impl']}[{b['dtype']}]"):
-                            b["time_ms"] / r["time_ms"] for b in members
-                            if b["impl"] != "pyscale" and b["time_ms"]}
+            baselines = {(b["impl"] if b["dtype"] == r["dtype"] else f"{b['impl']}[{b['dtype']}]"): b
+                         for b in members if b["impl"] != "pyscale" and b["time_ms"]}
+            r["speedup"] = {name: b["time_ms"] / r["time_ms"] for name, b in baselines.items()}
+            r["ideal_speedup"] = {name: b["bytes"] / r["bytes"] for name, b in baselines.items()
+                                  if b["bytes"] and r["bytes"] and b["dtype"] != r["dtype"]}
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
     return "—" if v is None else format(v, spec)
+
+
+def _speedups(row: dict[str, Any]) -> str:
+    ideal = row.get("ideal_speedup") or {}
+    return ", ".join(f"{k} {v:.2f}×" + (f" ({ideal[k]:.2f}×)" if k in ideal else "")
+                     for k, v in (row.get("speedup") or {}).items())
 
 
 def print_bench_table(rows: Sequence[dict[str, Any]], title: str) -> None:
@@ -68,18 +99,19 @@ def print_bench_table(rows: Sequence[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=escape(title))
-    for col in ("op", "impl", "dtype", "shape", "ms", "TFLOP/s", "% peak", "GB/s", "J", "J/TFLOP", "speedup"):
+    for col in ("op", "impl", "dtype", "shape", "ms", "TFLOP/s", "% peak", "GB/s", "% BW", "J", "J/TFLOP",
+                "speedup (ideal)"):
         table.add_column(col, justify="right" if col not in ("op", "impl", "dtype", "shape") else "left")
     for r in rows:
         shape = ",".join(f"{k}={v}" for k, v in r["params"].items())
         if r["status"] != "ok":
-            table.add_row(r["op"], r["impl"], r["dtype"], shape, f"[red]{r['status']}[/]", "", "", "", "", "",
+            table.add_row(r["op"], r["impl"], r["dtype"], shape, f"[red]{r['status']}[/]", "", "", "", "", "", "",
                           escape((r["error"] or "").splitlines()[0][:60]))
             continue
-        speed = escape(", ".join(f"{k} {v:.2f}×" for k, v in (r.get("speedup") or {}).items()))
         energy = _fmt(r["energy_j"]) if r["energy_j"] is not None else "n/a"
         table.add_row(r["op"], r["impl"], r["dtype"], escape(shape), _fmt(r["time_ms"]), _fmt(r["tflops"]),
-                      _fmt(r["pct_peak"], ".1f"), _fmt(r["gb_s"]), energy, _fmt(r["j_per_tflop"]), speed)
+                      _fmt(r["pct_peak"], ".1f"), _fmt(r["gb_s"]), _fmt(r["pct_bandwidth"], ".1f"), energy,
+                      _fmt(r["j_per_tflop"]), escape(_speedups(r)))
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 160))
@@ -91,8 +123,9 @@ def export(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     if path.suffix == ".json":
         path.write_text(json.dumps(list(rows), indent=2, default=str))
     elif path.suffix == ".csv":
-        flat = [{**{k: v for k, v in r.items() if k not in ("params", "speedup")},
-                 "params": json.dumps(r["params"], sort_keys=True), "speedup": json.dumps(r.get("speedup") or {})}
+        flat = [{**{k: v for k, v in r.items() if k not in ("params", "speedup", "ideal_speedup")},
+                 "params": json.dumps(r["params"], sort_keys=True), "speedup": json.dumps(r.get("speedup") or {}),
+                 "ideal_speedup": json.dumps(r.get("ideal_speedup") or {})}
                 for r in rows]
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["op"])
@@ -101,7 +134,8 @@ def export(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     elif path.suffix == ".parquet":
         import pandas as pd
 
-        pd.DataFrame([{**r, "params": json.dumps(r["params"]), "speedup": json.dumps(r.get("speedup") or {})}
+        pd.DataFrame([{**r, "params": json.dumps(r["params"]), "speedup": json.dumps(r.get("speedup") or {}),
+                       "ideal_speedup": json.dumps(r.get("ideal_speedup") or {})}
                       for r in rows]).to_parquet(path, index=False)
     else:
         raise ValueError(f"export must end in .json, .csv or .parquet: got {path}")

@@ -5,7 +5,8 @@
 - The schema is versioned (`PRAGMA user_version`) and migrated forward on open.
 - Every measurement has a canonical case key (op, backend, params JSON with sorted keys, dtype, device
   uuid, versions, rank). Recording a case again supersedes the earlier row (kept, flagged), so `--resume`
-  and retries see one current row per case and nothing measured is ever deleted.
+  and retries see one current row per case and nothing measured is ever deleted. A failed attempt never
+  hides a measured row: it is stored already superseded, behind the `ok` row that stays current.
 - An unavailable value is NULL plus a reason in `unavailable_reasons`, never 0.
 - One writer per database file is the design (rank 0 or a Ray driver gathers rows); concurrent writers
   are still safe (SQLite locking + busy timeout), just serialised. WAL needs a local filesystem.
@@ -20,11 +21,13 @@ import math
 import os
 import platform
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +197,30 @@ class MeasurementRecord:
 _MEASUREMENT_COLUMNS = tuple(f.name for f in fields(MeasurementRecord))
 
 
+@cache
+def source_revision() -> str | None:
+    """The git commit of the pyscale source that is running, `-dirty` if it has uncommitted changes.
+
+    None when pyscale is not run from a git checkout (a wheel) or git is missing: the version says enough."""
+    src = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or (Path(top) / "pyscale" / "store.py").resolve() != Path(__file__).resolve():
+        return None  # some other repository that happens to contain site-packages
+    head = git("rev-parse", "HEAD")
+    if head is None:
+        return None
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return head + ("-dirty" if dirty else "")
+
+
 class Store:
     """A connection to the pyscale SQLite store (created and migrated on open)."""
 
@@ -270,8 +297,10 @@ class Store:
 
     def start_run(self, command: str, arguments: Mapping[str, Any] | Sequence[Any] = (), *,
                   git_revision: str | None = None, hostname: str | None = None) -> int:
+        """A run row; `git_revision` defaults to the pyscale checkout's (None for an installed wheel)."""
         from pyscale import __version__
 
+        git_revision = git_revision or source_revision()
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO runs (command, arguments, started_at, pyscale_version, git_revision, hostname) "
@@ -287,7 +316,10 @@ class Store:
     # ------------------------------------------------------------------ measurements
 
     def record(self, m: MeasurementRecord, *, device_id: int, run_id: int | None = None) -> int:
-        """Write one measurement in its own transaction; an earlier row of the same case is superseded."""
+        """Write one measurement in its own transaction; an earlier row of the same case is superseded.
+
+        Unless the new row failed and the current one is `ok`: then the failure is kept, flagged as
+        superseded, and the measurement stays current (a rerun that runs out of memory loses nothing)."""
         m.validate()
         device = self.device(device_id)
         key = case_key(m.op, m.backend, m.params, m.dtype, device.uuid, device.versions(), m.rank)
@@ -297,7 +329,12 @@ class Store:
         row["extra"] = _canonical_json(m.extra)
         row.update(case_key=key, device_id=device_id, run_id=run_id, created_at=time.time())
         with self.transaction() as conn:
-            conn.execute("UPDATE measurements SET superseded = 1 WHERE case_key = ? AND superseded = 0", (key,))
+            current = conn.execute("SELECT status FROM measurements WHERE case_key = ? AND superseded = 0",
+                                   (key,)).fetchone()
+            if m.status != "ok" and current is not None and current[0] == "ok":
+                row["superseded"] = 1
+            else:
+                conn.execute("UPDATE measurements SET superseded = 1 WHERE case_key = ? AND superseded = 0", (key,))
             cur = conn.execute(f"INSERT INTO measurements ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                                tuple(row.values()))
         return int(cur.lastrowid)

@@ -70,9 +70,33 @@ def test_case_key_resume_and_supersede(tmp_path):
         assert len(s.measurements(status=None)) == 1
         everything = s.measurements(status=None, include_superseded=True)
         assert [r["status"] for r in everything] == ["oom", "ok"]  # nothing measured is lost
+        # A failed rerun is kept but never hides the measurement.
+        s.record(_ok(status="oom", error="CUDA out of memory", time_s_median=None), device_id=dev)
+        assert s.has_case(key) and [r["status"] for r in s.measurements(status=None)] == ["ok"]
+        everything = s.measurements(status=None, include_superseded=True)
+        assert [(r["status"], r["superseded"]) for r in everything] == [("oom", 1), ("ok", 0), ("oom", 1)]
+        s.record(_ok(time_s_median=2e-3), device_id=dev)  # a new measurement does replace the old one
+        assert [r["time_s_median"] for r in s.measurements()] == [2e-3]
         # Another dtype, rank or device version is another case.
         assert key != s.case_key_for("gemm", "triton", {"n": 256, "m": 128, "k": 64}, "fp16", device_id=dev)
         assert key != s.case_key_for("gemm", "triton", {"n": 256, "m": 128, "k": 64}, "bf16", device_id=dev, rank=1)
+
+
+def test_runs_record_the_source_revision(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    rev = st.source_revision()
+    top = subprocess.run(["git", "-C", str(Path(st.__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                         text=True)
+    if top.returncode != 0:
+        assert rev is None  # an installed wheel: no checkout to name
+    else:
+        assert rev is not None and rev.removesuffix("-dirty") == top.stdout.strip()
+    with st.Store(tmp_path / "a.db") as s:
+        s.start_run("bench")
+        s.start_run("bench", git_revision="abc123")
+        assert [r["git_revision"] for r in s.rows("runs")] == [rev, "abc123"]
 
 
 def test_exports(tmp_path):
