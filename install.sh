@@ -15,7 +15,8 @@ constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 if "$PY" -c "import torch" >/dev/null 2>&1; then
     echo "pyscale: keeping the installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
-    grep -v '^torch==' constraints.txt >"$constraints"
+    # The numpy pin only protects the Triton interpreter (CPU machines); keep the numpy that came with torch.
+    grep -v -e '^torch==' -e '^numpy' constraints.txt >"$constraints"
     if "$PY" -c "import triton" >/dev/null 2>&1; then
         grep -v '^triton==' "$constraints" >"$constraints.2" && mv "$constraints.2" "$constraints"
     fi

@@ -136,10 +136,14 @@ def compile_kernels(specs: Sequence[KernelSpec], archs: Iterable[str] = DEFAULT_
 
 def assert_compiles(specs: Sequence[KernelSpec], archs: Iterable[str] = DEFAULT_ARCHS, *,
                     expect_refused: Callable[[AotResult], bool] | None = None,
-                    max_registers: int = MAX_REGISTERS) -> list[AotResult]:
+                    max_registers: int = MAX_REGISTERS, max_stack_bytes: int = 0) -> list[AotResult]:
     """Compile and check: each compile succeeds (or is refused where expected), shared memory fits the
-    arch's per-block limit, registers within max_registers and no spills. Raises with every problem."""
+    arch's per-block limit, registers within max_registers and, for specs that state their alignment
+    (`divisible_by_16`, as the JIT specialises torch tensors), no spills: no local memory and a stack frame
+    of at most max_stack_bytes. Unaligned specs compile scalar loads the JIT never runs, so their spills
+    say nothing. Raises with every problem."""
     results = compile_kernels(specs, archs)
+    aligned = {spec.describe(): bool(spec.divisible_by_16) for spec in specs}
     problems = []
     for r in results:
         refused_expected = bool(expect_refused and expect_refused(r))
@@ -153,6 +157,8 @@ def assert_compiles(specs: Sequence[KernelSpec], archs: Iterable[str] = DEFAULT_
             problems.append(f"{r.spec} @ {r.arch}: shared memory {r.shared_bytes} B > limit {r.smem_limit_bytes} B")
         elif r.registers is not None and r.registers > max_registers:
             problems.append(f"{r.spec} @ {r.arch}: {r.registers} registers > {max_registers}")
+        elif aligned[r.spec] and ((r.local_bytes or 0) > 0 or (r.stack_bytes or 0) > max_stack_bytes):
+            problems.append(f"{r.spec} @ {r.arch}: spills ({r.local_bytes} B local, {r.stack_bytes} B stack)")
     if problems:
         raise AssertionError("ahead-of-time compile problems:\n  " + "\n  ".join(problems))
     return results

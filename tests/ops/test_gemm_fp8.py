@@ -180,9 +180,12 @@ def test_compiles_ahead_of_time():
     """The largest-shared-memory default (128x128x128, 4 stages: 96 KB) for every scale mode on sm_89 and
     sm_90a; FP8 operands are refused on sm_80."""
     specs = [fp8_gemm_spec(mode, GPU_DEFAULT) for mode in (0, 1, 2)]
-    results = assert_compiles(specs, expect_refused=lambda r: r.arch == "sm_80")
+    # Block scales on sm_89 compile with a 16-byte stack frame (cuobjdump, no local memory); every other
+    # mode and arch has none. Held to exactly that.
+    results = assert_compiles(specs, expect_refused=lambda r: r.arch == "sm_80", max_stack_bytes=16)
     assert any(r.arch == "sm_89" and r.fits for r in results)
-    assert all(not r.local_bytes for r in results)  # no register spills
+    spilling = {(r.spec, r.arch) for r in results if r.ok and r.stack_bytes}
+    assert spilling <= {(specs[2].describe(), "sm_89")}, spilling
 
 
 # ----------------------------------------------------------------------------- scale shapes (property)

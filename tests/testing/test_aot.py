@@ -58,3 +58,22 @@ def test_shared_memory_overflow_is_caught_per_arch():
 def test_unknown_arch_is_rejected():
     with pytest.raises(ValueError, match="archs: unknown architecture"):
         compile_kernels([SCALE], archs=("sm_70",))
+
+
+def test_spills_fail_only_specs_that_state_their_alignment(monkeypatch):
+    """Unaligned specs compile scalar loads the JIT never runs: their stack frames are not judged."""
+    import dataclasses
+
+    from pyscale.testing import aot
+
+    aligned = dataclasses.replace(SCALE, label="aligned", divisible_by_16=("x_ptr", "y_ptr"))
+    plain = dataclasses.replace(SCALE, label="plain")
+
+    def fake_compile(specs, archs):
+        return [aot.AotResult(s.describe(), a, True, 1024, 99 * 1024, 64, 0, 32) for s in specs for a in archs]
+
+    monkeypatch.setattr(aot, "compile_kernels", fake_compile)
+    assert_compiles([plain], archs=("sm_90a",))
+    with pytest.raises(AssertionError, match=r"aligned.*spills \(0 B local, 32 B stack\)"):
+        assert_compiles([aligned, plain], archs=("sm_90a",))
+    assert_compiles([aligned], archs=("sm_90a",), max_stack_bytes=32)
