@@ -152,3 +152,16 @@ def test_rows_on_a_gpu_use_each_formats_compute_peak_and_the_memory_bandwidth():
                                                          / formats[("pyscale", "w4a16-g128")])
     assert rows["w4a16-g128"]["speedup"]["torch.mm[bf16]"] == pytest.approx(1.0)  # same time given to all
     report_rows.print_bench_table(list(rows.values()), title="synthetic H100 rows")  # formats every column
+
+
+def test_gpu_gemm_cases_leave_out_what_the_baselines_refuse(monkeypatch):
+    import torch
+
+    from pyscale.benchmark_cases import gemm
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cases = gemm.cases("llama3-8b", "cuda")
+    int_mm = {c.params_dict["m"] for c in cases if c.impl == "torch._int_mm"}
+    pyscale_int8 = {c.params_dict["m"] for c in cases if c.impl == "pyscale" and c.dtype == "int8"}
+    assert int_mm and min(int_mm) > 16 and min(pyscale_int8) <= 16  # decode M still measured for pyscale
+    assert {c.dtype for c in cases if c.impl == "pyscale"} >= {"fp8-tensor", "fp8-row", "fp8-block", "int8"}
