@@ -36,6 +36,9 @@ HOME_ENV = "PYSCALE_HOME"
 STATUSES = ("ok", "oom", "error", "skipped", "timeout")
 # Fields whose absence must be explained: a missing energy reading is never a silent zero.
 EXPLAINED_FIELDS = ("energy_j", "avg_power_w")
+# Measured or derived fields that may be absent, but only with a reason (0 can be real here: a
+# permutation does no FLOPs).
+REASONED_FIELDS = ("flops", "bytes", "idle_power_w", "sm_clock_mhz", "mem_clock_mhz", "temperature_c")
 
 MIGRATIONS: tuple[str, ...] = (
     # v1: devices, runs and timed measurements.
@@ -176,6 +179,13 @@ class MeasurementRecord:
     unavailable_reasons: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def explain_missing(self, why: str) -> MeasurementRecord:
+        """Give `why` as the reason of every absent field that has none yet; returns self (for chaining)."""
+        for name in EXPLAINED_FIELDS + REASONED_FIELDS:
+            if getattr(self, name) is None:
+                self.unavailable_reasons.setdefault(name, why)
+        return self
+
     def validate(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}: got {self.status!r}")
@@ -192,6 +202,9 @@ class MeasurementRecord:
                 raise ValueError(f"{name} is None: give the reason in unavailable_reasons[{name!r}]")
             if value is not None and value == 0:
                 raise ValueError(f"{name} is 0: an unmeasured value is None with a reason, never 0")
+        for name in REASONED_FIELDS:
+            if getattr(self, name) is None and not self.unavailable_reasons.get(name):
+                raise ValueError(f"{name} is None: give the reason in unavailable_reasons[{name!r}]")
 
 
 _MEASUREMENT_COLUMNS = tuple(f.name for f in fields(MeasurementRecord))

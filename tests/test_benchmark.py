@@ -139,7 +139,7 @@ def test_rows_on_a_gpu_use_each_formats_compute_peak_and_the_memory_bandwidth():
                ("pyscale", "w4a16-g128"): 2.0 * m * k + n * k / 2 + 2.0 * n * k / 128 + 2.0 * m * n}
     raw = [{"case": SimpleNamespace(params_dict={"m": m, "n": n, "k": k}), "device": device,
             "record": MeasurementRecord(op="gemm", backend=impl, params={}, dtype=fmt, time_s_median=1e-4,
-                                        flops=flops, bytes=nbytes)}
+                                        flops=flops, bytes=nbytes).explain_missing("synthetic row")}
            for (impl, fmt), nbytes in formats.items()]
     rows = {r["dtype"]: r for r in report_rows.bench_rows(raw)}
     for fmt, dtype in (("bf16", "bf16"), ("fp8-row", "fp8"), ("int8", "int8"), ("w4a16-g128", "bf16")):

@@ -21,7 +21,11 @@ def _ok(op: str = "gemm", **kw) -> st.MeasurementRecord:
                 energy_j=None, avg_power_w=None,
                 unavailable_reasons={"energy_j": "no NVML", "avg_power_w": "no NVML"})
     base.update(kw)
-    return st.MeasurementRecord(**base)
+    record = st.MeasurementRecord(**base)
+    for name in st.REASONED_FIELDS:  # the energy fields' reasons stay each test's own
+        if getattr(record, name) is None:
+            record.unavailable_reasons.setdefault(name, "not measured in this test")
+    return record
 
 
 def test_round_trip(tmp_path):
@@ -51,10 +55,28 @@ def test_unavailable_is_null_with_reason_never_zero(tmp_path):
             s.record(_ok(energy_j=0.0, avg_power_w=1.0), device_id=dev)
         with pytest.raises(ValueError, match=r"unavailable_reasons\['energy_j'\]"):
             s.record(_ok(unavailable_reasons={"avg_power_w": "x"}), device_id=dev)
+        with pytest.raises(ValueError, match=r"unavailable_reasons\['sm_clock_mhz'\]"):
+            s.record(_without_reason("sm_clock_mhz"), device_id=dev)
+        s.record(_ok(flops=0.0, bytes=0.0, params={"permutation": 1}), device_id=dev)  # 0 FLOPs can be real
         with pytest.raises(ValueError, match="status"):
             s.record(_ok(status="weird"), device_id=dev)
         with pytest.raises(ValueError, match="time_s_median"):
             s.record(_ok(time_s_median=None), device_id=dev)
+
+
+def test_explain_missing_fills_only_absent_fields():
+    rec = st.MeasurementRecord(op="gemm", backend="triton", params={}, dtype="bf16", time_s_median=1e-3,
+                               flops=8.0, energy_j=None, unavailable_reasons={"energy_j": "no NVML"})
+    rec.explain_missing("CPU run")
+    assert rec.unavailable_reasons["energy_j"] == "no NVML"  # an existing reason is kept
+    assert "flops" not in rec.unavailable_reasons and rec.unavailable_reasons["sm_clock_mhz"] == "CPU run"
+    rec.validate()
+
+
+def _without_reason(name: str) -> st.MeasurementRecord:
+    record = _ok()
+    del record.unavailable_reasons[name]
+    return record
 
 
 def test_case_key_resume_and_supersede(tmp_path):
@@ -155,7 +177,7 @@ WRITER = textwrap.dedent("""
     i = 0
     while True:
         s.record(st.MeasurementRecord(op="op", backend="cpp", params={"i": i}, dtype="fp32",
-                 time_s_median=1e-3, unavailable_reasons={"energy_j": "x", "avg_power_w": "x"}), device_id=dev)
+                 time_s_median=1e-3).explain_missing("x"), device_id=dev)
         print(i, flush=True)
         i += 1
 """)
@@ -182,7 +204,7 @@ def _write_many(path: str, worker: int, n: int) -> None:
     dev = s.register_device(st.DeviceRecord(kind="cpu", name="cpu", uuid=f"cpu-{worker}"))
     for i in range(n):
         s.record(st.MeasurementRecord(op="op", backend="cpp", params={"i": i, "w": worker}, dtype="fp32",
-                 time_s_median=1e-3, unavailable_reasons={"energy_j": "x", "avg_power_w": "x"}), device_id=dev)
+                 time_s_median=1e-3).explain_missing("x"), device_id=dev)
     s.close()
 
 

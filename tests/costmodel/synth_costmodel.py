@@ -102,5 +102,6 @@ def fill_store(path, truth: Truth, *, device_name: str = SYNTH_GPU, kind: str = 
                 repeats=10,
                 # The profiler's record of the energy window (calls filling ≥ 1 s at this time per call).
                 extra={} if energy is None else {"window_s": t * max(1, round(1.0 / t)),
-                                                 "window_calls": max(1, round(1.0 / t))}), device_id=dev)
+                                                 "window_calls": max(1, round(1.0 / t))}
+            ).explain_missing("synthetic: not modelled"), device_id=dev)
     return store

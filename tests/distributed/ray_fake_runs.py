@@ -28,7 +28,8 @@ def fake_run(case: Case, *, device: str = "cpu", energy: bool = False) -> tuple[
         op=case.op, backend=case.impl, params={**case.params_dict, "shape_set": case.shape_set}, dtype=case.dtype,
         time_s_median=t, time_s_p20=t, time_s_p80=t, repeats=1,
         unavailable_reasons={"energy_j": "fake run", "avg_power_w": "fake run"},
-        extra={"env": {k: os.environ.get(k) for k in ENV_SEEN}, "pid": os.getpid(), "device_arg": device})
+        extra={"env": {k: os.environ.get(k) for k in ENV_SEEN}, "pid": os.getpid(), "device_arg": device}
+    ).explain_missing("fake run")
     return DEVICE, record
 
 
