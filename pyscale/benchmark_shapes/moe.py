@@ -22,7 +22,7 @@ SHAPES: dict[str, list[dict]] = {
     "deepseek-v3": [
         {"d_model": 7168, "d_ff": 2048, "n_experts": 256, "top_k": 8, "scoring": "sigmoid", "n_group": 8,
          "topk_group": 4, "tokens": t}
-        for t in (4096, 8192)
+        for t in (4096, 8192, 16384, 32768)  # the 4k-32k range (bf16 weights 22.5 GB, + grads)
     ],
     "llama3-8b": [],
     "quick": [

@@ -9,15 +9,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 from torch import nn
 
+from pyscale.ops._checks import check_choice, check_tensor
 from pyscale.ops.grouped_gemm import grouped_gemm
-from pyscale.ops.moe_align import moe_align, moe_block_size
+from pyscale.ops.moe_align import exact_capacity_factor, moe_align, moe_block_size
 from pyscale.ops.moe_aux import load_balancing_loss, router_z_loss, update_expert_bias
 from pyscale.ops.moe_combine import moe_combine
-from pyscale.ops.moe_route import moe_route
+from pyscale.ops.moe_route import SCORINGS, check_group_routing, moe_route
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int: got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1: got {value}")
+
+
+def _check_rates(**rates: float) -> None:
+    for name, value in rates.items():
+        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0: got {value!r}")
 
 
 @dataclass
@@ -48,7 +64,8 @@ class MoE(nn.Module):
         scoring: "softmax" or "sigmoid" router scores.
         renormalize: kept weights of a token sum to 1.
         n_group, topk_group: DeepSeek-V3 group-limited routing (see moe_route).
-        capacity_factor: None (dropless) or cf > 0: each expert keeps ⌈cf · T · k / E⌉ slots.
+        capacity_factor: None (dropless) or cf > 0: each expert keeps ⌈cf · T · k / E⌉ slots (read-only
+            after construction).
         aux_loss_coef: α of the load-balancing loss; z_loss_coef: β of the router z-loss (both 1 by default:
             MoEAux then holds the bare losses and the caller weighs them).
         expert_bias: keep a per-expert selection bias buffer (auxiliary-loss-free balancing), updated by
@@ -67,15 +84,19 @@ class MoE(nn.Module):
                  expert_bias: bool = False, bias_update_rate: float = 1e-3, check_values: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if not 1 <= top_k <= n_experts:
+        _check_sizes(d_model=d_model, d_ff=d_ff, n_experts=n_experts, top_k=top_k)
+        if top_k > n_experts:
             raise ValueError(f"top_k must lie in 1..n_experts = 1..{n_experts}: got {top_k}")
-        for name, v in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts)):
-            if v < 1:
-                raise ValueError(f"{name} must be >= 1: got {v}")
+        # fail here, not at the first forward, with errors that name the argument
+        check_choice("scoring", scoring, SCORINGS)
+        check_group_routing(n_experts, top_k, n_group, topk_group)
+        if capacity_factor is not None:
+            exact_capacity_factor(capacity_factor)
+        _check_rates(aux_loss_coef=aux_loss_coef, z_loss_coef=z_loss_coef, bias_update_rate=bias_update_rate)
         self.d_model, self.d_ff, self.n_experts, self.top_k = d_model, d_ff, n_experts, top_k
         self.scoring, self.renormalize = scoring, renormalize
         self.n_group, self.topk_group = n_group, topk_group
-        self.capacity_factor = capacity_factor
+        self._capacity_factor = capacity_factor
         self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
         self.bias_update_rate = bias_update_rate
         self.check_values = check_values
@@ -90,6 +111,12 @@ class MoE(nn.Module):
         else:
             self.expert_bias = None
         self.reset_parameters()
+
+    @property
+    def capacity_factor(self) -> float | None:
+        """Fixed at construction: validated there, and a constant that torch.compile can specialise on (the
+        exact capacity needs one; a float changed between compiled calls would turn symbolic)."""
+        return self._capacity_factor
 
     def reset_parameters(self) -> None:
         # nn.Linear's default bound, per expert: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -129,6 +156,10 @@ class MoE(nn.Module):
     @torch.no_grad()
     def update_bias(self, tokens_per_expert: torch.Tensor) -> None:
         """Auxiliary-loss-free balancing step (DeepSeek-V3); a no-op without `expert_bias=True`."""
+        check_tensor("tokens_per_expert", tokens_per_expert, ndim=1)
+        if tokens_per_expert.shape[0] != self.n_experts:  # checked even when the update is a no-op
+            raise ValueError(f"tokens_per_expert must have n_experts = {self.n_experts} entries: "
+                             f"got {tokens_per_expert.shape[0]}")
         if self.expert_bias is not None:
             update_expert_bias(self.expert_bias, tokens_per_expert, self.bias_update_rate)
 

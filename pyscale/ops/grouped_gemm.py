@@ -16,9 +16,11 @@ tokens by a deterministic gather-sum when gathering; dW[e] = dOut_e^T @ A_e (Swi
 one kernel).
 
 Backends: `triton` (CUDA; CPU in the interpreter), `reference` (a per-expert loop).
-FLOPs (executed, padded rows included since the kernel computes them): forward 2·n_pad·N·K per weight
-(SwiGLU: 2 weights, + 4·n_pad·N for the activation); backward 2× forward for the GEMMs (dA and dW),
-+ 8·n_pad·N for the SwiGLU backward. Model-FLOP accounting (active parameters) uses T·k instead of n_pad.
+FLOPs, executed (FLOP_FORMULAS; padded rows included since the kernel computes them): forward 2·n_pad·N·K
+per weight (SwiGLU: 2 weights, + 4·n_pad·N for the activation); backward 2× forward for the GEMMs (dA and
+dW), + 8·n_pad·N for the SwiGLU backward. Model (MODEL_FLOP_FORMULAS, active parameters): the same GEMMs
+over the T·k routed slots instead of n_pad rows, without the elementwise SwiGLU (PaLM's convention, as
+pyscale.profile.flops); slots a capacity limit drops still count, as the layer's nominal work.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def grouped_gemm(a: torch.Tensor, w: torch.Tensor, alignment: MoEAlignment, *, g
         activation: None or "swiglu" (silu(A w^T) * (A w2^T), fused in the kernel epilogue).
     Returns:
         (rows, N) in a.dtype, in alignment order; padding rows are 0.
-    FLOPs: see the module docstring (FLOP_FORMULAS["pyscale::grouped_gemm"]).
+    FLOPs: see the module docstring (FLOP_FORMULAS and MODEL_FLOP_FORMULAS["pyscale::grouped_gemm"]).
     """
     act = "none" if activation is None else activation
     check_choice("activation", act, ACTIVATIONS)
@@ -218,22 +220,40 @@ def grouped_gemm(a: torch.Tensor, w: torch.Tensor, alignment: MoEAlignment, *, g
     return out
 
 
+def _gemm_flops(rows: int, w: torch.Tensor, activation: str) -> int:
+    """The GEMMs of one forward over `rows` rows: 2·rows·N·K per weight (SwiGLU has two)."""
+    _, n, k = w.shape
+    return (2 if activation == "swiglu" else 1) * 2 * rows * n * k
+
+
+def _padded_rows(n_pad: torch.Tensor) -> int:
+    return int(n_pad.reshape(-1)[0])  # a device sync on GPU: counting passes are not timed
+
+
 def _fwd_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     w, n_pad, activation = args[1], args[5], args[10]
-    rows = int(n_pad.reshape(-1)[0])
-    _, n, k = w.shape
-    if activation == "swiglu":
-        return 2 * 2 * rows * n * k + 4 * rows * n
-    return 2 * rows * n * k
+    rows = _padded_rows(n_pad)
+    act = 4 * rows * w.shape[1] if activation == "swiglu" else 0
+    return _gemm_flops(rows, w, activation) + act
 
 
 def _bwd_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     w, n_pad, activation = args[2], args[7], args[12]
-    rows = int(n_pad.reshape(-1)[0])
-    _, n, k = w.shape
-    if activation == "swiglu":
-        return 2 * 2 * 2 * rows * n * k + 8 * rows * n
-    return 2 * 2 * rows * n * k
+    rows = _padded_rows(n_pad)
+    act = 8 * rows * w.shape[1] if activation == "swiglu" else 0
+    return 2 * _gemm_flops(rows, w, activation) + act  # dA and dW each cost one forward
+
+
+def _fwd_model_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+    w, slot_pos, activation = args[1], args[7], args[10]
+    return _gemm_flops(slot_pos.shape[0], w, activation)  # T·k routed slots: no padding, no host sync
+
+
+def _bwd_model_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+    w, slot_pos, activation = args[2], args[9], args[12]
+    return 2 * _gemm_flops(slot_pos.shape[0], w, activation)
 
 
 FLOP_FORMULAS = {"pyscale::grouped_gemm": _fwd_flops, "pyscale::grouped_gemm_backward": _bwd_flops}
+MODEL_FLOP_FORMULAS = {"pyscale::grouped_gemm": _fwd_model_flops,
+                       "pyscale::grouped_gemm_backward": _bwd_model_flops}

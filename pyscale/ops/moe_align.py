@@ -21,6 +21,9 @@ FLOPs: none (integer work: O(T·k + E) reads and writes).
 from __future__ import annotations
 
 import math
+from decimal import Decimal
+from fractions import Fraction
+from numbers import Real
 from typing import Any, NamedTuple
 
 import torch
@@ -93,9 +96,43 @@ def _(topk_ids, n_experts, block_size, capacity):
     return _empty_outputs(topk_ids, n_experts, block_size)
 
 
+def exact_capacity_factor(capacity_factor: float | int | Fraction | Decimal) -> Fraction:
+    """A validated capacity factor (finite, > 0) as an exact rational; a float counts as the decimal it prints as.
+
+    Float arithmetic is off by one at exact multiples: 1.1 is stored as 1.1000000000000000888, so
+    ⌈1.1 · 100 / 10⌉ comes out 12 where the user meant 11.
+    """
+    if isinstance(capacity_factor, bool) or not isinstance(capacity_factor, (Real, Decimal)):
+        raise TypeError(f"capacity_factor must be a real number: got {type(capacity_factor).__name__}")
+    if not math.isfinite(float(capacity_factor)):
+        raise ValueError(f"capacity_factor must be finite: got {capacity_factor}")
+    if isinstance(capacity_factor, (int, Fraction, Decimal)):
+        exact = Fraction(capacity_factor)
+    else:
+        try:  # str, not float(): numpy's float32(1.1) prints as 1.1 but widens to 1.100000023841858
+            exact = Fraction(str(capacity_factor))
+        except ValueError:  # a Real whose str is not a plain number
+            exact = Fraction(repr(float(capacity_factor)))
+    if exact <= 0:
+        raise ValueError(f"capacity_factor must be > 0 or None: got {capacity_factor}")
+    return exact
+
+
+# torch.compile calls this at trace time instead of tracing Fraction: the factor must be a constant there
+# (nn.MoE fixes it at construction; a float that changes between calls becomes symbolic and fails).
+@torch.compiler.assume_constant_result
+def _factor_ratio(capacity_factor: float | int | Fraction | Decimal) -> tuple[int, int]:
+    exact = exact_capacity_factor(capacity_factor)
+    return exact.numerator, exact.denominator
+
+
 def expert_capacity(tokens: int, top_k: int, n_experts: int, capacity_factor: float) -> int:
-    """Slots each expert keeps: ⌈capacity_factor · tokens · top_k / n_experts⌉."""
-    return math.ceil(capacity_factor * tokens * top_k / n_experts)
+    """Slots each expert keeps: ⌈capacity_factor · tokens · top_k / n_experts⌉, computed exactly.
+
+    A float capacity_factor counts as the decimal it prints as (1.1 is 11/10, not 1.1000000000000000888).
+    """
+    num, den = _factor_ratio(capacity_factor)
+    return -(-num * tokens * top_k // (den * n_experts))  # integer ceil: also right for symbolic tokens
 
 
 def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capacity_factor: float | None = None,
@@ -107,7 +144,7 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capaci
         n_experts: number of experts E (1..4096).
         block_size: row-block size of the grouped GEMM that consumes the layout (>= 1).
         capacity_factor: None for dropless, else > 0: each expert keeps its first
-            ⌈capacity_factor · T · k / E⌉ slots in token order.
+            ⌈capacity_factor · T · k / E⌉ slots in token order (computed exactly, see expert_capacity).
         check_values: reject ids outside 0..E-1 (reads the tensor: a device sync on CUDA; skipped under
             torch.compile). Out-of-range ids with the check off are undefined behaviour in the native code.
     Returns:
@@ -130,8 +167,6 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capaci
         raise ValueError(f"T * k + E * (block_size - 1) must stay below 2**31 (int32 layout): got T={t}, k={k}")
     capacity = -1
     if capacity_factor is not None:
-        if not capacity_factor > 0:
-            raise ValueError(f"capacity_factor must be > 0 or None: got {capacity_factor}")
         capacity = expert_capacity(t, k, n_experts, capacity_factor)
     if check_values and not torch.compiler.is_compiling() and topk_ids.numel():
         lo, hi = int(topk_ids.min()), int(topk_ids.max())

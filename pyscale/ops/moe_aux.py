@@ -36,6 +36,10 @@ def load_balancing_loss(logits: torch.Tensor, tokens_per_expert: torch.Tensor, t
     t, e = logits.shape
     if tokens_per_expert.shape[0] != e:
         raise ValueError(f"tokens_per_expert must have n_experts = {e} entries: got {tokens_per_expert.shape[0]}")
+    if not isinstance(top_k, int) or isinstance(top_k, bool):
+        raise TypeError(f"top_k must be an int: got {type(top_k).__name__}")
+    if not 1 <= top_k <= e:  # f_i divides by T · top_k: a wrong k scales the loss silently
+        raise ValueError(f"top_k must lie in 1..n_experts = 1..{e}: got {top_k}")
     if t == 0:
         return logits.new_zeros((), dtype=torch.float32)
     x = logits.float()
@@ -60,6 +64,10 @@ def router_z_loss(logits: torch.Tensor, *, coef: float = 1.0) -> torch.Tensor:
 def update_expert_bias(bias: torch.Tensor, tokens_per_expert: torch.Tensor, rate: float) -> torch.Tensor:
     """In place: bias_i += rate · sign(mean load − load_i) (under-loaded experts become more attractive)."""
     check_tensor("bias", bias, ndim=1)
+    check_tensor("tokens_per_expert", tokens_per_expert, ndim=1)
+    if tokens_per_expert.shape[0] != bias.shape[0]:  # a wrong length would broadcast or fail obscurely
+        raise ValueError(f"tokens_per_expert must have one entry per expert (bias has {bias.shape[0]}): "
+                         f"got {tokens_per_expert.shape[0]}")
     load = tokens_per_expert.float().to(bias.device)
     bias.add_(rate * torch.sign(load.mean() - load).to(bias.dtype))
     return bias

@@ -99,6 +99,25 @@ def _backward(ctx, grad_w, grad_ids):
 _moe_route_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def check_group_routing(n_experts: int, top_k: int, n_group: int | None, topk_group: int | None) -> None:
+    """Reject group-limited routing settings moe_route cannot honour (errors name the argument)."""
+    if (n_group is None) != (topk_group is None):
+        raise ValueError(f"n_group and topk_group go together: got n_group={n_group}, topk_group={topk_group}")
+    if n_group is None:
+        return
+    for name, value in (("n_group", n_group), ("topk_group", topk_group)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int or None: got {type(value).__name__}")
+    if n_group < 1 or n_experts % n_group:
+        raise ValueError(f"n_group must divide n_experts = {n_experts}: got {n_group}")
+    if not 1 <= topk_group <= n_group:
+        raise ValueError(f"topk_group must lie in 1..n_group = 1..{n_group}: got {topk_group}")
+    kept = topk_group * (n_experts // n_group)
+    if top_k > kept:
+        raise ValueError(f"top_k = {top_k} exceeds the experts of the kept groups "
+                         f"(topk_group * n_experts / n_group = {kept})")
+
+
 def moe_route(logits: torch.Tensor, top_k: int, *, scoring: str = "softmax", renormalize: bool = True,
               n_group: int | None = None, topk_group: int | None = None, bias: torch.Tensor | None = None,
               check_values: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,16 +146,7 @@ def moe_route(logits: torch.Tensor, top_k: int, *, scoring: str = "softmax", ren
     if not 1 <= top_k <= e:
         raise ValueError(f"top_k must lie in 1..n_experts = 1..{e}: got {top_k}")
     check_choice("scoring", scoring, SCORINGS)
-    if (n_group is None) != (topk_group is None):
-        raise ValueError(f"n_group and topk_group go together: got n_group={n_group}, topk_group={topk_group}")
-    if n_group is not None:
-        if n_group < 1 or e % n_group:
-            raise ValueError(f"n_group must divide n_experts = {e}: got {n_group}")
-        if not 1 <= topk_group <= n_group:
-            raise ValueError(f"topk_group must lie in 1..n_group = 1..{n_group}: got {topk_group}")
-        if top_k > topk_group * (e // n_group):
-            raise ValueError(f"top_k = {top_k} exceeds the experts of the kept groups "
-                             f"(topk_group * n_experts / n_group = {topk_group * (e // n_group)})")
+    check_group_routing(e, top_k, n_group, topk_group)
     if bias is not None:
         check_tensor("bias", bias, dtypes=FLOAT_DTYPES, ndim=1)
         if bias.shape[0] != e:

@@ -179,6 +179,76 @@ def test_bad_inputs():
         m(torch.randn(3, 32))
 
 
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"scoring": "softplus"}, ValueError, "scoring must be one of softmax, sigmoid"),
+    ({"capacity_factor": 0.0}, ValueError, "capacity_factor must be > 0"),
+    ({"capacity_factor": -1.5}, ValueError, "capacity_factor must be > 0"),
+    ({"capacity_factor": float("inf")}, ValueError, "capacity_factor must be finite"),
+    ({"capacity_factor": "1.25"}, TypeError, "capacity_factor must be a real number"),
+    ({"n_group": 4}, ValueError, "n_group and topk_group go together"),
+    ({"topk_group": 2}, ValueError, "n_group and topk_group go together"),
+    ({"n_group": 3, "topk_group": 1}, ValueError, "n_group must divide n_experts = 8"),
+    ({"n_group": 0, "topk_group": 1}, ValueError, "n_group must divide"),
+    ({"n_group": 4, "topk_group": 5}, ValueError, "topk_group must lie in 1..n_group"),
+    ({"n_group": 4, "topk_group": 0}, ValueError, "topk_group must lie in 1..n_group"),
+    ({"n_group": 4.0, "topk_group": 2}, TypeError, "n_group must be an int"),
+    ({"n_group": 8, "topk_group": 1}, ValueError, "top_k = 2 exceeds the experts of the kept groups"),
+    ({"aux_loss_coef": float("nan")}, ValueError, "aux_loss_coef must be a finite number"),
+    ({"z_loss_coef": -1.0}, ValueError, "z_loss_coef must be a finite number >= 0"),
+    ({"bias_update_rate": float("inf")}, ValueError, "bias_update_rate must be a finite number"),
+])
+def test_constructor_validates_routing_options(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        MoE(32, 64, 8, 2, **kwargs)
+
+
+@pytest.mark.parametrize("sizes,error,match", [((0, 64, 8, 2), ValueError, "d_model must be >= 1"),
+                                               ((32, 0, 8, 2), ValueError, "d_ff must be >= 1"),
+                                               ((32, 64, 0, 1), ValueError, "n_experts must be >= 1"),
+                                               ((32, 64, 8, 2.0), TypeError, "top_k must be an int"),
+                                               ((32, 64, 8, True), TypeError, "top_k must be an int")])
+def test_constructor_validates_sizes(sizes, error, match):
+    with pytest.raises(error, match=match):
+        MoE(*sizes)
+
+
+def test_valid_routing_options_construct():
+    m = MoE(32, 64, 8, 4, scoring="sigmoid", n_group=4, topk_group=2, capacity_factor=1.1, z_loss_coef=0.0)
+    assert m.capacity_factor == 1.1 and m.n_group == 4
+    with pytest.raises(AttributeError):
+        m.capacity_factor = 2.0  # fixed at construction (validated; a constant for torch.compile)
+
+
+def test_update_bias_checks_tokens_per_expert():
+    m = MoE(32, 64, 4, 1, expert_bias=True)
+    with pytest.raises(ValueError, match="tokens_per_expert must have n_experts = 4 entries: got 5"):
+        m.update_bias(torch.ones(5, dtype=torch.int32))
+    with pytest.raises(ValueError, match="tokens_per_expert must be 1-D"):
+        m.update_bias(torch.ones(2, 2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="tokens_per_expert must have n_experts"):
+        MoE(32, 64, 4, 1).update_bias(torch.ones(3))  # checked even without a bias to update
+    assert m.expert_bias.abs().sum() == 0  # nothing was half-applied
+    m.update_bias(torch.tensor([4, 0, 0, 0], dtype=torch.int32))
+    assert m.expert_bias[0] < 0 < m.expert_bias[1]
+
+
+def test_exact_capacity_under_compile():
+    """capacity 0.56 · 100 · 1 / 4 = 14 exactly, eager and compiled (float arithmetic says 14.000000000000002,
+    so 15; under torch.compile the factor is a constant)."""
+    m = _module(16, 32, 4, 1, torch.float32, capacity_factor=0.56)
+    with torch.no_grad():  # every token to expert 2 first
+        m.router.weight.zero_()
+        m.router.weight[2] = 1.0
+    x = torch.rand(100, 16, generator=torch.Generator().manual_seed(6)) + 0.1
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        out_e, aux_e = m(x)
+        out_c, aux_c = compiled(x)
+    assert int(aux_e.dropped) == int(aux_c.dropped) == 100 - 14
+    torch.testing.assert_close(out_c, out_e)
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

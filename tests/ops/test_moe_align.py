@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
+from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -98,6 +101,51 @@ def test_capacity_mode(cf):
     assert cap == math.ceil(cf * 40 * 2 / 8)
     _check_invariants(a, ids, 8, 16, cap)
     assert int(a.dropped) > 0  # expert 2 got all 40 tokens, more than any of these capacities
+
+
+def _decimal_capacity(cf_text, t, k, e):
+    """⌈cf · t · k / e⌉ in integers, cf read digit by digit from its decimal text (no Fraction, no float)."""
+    whole, _, frac = cf_text.partition(".")
+    num, den = int(whole + frac), 10 ** len(frac)
+    return -(-num * t * k // (den * e))
+
+
+# (cf, T, k, E): the first ones are where float arithmetic lands just above an integer and rounds up
+CAPACITY_CASES = [("1.1", 100, 1, 10), ("0.56", 100, 1, 4), ("0.28", 50, 2, 4), ("0.55", 100, 8, 10),
+                  ("1.25", 40, 2, 8), ("0.3", 10, 1, 3), ("2.3", 100, 1, 23), ("1.0", 37, 3, 7), ("0.01", 5, 1, 64),
+                  ("3", 4096, 8, 128)]
+
+
+@pytest.mark.parametrize("cf_text,t,k,e", CAPACITY_CASES)
+def test_expert_capacity_is_exact(cf_text, t, k, e):
+    expected = _decimal_capacity(cf_text, t, k, e)
+    assert expert_capacity(t, k, e, float(cf_text)) == expected
+    assert expert_capacity(t, k, e, Decimal(cf_text)) == expected
+    assert expert_capacity(t, k, e, Fraction(cf_text)) == expected
+    assert expert_capacity(t, k, e, np.float32(cf_text)) == expected  # prints as cf_text, though wider
+
+
+def test_expert_capacity_float_trap():
+    # the case of the report: float arithmetic gives 1.1 · 100 / 10 = 11.000000000000002 -> 12
+    assert math.ceil(1.1 * 100 * 1 / 10) == 12
+    assert expert_capacity(100, 1, 10, 1.1) == 11
+    ids = torch.zeros(100, 1, dtype=torch.int32)  # all to expert 0: it keeps exactly the capacity
+    a, b = _both(ids, 10, 16, 1.1)
+    assert int(a.dropped) == int(b.dropped) == 89
+    assert a.slot_pos.tolist() == list(range(11)) + [-1] * 89
+
+
+@pytest.mark.parametrize("cf,error,match", [(float("inf"), ValueError, "capacity_factor must be finite"),
+                                            (float("nan"), ValueError, "capacity_factor must be finite"),
+                                            (-0.5, ValueError, "capacity_factor must be > 0"),
+                                            (0, ValueError, "capacity_factor must be > 0"),
+                                            (True, TypeError, "capacity_factor must be a real number"),
+                                            ("1.1", TypeError, "capacity_factor must be a real number")])
+def test_bad_capacity_factor(cf, error, match):
+    with pytest.raises(error, match=match):
+        expert_capacity(10, 1, 2, cf)
+    with pytest.raises(error, match=match):
+        moe_align(_ids(8, 2, 4), 4, 16, capacity_factor=cf)
 
 
 def test_capacity_keeps_first_tokens():

@@ -67,3 +67,23 @@ def test_bad_inputs():
         load_balancing_loss(torch.randn(3, 4), torch.ones(5), 1)
     with pytest.raises(ValueError, match="scoring"):
         load_balancing_loss(torch.randn(3, 4), torch.ones(4), 1, scoring="x")
+
+
+@pytest.mark.parametrize("top_k,error,match", [(0, ValueError, r"top_k must lie in 1..n_experts = 1..4: got 0"),
+                                               (5, ValueError, r"top_k must lie in 1..n_experts = 1..4: got 5"),
+                                               (2.0, TypeError, "top_k must be an int"),
+                                               (True, TypeError, "top_k must be an int")])
+def test_load_balancing_loss_checks_top_k(top_k, error, match):
+    with pytest.raises(error, match=match):
+        load_balancing_loss(torch.randn(3, 4), torch.ones(4), top_k)
+
+
+def test_bias_update_checks_tokens_per_expert():
+    bias = torch.zeros(4)
+    with pytest.raises(ValueError, match=r"tokens_per_expert must have one entry per expert \(bias has 4\): got 1"):
+        update_expert_bias(bias, torch.tensor([8]), rate=0.01)  # would broadcast silently
+    with pytest.raises(ValueError, match="tokens_per_expert must have one entry per expert"):
+        update_expert_bias(bias, torch.tensor([8, 2, 5]), rate=0.01)
+    with pytest.raises(ValueError, match="tokens_per_expert must be 1-D"):
+        update_expert_bias(bias, torch.ones(2, 2), rate=0.01)
+    assert torch.equal(bias, torch.zeros(4))

@@ -48,6 +48,23 @@ def test_grouped_gemm_flops_count_padded_rows():
         2 * 2 * n_pad * 40 * 24
 
 
+def test_grouped_gemm_model_flops_count_routed_slots():
+    """Model FLOPs (active parameters): T·k rows, not n_pad; no elementwise SwiGLU; backward 2x forward."""
+    ids = torch.tensor([[0, 1], [0, 2], [0, 1]], dtype=torch.int32)  # T·k = 6 slots, n_pad = 48
+    al = moe_align(ids, 4, 16)
+    w = torch.empty(4, 40, 24)
+    lay = (al.sorted_ids, al.expert_ids, al.n_pad, al.offsets, al.slot_pos)
+    f = grouped_gemm_module.MODEL_FLOP_FORMULAS
+    assert set(f) == set(OPS[grouped_gemm_module])
+    assert f["pyscale::grouped_gemm"]((None, w, None, *lay, 2, 16, "none"), {}, None) == 2 * 6 * 40 * 24
+    assert f["pyscale::grouped_gemm"]((None, w, w, *lay, 2, 16, "swiglu"), {}, None) == 2 * 2 * 6 * 40 * 24
+    assert f["pyscale::grouped_gemm_backward"]((None, None, w, w, None, *lay, 2, 16, "swiglu"), {}, None) == \
+        2 * 2 * 2 * 6 * 40 * 24
+    executed = grouped_gemm_module.FLOP_FORMULAS["pyscale::grouped_gemm"]((None, w, None, *lay, 2, 16, "none"), {},
+                                                                           None)
+    assert executed == 8 * f["pyscale::grouped_gemm"]((None, w, None, *lay, 2, 16, "none"), {}, None)
+
+
 def test_combine_and_route_flops():
     y, w = torch.empty(100, 32), torch.empty(7, 3)
     slot_pos = torch.empty(21, dtype=torch.int32)
@@ -68,6 +85,34 @@ def test_shape_sets():
             assert active_flops(case, backward=True) == 3 * active_flops(case)
     with pytest.raises(ValueError, match="shape set"):
         moe_shapes("gpt-5")
+
+
+def test_deepseek_v3_sweeps_4k_to_32k_tokens():
+    assert [c["tokens"] for c in moe_shapes("deepseek-v3")] == [4096, 8192, 16384, 32768]
+
+
+def test_grouped_mm_baseline_skipped_without_torch_support(monkeypatch):
+    from pyscale.benchmark_cases import moe as moe_cases
+
+    monkeypatch.delattr(torch, "_grouped_mm", raising=False)
+    assert "has no torch._grouped_mm" in moe_cases.grouped_mm_unavailable("bf16")
+    with pytest.warns(RuntimeWarning, match=r"skipping the torch._grouped_mm baseline \(torch .* has no"):
+        cases = moe_cases.cases("quick", "cuda")  # planning only: needs no GPU
+    assert {c.impl for c in cases} == {"pyscale", "loop"}
+    m = moe_cases.make_layer(moe_shapes("quick")[0], "cpu", torch.float32)
+    with pytest.raises(RuntimeError, match="torch._grouped_mm baseline cannot run"):
+        moe_cases.layer_fn("torch._grouped_mm", m, moe_shapes("quick")[0])
+
+
+def test_grouped_mm_baseline_planned_where_torch_has_it(monkeypatch):
+    from pyscale.benchmark_cases import moe as moe_cases
+
+    monkeypatch.setattr(torch, "_grouped_mm", lambda *a, **k: None, raising=False)
+    assert moe_cases.grouped_mm_unavailable("bf16") is None
+    cases = moe_cases.cases("quick", "cuda")
+    gmm = [c for c in cases if c.impl == "torch._grouped_mm"]
+    assert {c.op for c in gmm} == {"moe_fwd", "moe_fwd_bwd"} and all(c.dtype == "bf16" for c in gmm)
+    assert "torch._grouped_mm" not in {c.impl for c in moe_cases.cases("quick", "cpu")}  # fp32 on CPU
 
 
 def test_shape_data_imports_no_torch():
