@@ -39,6 +39,11 @@ def _rows(path: Path) -> list[tuple]:
     return sorted((r["case_key"], r["status"], r["time_s_median"], r["error"] is None) for r in rows)
 
 
+def _identity(row: dict) -> tuple[str, str, str]:
+    """What tells cases apart: one shape holds a case per format and implementation."""
+    return json.dumps(row["params"], sort_keys=True), row["backend"], row["dtype"]
+
+
 def _all_rows(path: Path) -> list[dict]:
     with st.Store(path) as s:
         return s.measurements(status=None, include_superseded=True)
@@ -168,7 +173,7 @@ def test_resume_after_a_driver_crash_measures_only_the_rest(cluster, tmp_path, m
     assert summary.skipped == 1 and summary.measured == len(cases) - 1
     rows = _all_rows(tmp_path / "ray.db")
     assert len(rows) == len(cases)
-    assert len({json.dumps(r["params"], sort_keys=True) for r in rows}) == len(cases)
+    assert len({_identity(r) for r in rows}) == len(cases)
 
 
 def test_a_failed_case_is_recorded_even_when_the_driver_lacks_the_device(tmp_path, monkeypatch):
@@ -231,7 +236,7 @@ def test_a_mixed_gpu_cluster_measures_every_case_on_every_gpu_type(cluster, tmp_
     rows = _all_rows(tmp_path / "ray.db")
     per_type: dict[str, set] = {}
     for r in rows:
-        per_type.setdefault(r["device_name"], set()).add(json.dumps(r["params"], sort_keys=True))
+        per_type.setdefault(r["device_name"], set()).add(_identity(r))
         assert r["extra"]["cuda_visible_devices"] in ("0", "1")  # Ray gave each task one GPU
     assert sorted(per_type) == ["fake FAKE-A", "fake FAKE-B"]
     assert all(len(v) == len(cases) for v in per_type.values())  # a complete profile per type
