@@ -105,14 +105,29 @@ def _costmodel_section(store: Any, device_name: str, out: Path) -> tuple[Section
     return s, profile
 
 
+def _law_form(law: str) -> tuple[str, str]:
+    """The law form to fit to user runs, and why: a preset names its form (epoch2024 -> chinchilla)."""
+    from pyscale.scaling import LAWS, presets
+
+    if law.lower() in presets.PRESETS and presets.get(law).law is not None:
+        form = presets.get(law).law.name
+        return form, f"the form of preset {law}"
+    if law.lower() in LAWS:
+        return law.lower(), "as given"
+    raise ValueError(f"law: with --data, --law must be a preset ({', '.join(sorted(presets.PRESETS))}) or a "
+                     f"law form ({', '.join(sorted(LAWS))}): got {law!r}")
+
+
 def _law_section(law: str, data: str | None, out: Path) -> tuple[Section, Any]:
     s = Section("Loss law")
     if data:
         from pyscale.scaling import fit
         from pyscale.scaling.plot import plot_fit
 
-        result = fit("chinchilla", data, starts="quick", bootstrap=100)
-        s.lines.append(f"Fitted Chinchilla's law to `{data}` (quick start grid, 100 bootstrap refits over runs):")
+        form, why = _law_form(law)
+        result = fit(form, data, starts="quick", bootstrap=100)
+        s.lines.append(f"Fitted the **{form}** law ({why}: `--law {law}`), {result.law.formula}, to `{data}` "
+                       "(quick start grid, 100 bootstrap refits over runs):")
         s.lines.append("")
         s.lines += ["```", result.report(), "```"]
         img = out / "fit.png"
@@ -131,20 +146,55 @@ def _law_section(law: str, data: str | None, out: Path) -> tuple[Section, Any]:
     return s, law
 
 
-def _plan_section(law_spec: Any, budget: str, hardware: Any, out: Path) -> Section:
+def _profile_hardware(profile: Any) -> tuple[Any, str]:
+    """Hardware priced by the fitted cost model, and where it came from; (None, why) when it cannot be."""
+    from pyscale import hw
+    from pyscale.plan.step_model import hardware_from_profile, step_options
+
+    if profile is None:
+        return None, "no cost model was fitted (see Cost model), so the plan has no throughput or power"
+    try:
+        options = step_options(profile)
+    except ValueError as exc:
+        return None, f"the cost model cannot price a GPT training step ({exc}), so the plan has no throughput"
+    spec = hw.lookup(profile.device_name) if profile.device_kind != "cpu" else None
+    known = spec is not None and not isinstance(spec, hw.UnknownGPU)
+    hardware = hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, options["dtype"]) if known
+                                     else None, memory_bytes=spec.memory_bytes if known else None, **options)
+    source = (f"the cost model fitted above (`device_profile.json`, {profile.device_name}): one step priced as "
+              f"{options['dtype']} GEMMs ({options['gemm_backend']}) and attention ({options['attention_backend']}),"
+              " micro-batch 1")
+    if profile.device_kind == "cpu":
+        source += ("; a CPU profile fitted at tiny shapes and extrapolated to the planned model: the time says "
+                   "what this CPU would take, nothing about a GPU")
+    return hardware, source
+
+
+def _plan_hardware(user_hardware: Any, profile: Any) -> tuple[Any, str]:
+    """What prices the plan: hardware the user gave wins, else this device's fitted cost model."""
+    if user_hardware is not None:
+        return user_hardware, f"user-given ({user_hardware.device_name}, --gpu with --mfu / --power-w)"
+    return _profile_hardware(profile)
+
+
+def _plan_section(law_spec: Any, budget: str, user_hardware: Any, profile: Any, out: Path) -> Section:
     from pyscale.plan import choose_law, plan
     from pyscale.plan.plot import iso_loss
 
+    hardware, hardware_source = _plan_hardware(user_hardware, profile)
     p = plan(budget, law=law_spec, hardware=hardware)
     s = Section(f"Plan ({p.objective}-optimal for {p.budget.describe()})")
+    s.lines += [f"Hardware: {hardware_source}.", ""]
     c = p.config
     rows = [("N (exact)", f"{p.n_params:,}"), ("tokens", f"{p.tokens:.4g}"),
             ("tokens per parameter", f"{p.tokens_per_param:.3g}"),
             ("predicted loss", f"{p.predicted_loss:.4f}" + ("" if p.loss_interval is None else
                                                             f" [{p.loss_interval[0]:.4f}, {p.loss_interval[1]:.4f}]")),
             ("architecture", f"{c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads ({c.n_kv_heads} kv), "
-                             f"d_ff {c.d_ff}"),
+                             f"d_ff {c.d_ff}" + (f", {c.n_experts} experts top-{c.top_k}" if c.n_experts else "")),
             ("batch / steps", f"{p.batch.tokens:,} tokens / {p.steps:,}"), ("memory", p.memory.reason),
+            ("hardware", "—" if p.device is None else f"{p.n_devices} x {p.device}"),
+            ("MFU", "—" if p.mfu is None else f"{p.mfu:.3f}"),
             ("time", "—" if p.time_s is None else f"{p.time_s / 3600:.4g} h"),
             ("GPU energy", "—" if p.energy_kwh is None else f"{p.energy_kwh:.4g} kWh"),
             ("cost", "—" if p.cost_dollars is None else f"${p.cost_dollars:,.0f}")]
@@ -163,7 +213,12 @@ def run_main_job(out_dir: str | Path = "pyscale-report", *, store_path: str | Pa
                  data: str | None = None, law: str = "epoch2024", budget: str = "1e21 flops",
                  hardware: Any = None, progress: bool = True,
                  on_stage: Callable[[str], None] | None = None) -> Path:
-    """Run every stage and write `<out_dir>/report.md` (+ PNGs, plan.json, device_profile.json)."""
+    """Run every stage and write `<out_dir>/report.md` (+ PNGs, plan.json, device_profile.json).
+
+    `law`: a preset, or with `data` the law form to fit (a preset means its form). The plan is priced by
+    `hardware` when given, else by the cost model fitted here when it can price a GPT step (the report says
+    which, or why neither).
+    """
     from pyscale import benchmark, sysinfo
     from pyscale.store import Store
 
@@ -201,7 +256,8 @@ def run_main_job(out_dir: str | Path = "pyscale-report", *, store_path: str | Pa
     law_result = stage("Loss law", lambda: _law_section(law, data, out))
     if law_result:
         sections.append(law_result[0])
-        plan_section = stage("Plan", lambda: _plan_section(law_result[1], budget, hardware, out))
+        profile = cm[1] if cm else None
+        plan_section = stage("Plan", lambda: _plan_section(law_result[1], budget, hardware, profile, out))
         if plan_section:
             sections.append(plan_section)
     header = [f"# pyscale report — {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}", "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 HELP = "plan a FLOPs-, time-, energy- or cost-optimal training run from a loss law and GPU costs"
@@ -29,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--power-w", type=float, default=None, help="average power per GPU while training")
     h.add_argument("--price-per-gpu-hour", type=float, default=None)
     h.add_argument("--pue", type=float, default=None, help="power usage effectiveness for facility energy")
-    h.add_argument("--dtype", default="bf16")
+    h.add_argument("--dtype", default=None,
+                   help="training dtype (default bf16; with a profile, the first of bf16, fp16, fp32 it models)")
     h.add_argument("--profile", type=Path, default=None,
                    help="a fitted device profile JSON (pyscale costmodel fit --out): MFU and power per architecture")
     h.add_argument("--store", type=Path, default=None,
@@ -64,64 +66,99 @@ def budget_of(args: argparse.Namespace):
     return Budget("loss", args.target_loss)
 
 
+def _fleet(args: argparse.Namespace) -> dict:
+    """The fleet and price options every hardware source takes."""
+    return {"n_devices": args.n_gpus, "dp_efficiency": args.dp_efficiency,
+            "price_per_device_hour": args.price_per_gpu_hour, "pue": args.pue}
+
+
+def _check_hardware_flags(args: argparse.Namespace) -> None:
+    """One hardware source at most, and no fleet flag without one: a flag is never silently ignored."""
+    if args.n_gpus < 1:
+        raise ValueError(f"--n-gpus must be >= 1: got {args.n_gpus}")
+    sources = [flag for flag, given in (("--mfu/--power-w", args.mfu is not None or args.power_w is not None),
+                                        ("--profile", args.profile is not None),
+                                        ("--store", args.store is not None)) if given]
+    if len(sources) > 1:
+        raise ValueError(f"{' and '.join(sources)} are alternative hardware sources: give one")
+    if sources or args.gpu:
+        return
+    given = {"--n-gpus": args.n_gpus != 1, "--dp-efficiency": args.dp_efficiency is not None,
+             "--price-per-gpu-hour": args.price_per_gpu_hour is not None, "--pue": args.pue is not None,
+             "--dtype": args.dtype is not None}
+    unused = [flag for flag, yes in given.items() if yes]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} given without hardware to apply to: add --gpu NAME (with --mfu "
+                         "and --power-w), --profile or --store")
+
+
+def _from_profile(args: argparse.Namespace, profile):
+    from pyscale import hw
+    from pyscale.plan.step_model import hardware_from_profile, step_options
+
+    options = step_options(profile, args.dtype)
+    spec = hw.lookup(profile.device_name)
+    known = not isinstance(spec, hw.UnknownGPU)
+    return hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, options["dtype"]) if known else None,
+                                 memory_bytes=spec.memory_bytes if known else None, **options, **_fleet(args))
+
+
 def hardware_of(args: argparse.Namespace):
     from pyscale.plan import hardware
 
+    _check_hardware_flags(args)
+    dtype = args.dtype or "bf16"
     if args.mfu is not None or args.power_w is not None:
         if not args.gpu:
-            raise SystemExit("pyscale plan: --mfu/--power-w need --gpu NAME (to know the peak)")
-        return hardware.from_user(args.gpu, mfu=args.mfu, power_w=args.power_w, n_devices=args.n_gpus,
-                                  dp_efficiency=args.dp_efficiency, dtype=args.dtype,
-                                  price_per_device_hour=args.price_per_gpu_hour, pue=args.pue)
-    if args.profile is not None or (args.gpu and args.store is None):
-        from pyscale import hw
-        from pyscale.costmodel import DeviceProfile, load_shipped_profile
-        from pyscale.plan.step_model import hardware_from_profile
+            raise ValueError("--mfu/--power-w need --gpu NAME (to know the peak)")
+        return hardware.from_user(args.gpu, mfu=args.mfu, power_w=args.power_w, dtype=dtype, **_fleet(args))
+    if args.profile is not None:
+        from pyscale.costmodel import DeviceProfile
 
-        profile = (DeviceProfile.from_json(args.profile) if args.profile is not None
-                   else load_shipped_profile(args.gpu))
-        if profile is not None:
-            spec = hw.lookup(profile.device_name)
-            known = not isinstance(spec, hw.UnknownGPU)
-            return hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, args.dtype) if known else None,
-                                         memory_bytes=spec.memory_bytes if known else None, n_devices=args.n_gpus,
-                                         dp_efficiency=args.dp_efficiency, dtype=args.dtype,
-                                         price_per_device_hour=args.price_per_gpu_hour, pue=args.pue)
+        return _from_profile(args, DeviceProfile.from_json(args.profile))
     if args.store is not None:
         from pyscale.plan.measured import hardware_from_store
 
-        return hardware_from_store(args.store, device_name=args.gpu, n_devices=args.n_gpus,
-                                   dp_efficiency=args.dp_efficiency, dtype=args.dtype,
-                                   price_per_device_hour=args.price_per_gpu_hour, pue=args.pue)
+        return hardware_from_store(args.store, device_name=args.gpu, dtype=dtype, **_fleet(args))
     if args.gpu:
-        return hardware.from_user(args.gpu, n_devices=args.n_gpus, dp_efficiency=args.dp_efficiency,
-                                  dtype=args.dtype, price_per_device_hour=args.price_per_gpu_hour, pue=args.pue)
+        from pyscale.costmodel import load_shipped_profile
+
+        profile = load_shipped_profile(args.gpu)
+        if profile is not None:
+            return _from_profile(args, profile)
+        # no throughput: a time, energy or cost budget then fails naming --mfu, --profile and --store
+        return hardware.from_user(args.gpu, dtype=dtype, **_fleet(args))
     return None
+
+
+def _plots(args: argparse.Namespace, result, hardware) -> None:
+    from pyscale.plan import choose_law
+    from pyscale.plan.planner import equal_loss_candidates
+    from pyscale.plan.plot import iso_loss, pareto
+
+    args.plot.mkdir(parents=True, exist_ok=True)
+    iso_loss(result, choose_law(args.law), args.plot / "plan_iso_loss.png")
+    if hardware is not None and hardware.flops_source is not None and hardware.power_source is not None:
+        pareto(equal_loss_candidates(result, law=args.law, hardware=hardware), args.plot / "plan_time_energy.png")
+    else:  # stderr: stdout stays the plan (JSON with --json)
+        print("time-energy plot skipped: it needs a throughput and a power (--mfu and --power-w, or --profile)",
+              file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     from pyscale.plan import plan
 
     try:
-        result = plan(budget_of(args), law=args.law, hardware=hardware_of(args), objective=args.objective,
+        hardware = hardware_of(args)
+        result = plan(budget_of(args), law=args.law, hardware=hardware, objective=args.objective,
                       inference_tokens=args.inference_tokens, seq_len=args.seq_len, vocab_size=args.vocab,
                       n_experts=args.experts, top_k=args.top_k, gqa_ratio=args.gqa, batch_law=args.batch_law,
                       recompute=args.recompute)
+        if args.plot:
+            _plots(args, result, hardware)
     except ValueError as exc:
-        print(f"pyscale plan: {exc}")
+        print(f"pyscale plan: {exc}", file=sys.stderr)
         return 2
-    if args.plot:
-        from pyscale.plan import choose_law
-        from pyscale.plan.planner import equal_loss_candidates
-        from pyscale.plan.plot import iso_loss, pareto
-
-        args.plot.mkdir(parents=True, exist_ok=True)
-        iso_loss(result, choose_law(args.law), args.plot / "plan_iso_loss.png")
-        hardware = hardware_of(args)
-        if hardware is not None and hardware.flops_source is not None and hardware.power_source is not None:
-            pareto(equal_loss_candidates(result, law=args.law, hardware=hardware), args.plot / "plan_time_energy.png")
-        else:
-            print("time-energy plot skipped: it needs a throughput and a power (--mfu and --power-w, or a profile)")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
@@ -146,7 +183,8 @@ def print_plan(p) -> None:
     rows = [
         ("law", f"{p.law} ({p.flops_convention})"),
         ("N* (continuous optimum)", _n(p.n_params_optimal)),
-        ("parameters (exact)", f"{p.n_params:,} total, {p.n_params_non_embedding:,} non-embedding"),
+        ("parameters (exact)", f"{p.n_params:,} total, {p.n_params_non_embedding:,} non-embedding"
+                               + (f", {p.n_params_active:,} active" if c.n_experts else "")),
         ("tokens", _n(p.tokens)),
         ("tokens per parameter", _n(p.tokens_per_param, spec=".3g")),
         ("predicted loss", f"{p.predicted_loss:.4f}  95% interval {interval}"),

@@ -38,9 +38,11 @@ class LawChoice:
     def loss_interval(self, N: float, D: float, *, seed: int = 0, samples: int = 2000
                       ) -> tuple[tuple[float, float] | None, str]:
         """A (2.5 %, 97.5 %) interval of the predicted loss, and how it was obtained (or why absent)."""
-        names = list(self.law.params)
-        if self.bootstrap is not None and len(self.bootstrap):
-            losses = self._predict_many([dict(zip(names, row)) for row in self.bootstrap], N, D)
+        names = self.law.param_names  # bootstrap rows hold public values in this order
+        # failed replicates are non-finite rows (as FitResult.ci_of skips them)
+        refits = [] if self.bootstrap is None else [r for r in self.bootstrap if np.all(np.isfinite(r))]
+        if refits:
+            losses = self._predict_many([dict(zip(names, row)) for row in refits], N, D)
             lo, hi = np.percentile(losses, [2.5, 97.5])
             return (float(lo), float(hi)), f"{len(losses)} bootstrap refits of the fit (resampled runs)"
         if self.ci:

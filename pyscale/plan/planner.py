@@ -5,22 +5,30 @@ plan can afford (FLOPs: C = k·N·D; GPU time: D / throughput; energy: D x joule
 time x price), and the law's loss L(N, D(N)) is minimised over N. A target loss inverts this: for each N
 the tokens needed to reach it, and the cheapest N wins. Throughput and power may depend on the model size
 (measured cost models), which is what moves the time- and energy-optimal points away from FLOPs-optimal.
+Each candidate size is priced on a concrete architecture of that size (`pyscale.plan.shape`), since a cost
+model prices GEMM and attention shapes, not parameter counts.
+
+The law's N counts the parameters a token uses: all of them for a dense model, the active ones (top_k of
+n_experts experts per layer, plus attention, router, norms and, when the law counts them, embeddings) for
+a MoE. Training compute C = k·N·D and DeepSeek's M follow the same active count.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pyscale.models.config import GPTConfig, config_for_params, default_aspect_ratio
+from pyscale.models.config import GPTConfig, config_for_params
 from pyscale.plan.batch import BatchChoice, choose_batch
 from pyscale.plan.budget import Budget
 from pyscale.plan.hardware import Hardware
 from pyscale.plan.law import LawChoice, choose_law
 from pyscale.plan.memory import MemoryFit, fit_memory
+from pyscale.plan.shape import search_config
 from pyscale.scaling import compute_optimal
 
 OBJECTIVES = ("flops", "time", "energy", "cost")
@@ -43,6 +51,7 @@ class Plan:
     config: GPTConfig
     n_params: int  # exact parameter count of `config` (embeddings counted)
     n_params_non_embedding: int
+    n_params_active: int  # parameters a token uses (embeddings counted); n_params when dense
     tokens: float  # tokens for the exact architecture within the budget
     tokens_per_param: float
     training_flops: float  # k·N·D in the law's convention
@@ -75,38 +84,32 @@ class Plan:
         return d
 
 
-class _Size:
-    """A model size stand-in for throughput/power sources during the search (only n_params is known)."""
-
-    def __init__(self, n: float) -> None:
-        self._n = n
-
-    def n_params(self, embeddings: bool = True) -> float:
-        return self._n
+def _search_flops_per_token(n: float, shaped: GPTConfig, k: float) -> float:
+    """Model FLOPs per token of size n: k·n plus PaLM's attention 12·L·H·Q·T of its rule-shaped config."""
+    return k * n + 12.0 * shaped.n_layers * shaped.n_heads * shaped.head_dim * shaped.seq_len
 
 
-def _attention_flops_per_token(n: float, seq_len: int) -> float:
-    """12·L·d·seq (PaLM) for a model of n parameters shaped by the default depth/width rule."""
-    aspect = default_aspect_ratio(n)
-    d = (aspect * n / 12.0) ** (1.0 / 3.0)  # n ~ 12·L·d² with L = d / aspect
-    return 12.0 * (d / aspect) * d * seq_len
+def _unit_cost(objective: str, hardware: Hardware | None, k: float, pue_applies: bool, shape):
+    """cost per token of a model with n parameters, in the objective's unit (FLOP, GPU-s, J, $).
 
-
-def _unit_cost(objective: str, hardware: Hardware | None, k: float, pue_applies: bool, seq_len: int):
-    """cost per token of a model with n parameters, in the objective's unit (FLOP, GPU-s, J, $)."""
+    `shape(n)` is the concrete architecture a search candidate is priced on; the final plan passes its own.
+    """
     if objective == "flops":
         return lambda n, config=None: (k * n, "law convention")
     if hardware is None:
         raise ValueError(f"objective {objective!r} needs hardware: give --gpu with --mfu (and --power-w), "
-                         "or measure this device")
+                         "--profile or --store")
+    if hardware.flops_source is None:
+        raise ValueError(f"objective {objective!r}: no throughput for {hardware.device_name}: give --mfu, "
+                         "--profile (a fitted cost model) or --store (measured gpt_step rows)")
 
     def gpu_seconds(n: float, config: GPTConfig | None = None) -> tuple[float, str]:
-        rate, source = hardware.flops_source(config or _Size(n)) if hardware.flops_source else (None, "")
+        priced = config or shape(n)
+        rate, source = hardware.flops_source(priced)
         if rate is None:
-            raise ValueError(f"objective {objective!r}: no throughput for this device ({source})")
+            raise ValueError(f"objective {objective!r}: no throughput for {hardware.device_name} ({source})")
         # throughput is in model FLOPs (MFU convention), so time counts attention too
-        # (exact for a concrete architecture; during the search, the default depth/width rule)
-        flops = float(config.model_flops_per_token()) if config else k * n + _attention_flops_per_token(n, seq_len)
+        flops = float(config.model_flops_per_token()) if config else _search_flops_per_token(n, priced, k)
         return flops / (rate * float(hardware.dp_efficiency)), source
 
     if objective == "time":
@@ -114,7 +117,7 @@ def _unit_cost(objective: str, hardware: Hardware | None, k: float, pue_applies:
     if objective == "energy":
         def joules(n: float, config: GPTConfig | None = None) -> tuple[float, str]:
             s, src = gpu_seconds(n, config)
-            watts, psrc = hardware.power(config or _Size(n))
+            watts, psrc = hardware.power(config or shape(n))
             if watts is None:
                 raise ValueError(f"objective 'energy': {psrc}")
             return s * watts * (hardware.pue if pue_applies and hardware.pue else 1.0), f"{src}; {psrc}"
@@ -192,7 +195,9 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
                    f"FLOP convention: C = {k:g}·N·D (the law's); model FLOPs (MFU) follow PaLM: 6N + 12·L·H·Q·T "
                    "per token"]
     pue_applies = budget.kind == "kwh" and hardware is not None and hardware.pue is not None
-    unit_cost = _unit_cost(objective, hardware, k, pue_applies, seq_len)
+    shape = functools.partial(search_config, embeddings=lc.embeddings_counted, vocab_size=vocab_size,
+                              seq_len=seq_len, gqa_ratio=gqa_ratio, n_experts=n_experts, top_k=top_k)
+    unit_cost = _unit_cost(objective, hardware, k, pue_applies, shape)
     smallest = config_for_params(n_range[0] * 5, vocab_size=vocab_size, seq_len=seq_len)
     n_min = max(n_range[0], float(smallest.n_params()) * 0.5)
     # the unit costs are FLOPs, GPU-seconds, joules or dollars
@@ -217,11 +222,11 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
         raise ValueError(f"budget: {budget.describe()} is below what the smallest model pyscale builds "
                          f"(~{n_min:.3g} parameters) needs for {MIN_TOKENS_PER_PARAM:g} token per parameter")
 
-    # A concrete architecture near N*, then the tokens the budget affords for exactly that model.
-    arch_target = n_star if lc.embeddings_counted else n_star  # searched in the law's own N
-    config = config_for_params(arch_target, embeddings=lc.embeddings_counted, vocab_size=vocab_size,
+    # A concrete architecture near N* (the law's N: active parameters), then the tokens the budget affords
+    # for exactly that model.
+    config = config_for_params(n_star, embeddings=lc.embeddings_counted, active=True, vocab_size=vocab_size,
                                seq_len=seq_len, gqa_ratio=gqa_ratio, n_experts=n_experts, top_k=top_k)
-    n_law = float(config.n_params(embeddings=lc.embeddings_counted))
+    n_law = float(config.n_active_params(embeddings=lc.embeddings_counted))
     per_token, cost_source = unit_cost(n_law, config)
     fixed = inference_tokens * 2 * n_law * (per_token / (k * n_law))
     if target is None:
@@ -232,8 +237,10 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
             raise ValueError(f"budget: target loss {target:g} is not reachable with the {n_law:.3g}-parameter "
                              f"architecture")
         tokens = needed
-    assumptions.append(f"architecture: {config.n_layers} layers x d_model {config.d_model}, {config.n_params():,} parameters — counted {'with' if lc.embeddings_counted else 'without'} "
-                       "embeddings, as the law's N")
+    assumptions.append(_architecture_assumption(config, lc.embeddings_counted))
+    if objective != "flops":
+        assumptions.append("search: each candidate size priced on a concrete architecture of that size, shaped "
+                           "by the default depth/width rule (pyscale.plan.shape)")
     if inference_tokens:
         assumptions.append(f"inference-aware: {inference_tokens:.3g} inference tokens at 2N FLOPs each are "
                            "charged to the budget")
@@ -242,8 +249,9 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
     loss = float(lc.predict(n_law, tokens)[0])
     interval, interval_source = lc.loss_interval(n_law, tokens)
     model_flops = float(config.model_flops_per_token()) * tokens
-    # DeepSeek's M: non-embedding FLOPs per token, 6·N_non-embedding + 12·L·d·seq (attention included).
-    m_nonemb = 6.0 * config.n_params(embeddings=False) + 12.0 * config.n_layers * config.d_model * seq_len
+    # DeepSeek's M: non-embedding FLOPs per token, 6·N_non-embedding + 12·L·d·seq (attention included);
+    # a MoE token runs only its active experts.
+    m_nonemb = 6.0 * config.n_active_params(embeddings=False) + 12.0 * config.n_layers * config.d_model * seq_len
     per_step_multiple = hardware.n_devices if hardware else 1
     batch = choose_batch(law=batch_law, seq_len=seq_len, non_embedding_flops_per_token=m_nonemb, tokens=tokens,
                          loss=loss, multiple_of_sequences=per_step_multiple)
@@ -264,7 +272,7 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
         assumptions.append(f"hardware: {hardware.n_devices} x {hardware.device_name}, data-parallel efficiency "
                            f"{hardware.dp_efficiency:g} ({hardware.dp_efficiency_source})")
         if hardware.flops_source is None:
-            unavailable["time_s"] = "no throughput: give --mfu or measure the device"
+            unavailable["time_s"] = "no throughput: give --mfu, --profile (a fitted cost model) or --store"
         else:
             throughput, throughput_source = hardware.throughput(config)
             mfu = hardware.mfu(config)
@@ -293,11 +301,25 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
         ref = compute_optimal(lc.law, training_flops, params=lc.params, flops_per_param_token=k)
         flops_opt = {"N": float(ref.N[0]), "D": float(ref.D[0]), "loss": float(ref.loss[0])}
     return Plan(objective, budget, lc.name, lc.source, lc.n_convention, f"C = {k:g}·N·D", n_star, d_star, config,
-                int(config.n_params()), int(config.n_params(embeddings=False)), tokens, tokens / n_law,
+                int(config.n_params()), int(config.n_params(embeddings=False)), int(config.n_active_params()),
+                tokens, tokens / n_law,
                 training_flops, model_flops, loss, interval, interval_source, batch, steps, memory,
                 None if hardware is None else hardware.device_name, per_step_multiple, throughput,
                 throughput_source, mfu, time_s, gpu_hours, energy_kwh, facility_kwh, cost, inference_tokens,
                 assumptions, unavailable, flops_opt)
+
+
+def _architecture_assumption(config: GPTConfig, embeddings: bool) -> str:
+    """Which parameters the law's N counts, for this architecture."""
+    counted = "with" if embeddings else "without"
+    text = (f"architecture: {config.n_layers} layers x d_model {config.d_model}, {config.n_params():,} "
+            f"parameters; the law's N = {config.n_active_params(embeddings):,}, counted {counted} embeddings")
+    if not config.n_experts:
+        return text
+    return (f"{text}, MoE: the law receives the ACTIVE parameters (top-{config.top_k} of {config.n_experts} "
+            f"experts per layer plus attention, router and norms{', embeddings' if embeddings else ''}), and "
+            "C = k·N·D counts them; a law fitted on dense models thus predicts the loss of a dense model of that "
+            "size, a conservative estimate (MoE-specific scaling is not modelled)")
 
 
 def equal_loss_candidates(p: Plan, *, law: str | Any = "epoch2024", hardware: Hardware, span: float = 8.0,
@@ -306,17 +328,21 @@ def equal_loss_candidates(p: Plan, *, law: str | Any = "epoch2024", hardware: Ha
     the time-energy trade-off around a plan (for the Pareto plot). Sizes that cannot reach the loss are left out."""
     lc = law if isinstance(law, LawChoice) else choose_law(law)
     if hardware.flops_source is None:
-        raise ValueError("hardware: a time-energy trade-off needs a throughput (--mfu or a measured profile)")
+        raise ValueError("hardware: a time-energy trade-off needs a throughput (--mfu, --profile or --store)")
+    c = p.config
+    shape = functools.partial(search_config, embeddings=lc.embeddings_counted, vocab_size=c.vocab_size,
+                              seq_len=c.seq_len, gqa_ratio=c.gqa_ratio, n_experts=c.n_experts, top_k=c.top_k)
+    n_law = c.n_active_params(lc.embeddings_counted)  # the law's N, not the total parameter count
     out = []
-    for n in np.exp(np.linspace(math.log(p.n_params / span), math.log(p.n_params * span), points)):
+    for n in np.exp(np.linspace(math.log(n_law / span), math.log(n_law * span), points)):
         d = _tokens_for_loss(lc, float(n), p.predicted_loss)
         if d is None:
             continue
-        size = _Size(float(n))
-        rate, _ = hardware.flops_source(size)
-        flops = (lc.flops_per_param_token * n + _attention_flops_per_token(n, p.config.seq_len)) * d
+        shaped = shape(float(n))
+        rate, _ = hardware.flops_source(shaped)
+        flops = _search_flops_per_token(float(n), shaped, lc.flops_per_param_token) * d
         time_s = flops / (rate * hardware.n_devices * float(hardware.dp_efficiency))
-        watts, _ = hardware.power(size)
+        watts, _ = hardware.power(shaped)
         out.append({"n_params": float(n), "tokens": d, "time_s": time_s,
                     "energy_kwh": None if watts is None else watts * hardware.n_devices * time_s / 3.6e6})
     return out

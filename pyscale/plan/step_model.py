@@ -9,6 +9,7 @@ measured `gpt_step` rows (`validate_against_store`) shows how much that leaves o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,26 +79,75 @@ def hardware_from_profile(profile: Any, *, micro_batch: int = 1, peak_flops_per_
                           memory_bytes: int | None = None, n_devices: int = 1, dp_efficiency: float | None = None,
                           dtype: str = "bf16", price_per_device_hour: float | None = None, pue: float | None = None,
                           **breakdown: Any) -> Hardware:
-    """Throughput and power of any architecture predicted from a device profile (a fitted cost model)."""
-    def flops(config: Any) -> tuple[float, str]:
+    """Throughput and power of any architecture predicted from a device profile (a fitted cost model).
+
+    The sources take a concrete architecture (a GPTConfig): a cost model prices shapes, not a parameter count.
+    """
+    @functools.lru_cache(maxsize=1024)  # the planner asks for throughput and power of the same configs
+    def predict(config: Any) -> StepPrediction:
         if not hasattr(config, "seq_len"):
-            raise ValueError("a cost-model throughput needs a concrete architecture")
-        pred = predict_gpt_step(profile, config, micro_batch, peak_flops_per_s=peak_flops_per_s, dtype=dtype,
+            raise ValueError(f"config: a cost-model prediction needs a concrete architecture (a GPTConfig), "
+                             f"got {type(config).__name__}")
+        return predict_gpt_step(profile, config, micro_batch, peak_flops_per_s=peak_flops_per_s, dtype=dtype,
                                 **breakdown)
+
+    def flops(config: Any) -> tuple[float, str]:
+        pred = predict(config)
         return pred.model_flops / pred.time_s, (f"cost model of {profile.device_name} ({profile.created}): "
                                                 "step time = sum of predicted GEMM and attention calls")
 
     def power(config: Any) -> tuple[float | None, str]:
-        if not hasattr(config, "seq_len"):
-            return None, "a cost-model power needs a concrete architecture"
-        pred = predict_gpt_step(profile, config, micro_batch, peak_flops_per_s=peak_flops_per_s, dtype=dtype,
-                                **breakdown)
+        pred = predict(config)
         if pred.energy_j is None:
             return None, f"cost model has no energy model: {pred.unavailable_reasons.get('energy_j')}"
         return pred.energy_j / pred.time_s, f"energy model of {profile.device_name} (energy roofline)"
 
     return Hardware(profile.device_name, n_devices, dp_efficiency, "user-given" if dp_efficiency else "",
                     peak_flops_per_s, dtype, memory_bytes, price_per_device_hour, pue, flops, power)
+
+
+STEP_DTYPES = ("bf16", "fp16", "fp32")  # training dtypes, most usual first
+
+
+def _probe_config() -> Any:
+    from pyscale.models.config import GPTConfig
+
+    return GPTConfig(n_layers=1, d_model=2048, n_heads=16, seq_len=2048)  # one mid-size layer: a ranking probe
+
+
+def _fastest(profile: Any, dtype: str, choices: dict[str, list[str]]) -> dict[str, str]:
+    """The gemm and attention backends with the least predicted time of a probe step."""
+    probe, best = _probe_config(), {}
+    for key, backends in choices.items():
+        other = {k: v[0] for k, v in choices.items() if k != key}
+        times = {b: predict_gpt_step(profile, probe, 1, dtype=dtype, **other, **{key: b}).time_s for b in backends}
+        best[key] = min(times, key=times.get)
+    return best
+
+
+def step_options(profile: Any, dtype: str | None = None) -> dict[str, str]:
+    """dtype, gemm_backend and attention_backend under which `profile` prices a GPT training step.
+
+    dtype: the one given, else the first of STEP_DTYPES with models of the ops `gpt_op_breakdown` calls (gemm,
+    attention_fwd, attention_bwd). Where an op has several backends, the one predicted fastest on a probe step:
+    what a tuned training run would use.
+    A ValueError names what is missing.
+    """
+    have = profile.ops()
+
+    def backends(op: str, dt: str) -> set[str]:
+        return {b for o, d, b in have if o == op and d == dt}
+
+    for dt in [dtype] if dtype else STEP_DTYPES:
+        gemm = backends("gemm", dt)
+        attention = backends("attention_fwd", dt) & backends("attention_bwd", dt)
+        if gemm and attention:
+            choices = {"gemm_backend": sorted(gemm), "attention_backend": sorted(attention)}
+            return {"dtype": dt, **_fastest(profile, dt, choices)}
+    tried = dtype or ", ".join(STEP_DTYPES)
+    raise ValueError(f"dtype: the profile of {profile.device_name} cannot price a GPT step in {tried}: it needs "
+                     f"gemm and attention_fwd/attention_bwd (one backend for both) models; it has "
+                     f"{sorted({(o, d) for o, d, _ in have})}")
 
 
 def validate_against_store(profile: Any, rows: Sequence[dict[str, Any]], **breakdown: Any) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -160,7 +161,67 @@ def test_cli_plan_json(capsys):
     assert out["objective"] == "flops" and out["config"]["n_layers"] >= 1
     assert out["time_s"] > 0 and out["energy_kwh"] > 0 and math.isfinite(out["predicted_loss"])
     assert cli.main(["plan", "--flops", "1e5"]) == 2
-    assert "smallest model" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("pyscale plan: budget:") and "smallest model" in err
+
+
+def test_cli_no_throughput_names_the_flags_that_give_one(capsys, monkeypatch):
+    import pyscale.costmodel
+
+    monkeypatch.setattr(pyscale.costmodel, "load_shipped_profile", lambda name: None)  # whatever ships later
+    assert cli.main(["plan", "--gpu-hours", "100", "--gpu", "H100 SXM"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "no throughput for H100 SXM" in err
+    assert all(flag in err for flag in ("--mfu", "--profile", "--store"))
+
+
+@pytest.mark.parametrize("flags", [["--n-gpus", "8"], ["--n-gpus", "8", "--dp-efficiency", "0.9"], ["--pue", "1.2"],
+                                   ["--price-per-gpu-hour", "2"]])
+def test_cli_hardware_flags_without_hardware_are_errors(capsys, flags):
+    assert cli.main(["plan", "--flops", "1e21", *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"{flags[0]}" in err and "without hardware" in err and "--gpu" in err
+
+
+def test_cli_two_hardware_sources_are_an_error(capsys, tmp_path):
+    assert cli.main(["plan", "--flops", "1e21", "--gpu", "H100 SXM", "--mfu", "0.4",
+                     "--store", str(tmp_path / "x.db")]) == 2
+    assert "alternative hardware sources" in capsys.readouterr().err
+
+
+def test_moe_plan_counts_active_parameters():
+    from pyscale.scaling.presets import DEEPSEEK_BATCH_SIZE
+
+    dense = plan(Budget("flops", 1e21))
+    p = plan(Budget("flops", 1e21), n_experts=8, top_k=2)
+    c = p.config
+    assert (c.n_experts, c.top_k) == (8, 2)
+    active = c.n_active_params()
+    assert p.n_params_active == active and active < p.n_params / 2  # 6 of 8 experts idle per token
+    # the law receives the active count: C = 6·N_active·D spends the budget, and N_active lands where the dense
+    # plan's N does
+    assert p.training_flops == pytest.approx(6 * active * p.tokens, rel=1e-12)
+    assert p.training_flops == pytest.approx(1e21, rel=1e-9)
+    assert active == pytest.approx(dense.n_params, rel=0.03)
+    assert p.tokens_per_param == pytest.approx(p.tokens / active)
+    # model FLOPs (PaLM) differ from 6·N_active·D only by attention and the input embedding table
+    attention = 12 * c.n_layers * c.n_heads * c.head_dim * c.seq_len
+    assert p.model_flops == pytest.approx(p.training_flops + (attention - 6 * c.vocab_size * c.d_model) * p.tokens,
+                                          rel=1e-9)
+    # DeepSeek's M counts the experts a token runs, not all of them
+    m = 6 * c.n_active_params(embeddings=False) + 12 * c.n_layers * c.d_model * c.seq_len
+    assert p.batch.raw_tokens == pytest.approx(DEEPSEEK_BATCH_SIZE(m * p.tokens), rel=1e-9)
+    assert any("the law receives the ACTIVE parameters" in a for a in p.assumptions)
+
+
+def test_moe_time_plan_prices_active_compute():
+    hw = from_user("H100 SXM", mfu=0.4)
+    p = plan(Budget("gpu_hours", 1000), hardware=hw, n_experts=8, top_k=2)
+    assert p.gpu_hours == pytest.approx(1000, rel=1e-6)
+    assert p.model_flops == pytest.approx(p.config.model_flops_per_token() * p.tokens)
+    # at a constant MFU an hour buys the same active compute as for a dense model
+    dense = plan(Budget("gpu_hours", 1000), hardware=hw)
+    assert p.model_flops == pytest.approx(dense.model_flops, rel=1e-6)
 
 
 def test_equal_loss_trade_off_and_plots(tmp_path, capsys):
@@ -177,3 +238,14 @@ def test_equal_loss_trade_off_and_plots(tmp_path, capsys):
                      "--plot", str(tmp_path)]) == 0
     assert (tmp_path / "plan_iso_loss.png").stat().st_size > 1000
     assert (tmp_path / "plan_time_energy.png").stat().st_size > 1000
+
+
+def test_plan_from_a_fit_takes_its_interval_from_the_bootstrap():
+    from pyscale.scaling import fit
+    from pyscale.scaling.synthetic import chinchilla_runs
+
+    result = fit("chinchilla", chinchilla_runs(60, seed=1), starts="quick", bootstrap=20)
+    result.bootstrap[0] = np.nan  # a failed replicate is a non-finite row, skipped
+    p = plan(Budget("flops", 1e21), law=result)
+    assert p.loss_interval_source.startswith("19 bootstrap refits")
+    assert p.loss_interval[0] < p.predicted_loss < p.loss_interval[1]

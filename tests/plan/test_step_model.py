@@ -4,41 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pyscale.costmodel import fit_device_profile
 from pyscale.models.config import GPTConfig
 from pyscale.plan import Budget, plan
 from pyscale.plan.step_model import gpt_op_breakdown, hardware_from_profile, predict_gpt_step
-from pyscale.store import DeviceRecord, MeasurementRecord, Store
 
-# A made-up device: 400 TFLOP/s at 70 % efficiency, 3 TB/s at 80 %, 5 us launch overhead. Synthetic.
-RATE, BW, T0 = 400e12 * 0.7, 3e12 * 0.8, 5e-6
-
-
-def _time(flops: float, nbytes: float) -> float:
-    return max(flops / RATE, nbytes / BW) + T0
-
-
-@pytest.fixture
-def profile(tmp_path):
-    with Store(tmp_path / "syn.db") as store:
-        dev = store.register_device(DeviceRecord(kind="cuda", name="Synthetic GPU", uuid="GPU-syn"))
-        for m in (16, 64, 256, 1024, 4096, 16384):
-            for n, k in ((1024, 1024), (4096, 1024), (1024, 4096), (32000, 1024), (8192, 8192)):
-                f, b = 2.0 * m * n * k, 2.0 * (m * k + n * k + m * n)
-                store.record(MeasurementRecord(op="gemm", backend="torch.mm", params={"m": m, "n": n, "k": k},
-                                               dtype="bf16", time_s_median=_time(f, b), flops=f, bytes=b,
-                                               energy_j=_time(f, b) * 300.0, avg_power_w=300.0), device_id=dev)
-        for op, mult in (("attention_fwd", 1.0), ("attention_bwd", 2.5)):
-            for s in (256, 1024, 4096):
-                for heads in (8, 16, 32):
-                    f = mult * 4.0 * s * (s + 1) / 2 * heads * 128
-                    b = 4.0 * s * heads * 128 * 2
-                    store.record(MeasurementRecord(
-                        op=op, backend="pyscale", params={"batch": 1, "heads": heads, "seq_q": s, "seq_k": s,
-                                                          "head_dim": 128, "causal": True},
-                        dtype="bf16", time_s_median=_time(f, b), flops=f, bytes=b, energy_j=_time(f, b) * 300.0,
-                        avg_power_w=300.0), device_id=dev)
-        return fit_device_profile(store, device="Synthetic GPU")
+# `profile` (tests/plan/conftest.py): a synthetic device, 400 TFLOP/s at 70 % GEMM efficiency, 300 W.
 
 
 def test_breakdown_counts_every_matmul_flop():
