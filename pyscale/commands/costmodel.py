@@ -1,4 +1,5 @@
-"""`pyscale costmodel fit|show`: fit runtime/energy cost models from the store, or show a profile."""
+"""`pyscale costmodel fit|show|validate`: fit runtime/energy cost models from the store, show a profile, or check
+its model-level prediction against measured training steps."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HELP = "fit runtime and energy cost models from stored measurements (fit), or print a device profile (show)"
+HELP = ("fit runtime and energy cost models from stored measurements (fit), print a device profile (show), or "
+        "check its predicted GPT step time against measured steps (validate)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     show = sub.add_parser("show", help="print a device profile: a JSON file or a shipped one by --device")
     show.add_argument("profile", nargs="?", metavar="PROFILE.json", help="profile file")
     show.add_argument("--device", metavar="NAME", help="show the profile shipped with pyscale for this device")
+    check = sub.add_parser("validate", help="predicted vs measured step time of the gpt_step rows that "
+                                            "`pyscale profile --model gpt` stored for the profile's device")
+    check.add_argument("profile", metavar="PROFILE.json", help="profile file (from `costmodel fit --out`)")
+    check.add_argument("--store", metavar="PATH", help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
+    check.add_argument("--dtype", metavar="DTYPE", help="price steps in this dtype (default: one the profile models)")
+    check.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
 def _error(message: str) -> int:
@@ -138,9 +146,44 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    import json
+
+    from pyscale import store as st
+    from pyscale.costmodel import DeviceProfile
+    from pyscale.plan.measured import STEP_OP
+    from pyscale.plan.step_model import step_options, validate_against_store
+
+    try:
+        profile = DeviceProfile.from_json(Path(args.profile))
+    except (OSError, ValueError, KeyError) as exc:
+        return _error(f"PROFILE.json {args.profile}: {exc}")
+    path = Path(args.store) if args.store else st.default_path()
+    if not path.is_file():
+        return _error(f"--store: no store at {path}")
+    with st.Store(path) as store:
+        rows = [r for r in store.measurements(op=STEP_OP) if r["device_name"] == profile.device_name]
+    if not rows:
+        return _error(f"--store: no {STEP_OP} rows of {profile.device_name} in {path} "
+                      f"(measure one with `pyscale profile --model gpt`)")
+    try:
+        options = step_options(profile, args.dtype)
+        checks = validate_against_store(profile, rows, **options)
+    except ValueError as exc:
+        return _error(str(exc))
+    if args.json:
+        print(json.dumps({"device": profile.device_name, **options, "steps": checks}, indent=2))
+        return 0
+    print(f"{profile.device_name}: {len(checks)} measured step(s), priced as {options}")
+    for c in checks:
+        shape = ", ".join(f"{k}={v}" for k, v in c["config"].items())
+        print(f"  {shape}: measured {c['measured_s'] * 1e3:.3g} ms, predicted {c['predicted_s'] * 1e3:.3g} ms "
+              f"({c['rel_error']:+.1%})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.action == "fit":
-        return _fit(args)
-    if args.action == "show":
-        return _show(args)
-    return _error("choose an action: fit or show (see pyscale costmodel --help)")
+    actions = {"fit": _fit, "show": _show, "validate": _validate}
+    if args.action not in actions:
+        return _error("choose an action: fit, show or validate (see pyscale costmodel --help)")
+    return actions[args.action](args)
