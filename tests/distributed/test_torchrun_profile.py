@@ -25,12 +25,19 @@ def profiled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "two_rank_profile.py"), str(tmp / "p.db"), str(tmp)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    for attempt in range(3):
+        out = tmp / f"attempt{attempt}"
+        out.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(HERE / "two_rank_profile.py"), str(out / "p.db"), str(out)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        # A rank killed by a signal inside gloo's C++ (seen once in CI: SIGABRT, no Python traceback) is the
+        # transport's, not the profiler's: run again. A Python error fails at once.
+        if proc.returncode == 0 or "Signal 6 (SIGABRT)" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = {r: json.loads((tmp / f"rank{r}.json").read_text()) for r in (0, 1)}
-    with Store(tmp / "p.db") as store:
+    ranks = {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
+    with Store(out / "p.db") as store:
         rows = store.measurements()
         runs = store.rows("runs")
     return ranks, rows, runs
