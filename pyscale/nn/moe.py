@@ -14,18 +14,22 @@ from numbers import Real
 import torch
 from torch import nn
 
-from pyscale.ops._checks import check_choice, check_tensor
+from pyscale.ops._checks import check_choice, check_int
 from pyscale.ops.grouped_gemm import grouped_gemm
 from pyscale.ops.moe_align import exact_capacity_factor, moe_align, moe_block_size
-from pyscale.ops.moe_aux import load_balancing_loss, router_z_loss, update_expert_bias
+from pyscale.ops.moe_aux import (
+    check_tokens_per_expert,
+    load_balancing_loss,
+    router_z_loss,
+    update_expert_bias,
+)
 from pyscale.ops.moe_combine import moe_combine
 from pyscale.ops.moe_route import SCORINGS, check_group_routing, moe_route
 
 
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int: got {type(value).__name__}")
+        check_int(name, value)
         if value < 1:
             raise ValueError(f"{name} must be >= 1: got {value}")
 
@@ -156,10 +160,7 @@ class MoE(nn.Module):
     @torch.no_grad()
     def update_bias(self, tokens_per_expert: torch.Tensor) -> None:
         """Auxiliary-loss-free balancing step (DeepSeek-V3); a no-op without `expert_bias=True`."""
-        check_tensor("tokens_per_expert", tokens_per_expert, ndim=1)
-        if tokens_per_expert.shape[0] != self.n_experts:  # checked even when the update is a no-op
-            raise ValueError(f"tokens_per_expert must have n_experts = {self.n_experts} entries: "
-                             f"got {tokens_per_expert.shape[0]}")
+        check_tokens_per_expert(tokens_per_expert, self.n_experts)  # checked even when the update is a no-op
         if self.expert_bias is not None:
             update_expert_bias(self.expert_bias, tokens_per_expert, self.bias_update_rate)
 

@@ -29,6 +29,12 @@ def check_same_device(**tensors: torch.Tensor | None) -> None:
         raise ValueError(f"all tensors must be on one device: got {listing}")
 
 
+def check_int(name: str, value: object, *, or_none: bool = False) -> None:
+    """An int proper: bool and float are refused (True would count as 1, 2.0 slips through range checks)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int{' or None' if or_none else ''}: got {type(value).__name__}")
+
+
 def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
     allowed = tuple(choices)
     if value not in allowed:

@@ -16,7 +16,15 @@ from typing import Any
 
 import torch
 
-from pyscale.ops._checks import check_choice, check_tensor
+from pyscale.ops._checks import check_choice, check_int, check_tensor
+
+
+def check_tokens_per_expert(tokens_per_expert: torch.Tensor, n_experts: int) -> None:
+    """An (E,) count per expert, as moe_align returns it."""
+    check_tensor("tokens_per_expert", tokens_per_expert, ndim=1)
+    if tokens_per_expert.shape[0] != n_experts:
+        raise ValueError(f"tokens_per_expert must have n_experts = {n_experts} entries: "
+                         f"got {tokens_per_expert.shape[0]}")
 
 
 def load_balancing_loss(logits: torch.Tensor, tokens_per_expert: torch.Tensor, top_k: int, *,
@@ -31,13 +39,10 @@ def load_balancing_loss(logits: torch.Tensor, tokens_per_expert: torch.Tensor, t
         coef: α.
     """
     check_tensor("logits", logits, ndim=2)
-    check_tensor("tokens_per_expert", tokens_per_expert, ndim=1)
-    check_choice("scoring", scoring, ("softmax", "sigmoid"))
     t, e = logits.shape
-    if tokens_per_expert.shape[0] != e:
-        raise ValueError(f"tokens_per_expert must have n_experts = {e} entries: got {tokens_per_expert.shape[0]}")
-    if not isinstance(top_k, int) or isinstance(top_k, bool):
-        raise TypeError(f"top_k must be an int: got {type(top_k).__name__}")
+    check_tokens_per_expert(tokens_per_expert, e)
+    check_choice("scoring", scoring, ("softmax", "sigmoid"))
+    check_int("top_k", top_k)
     if not 1 <= top_k <= e:  # f_i divides by T · top_k: a wrong k scales the loss silently
         raise ValueError(f"top_k must lie in 1..n_experts = 1..{e}: got {top_k}")
     if t == 0:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pyscale.ops._checks import check_choice, check_same_device, check_tensor
+from pyscale.ops._checks import check_choice, check_int, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
 from pyscale.reference import moe as ref
 
@@ -105,9 +105,8 @@ def check_group_routing(n_experts: int, top_k: int, n_group: int | None, topk_gr
         raise ValueError(f"n_group and topk_group go together: got n_group={n_group}, topk_group={topk_group}")
     if n_group is None:
         return
-    for name, value in (("n_group", n_group), ("topk_group", topk_group)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int or None: got {type(value).__name__}")
+    check_int("n_group", n_group, or_none=True)
+    check_int("topk_group", topk_group, or_none=True)
     if n_group < 1 or n_experts % n_group:
         raise ValueError(f"n_group must divide n_experts = {n_experts}: got {n_group}")
     if not 1 <= topk_group <= n_group:
@@ -139,8 +138,7 @@ def moe_route(logits: torch.Tensor, top_k: int, *, scoring: str = "softmax", ren
     """
     check_tensor("logits", logits, dtypes=FLOAT_DTYPES, ndim=2)
     t, e = logits.shape
-    if not isinstance(top_k, int) or isinstance(top_k, bool):
-        raise TypeError(f"top_k must be an int: got {type(top_k).__name__}")
+    check_int("top_k", top_k)
     if e < 1:
         raise ValueError(f"logits must have at least one expert column: got shape {tuple(logits.shape)}")
     if not 1 <= top_k <= e:
