@@ -148,19 +148,14 @@ def _law_section(law: str, data: str | None, out: Path) -> tuple[Section, Any]:
 
 def _profile_hardware(profile: Any) -> tuple[Any, str]:
     """Hardware priced by the fitted cost model, and where it came from; (None, why) when it cannot be."""
-    from pyscale import hw
-    from pyscale.plan.step_model import hardware_from_profile, step_options
+    from pyscale.plan.step_model import hardware_for_profile
 
     if profile is None:
         return None, "no cost model was fitted (see Cost model), so the plan has no throughput or power"
     try:
-        options = step_options(profile)
+        hardware, options = hardware_for_profile(profile)
     except ValueError as exc:
         return None, f"the cost model cannot price a GPT training step ({exc}), so the plan has no throughput"
-    spec = hw.lookup(profile.device_name) if profile.device_kind != "cpu" else None
-    known = spec is not None and not isinstance(spec, hw.UnknownGPU)
-    hardware = hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, options["dtype"]) if known
-                                     else None, memory_bytes=spec.memory_bytes if known else None, **options)
     source = (f"the cost model fitted above (`device_profile.json`, {profile.device_name}): one step priced as "
               f"{options['dtype']} GEMMs ({options['gemm_backend']}) and attention ({options['attention_backend']}),"
               " micro-batch 1")

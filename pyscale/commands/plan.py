@@ -93,14 +93,9 @@ def _check_hardware_flags(args: argparse.Namespace) -> None:
 
 
 def _from_profile(args: argparse.Namespace, profile):
-    from pyscale import hw
-    from pyscale.plan.step_model import hardware_from_profile, step_options
+    from pyscale.plan.step_model import hardware_for_profile
 
-    options = step_options(profile, args.dtype)
-    spec = hw.lookup(profile.device_name)
-    known = not isinstance(spec, hw.UnknownGPU)
-    return hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, options["dtype"]) if known else None,
-                                 memory_bytes=spec.memory_bytes if known else None, **options, **_fleet(args))
+    return hardware_for_profile(profile, args.dtype, **_fleet(args))[0]
 
 
 def hardware_of(args: argparse.Namespace):

@@ -150,6 +150,22 @@ def step_options(profile: Any, dtype: str | None = None) -> dict[str, str]:
                      f"{sorted({(o, d) for o, d, _ in have})}")
 
 
+def hardware_for_profile(profile: Any, dtype: str | None = None, **fleet: Any) -> tuple[Hardware, dict[str, str]]:
+    """`hardware_from_profile` in the step options the profile models (`step_options`), with the device's
+    peak and memory from hw.py where it knows the device; returns the hardware and those options.
+
+    fleet: n_devices, dp_efficiency, price_per_device_hour, pue. A ValueError names what is missing."""
+    from pyscale import hw
+
+    options = step_options(profile, dtype)
+    spec = hw.lookup(profile.device_name)
+    known = isinstance(spec, hw.GPUSpec)
+    hardware = hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, options["dtype"]) if known
+                                     else None, memory_bytes=spec.memory_bytes if known else None, **options,
+                                     **fleet)
+    return hardware, options
+
+
 def validate_against_store(profile: Any, rows: Sequence[dict[str, Any]], **breakdown: Any) -> list[dict[str, Any]]:
     """Predicted vs measured step time of stored `gpt_step` rows (relative error per row)."""
     from pyscale.models.config import GPTConfig
