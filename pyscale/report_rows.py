@@ -118,15 +118,19 @@ def print_bench_table(rows: Sequence[dict[str, Any]], title: str) -> None:
     console.print(table)
 
 
+DICT_COLUMNS = ("params", "speedup", "ideal_speedup")  # JSON-encoded in flat exports
+
+
+def _encoded(row: dict[str, Any]) -> dict[str, str]:
+    return {k: json.dumps(row.get(k) or {}, sort_keys=True) for k in DICT_COLUMNS}
+
+
 def export(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     path = Path(path)
     if path.suffix == ".json":
         path.write_text(json.dumps(list(rows), indent=2, default=str))
     elif path.suffix == ".csv":
-        flat = [{**{k: v for k, v in r.items() if k not in ("params", "speedup", "ideal_speedup")},
-                 "params": json.dumps(r["params"], sort_keys=True), "speedup": json.dumps(r.get("speedup") or {}),
-                 "ideal_speedup": json.dumps(r.get("ideal_speedup") or {})}
-                for r in rows]
+        flat = [{**{k: v for k, v in r.items() if k not in DICT_COLUMNS}, **_encoded(r)} for r in rows]
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["op"])
             writer.writeheader()
@@ -134,9 +138,7 @@ def export(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     elif path.suffix == ".parquet":
         import pandas as pd
 
-        pd.DataFrame([{**r, "params": json.dumps(r["params"]), "speedup": json.dumps(r.get("speedup") or {}),
-                       "ideal_speedup": json.dumps(r.get("ideal_speedup") or {})}
-                      for r in rows]).to_parquet(path, index=False)
+        pd.DataFrame([{**r, **_encoded(r)} for r in rows]).to_parquet(path, index=False)
     else:
         raise ValueError(f"export must end in .json, .csv or .parquet: got {path}")
     return path

@@ -165,3 +165,29 @@ def test_gpu_gemm_cases_leave_out_what_the_baselines_refuse(monkeypatch):
     pyscale_int8 = {c.params_dict["m"] for c in cases if c.impl == "pyscale" and c.dtype == "int8"}
     assert int_mm and min(int_mm) > 16 and min(pyscale_int8) <= 16  # decode M still measured for pyscale
     assert {c.dtype for c in cases if c.impl == "pyscale"} >= {"fp8-tensor", "fp8-row", "fp8-block", "int8"}
+
+
+def test_export_flattens_the_dict_columns_as_json(tmp_path):
+    import csv
+    import json
+    from types import SimpleNamespace
+
+    from pyscale import report_rows
+    from pyscale.store import DeviceRecord, MeasurementRecord
+
+    device = DeviceRecord(kind="cuda", name="NVIDIA H100 80GB HBM3", uuid="GPU-test")
+    raw = [{"case": SimpleNamespace(params_dict={"k": 64, "m": 16, "n": 32}), "device": device,
+            "record": MeasurementRecord(op="gemm", backend=impl, params={}, dtype=fmt, time_s_median=t, flops=1e6,
+                                        bytes=nbytes).explain_missing("synthetic row")}
+           for impl, fmt, t, nbytes in (("torch.mm", "bf16", 2e-4, 4e3), ("pyscale", "w4a16-g128", 1e-4, 1e3))]
+    rows = report_rows.bench_rows(raw)
+    with open(report_rows.export(rows, tmp_path / "rows.csv"), newline="") as f:
+        flat = {r["impl"]: r for r in csv.DictReader(f)}
+    assert json.loads(flat["pyscale"]["params"]) == {"k": 64, "m": 16, "n": 32}
+    assert json.loads(flat["pyscale"]["speedup"]) == {"torch.mm[bf16]": pytest.approx(2.0)}
+    assert json.loads(flat["pyscale"]["ideal_speedup"]) == {"torch.mm[bf16]": pytest.approx(4.0)}
+    assert json.loads(flat["torch.mm"]["speedup"]) == {}
+    back = json.loads(report_rows.export(rows, tmp_path / "rows.json").read_text())
+    assert back[1]["ideal_speedup"] == {"torch.mm[bf16]": 4.0}
+    with pytest.raises(ValueError, match="export must end in"):
+        report_rows.export(rows, tmp_path / "rows.txt")

@@ -3,8 +3,8 @@
 Formats (the case's dtype): `bf16` (fp32 on CPU) plain GEMM, `fp8-tensor` / `fp8-row` / `fp8-block`,
 `int8` (W8A8) and `w4a16-g128`. Implementations: pyscale's op for every quantized format, and the
 baselines `torch.mm` (the unquantized layer), `torch._scaled_mm` (FP8 tensor- and row-wise) and
-`torch._int_mm` (int8, M > 16 only: it refuses fewer rows). All cases of one layer and M share op "gemm", so each pyscale row is compared
-with every baseline of the same shape (report_rows). FLOPs 2·M·N·K for all; bytes are the compulsory
+`torch._int_mm` (int8, M > 16 only: it refuses fewer rows). All cases of one layer and M share op "gemm",
+so each pyscale row is compared with every baseline of the same shape (report_rows). FLOPs 2·M·N·K for all; bytes are the compulsory
 traffic of the format (operands once, scales, output once).
 """
 
