@@ -41,6 +41,28 @@ def _error(message: str) -> int:
     return 2
 
 
+class _UsageError(Exception):
+    """Bad input named by its argument: `run` prints it and returns 2."""
+
+
+def _store_path(arg: str | None) -> Path:
+    from pyscale import store as st
+
+    path = Path(arg) if arg else st.default_path()
+    if not path.is_file():
+        raise _UsageError(f"--store: no store at {path} (run `pyscale bench` first or pass --store PATH)")
+    return path
+
+
+def _read_profile(arg: str) -> Any:
+    from pyscale.costmodel import DeviceProfile
+
+    try:
+        return DeviceProfile.from_json(Path(arg))
+    except (OSError, ValueError, KeyError) as exc:
+        raise _UsageError(f"PROFILE.json {arg}: {exc}") from exc
+
+
 def _fmt(value: Any, spec: str = ".3g") -> str:
     return "—" if value is None else format(value, spec)
 
@@ -90,9 +112,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     if args.folds < 2:
         return _error(f"--folds must be at least 2: got {args.folds}")
-    path = Path(args.store) if args.store else st.default_path()
-    if not path.is_file():
-        return _error(f"--store: no store at {path} (run `pyscale bench` first or pass --store PATH)")
+    path = _store_path(args.store)
     command = "pyscale " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["costmodel"] else None
     with st.Store(path) as store:
         try:
@@ -128,15 +148,12 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from pyscale.costmodel import DeviceProfile, list_shipped_profiles, load_shipped_profile
+    from pyscale.costmodel import list_shipped_profiles, load_shipped_profile
 
     if (args.profile is None) == (args.device is None):
         return _error("show needs either PROFILE.json or --device NAME (exactly one)")
     if args.profile is not None:
-        try:
-            profile = DeviceProfile.from_json(Path(args.profile))
-        except (ValueError, KeyError) as exc:
-            return _error(f"PROFILE.json {args.profile}: {exc}")
+        profile = _read_profile(args.profile)
     else:
         profile = load_shipped_profile(args.device)
         if profile is None:
@@ -150,17 +167,11 @@ def _validate(args: argparse.Namespace) -> int:
     import json
 
     from pyscale import store as st
-    from pyscale.costmodel import DeviceProfile
     from pyscale.plan.measured import STEP_OP
     from pyscale.plan.step_model import step_options, validate_against_store
 
-    try:
-        profile = DeviceProfile.from_json(Path(args.profile))
-    except (OSError, ValueError, KeyError) as exc:
-        return _error(f"PROFILE.json {args.profile}: {exc}")
-    path = Path(args.store) if args.store else st.default_path()
-    if not path.is_file():
-        return _error(f"--store: no store at {path}")
+    profile = _read_profile(args.profile)
+    path = _store_path(args.store)
     with st.Store(path) as store:
         rows = [r for r in store.measurements(op=STEP_OP) if r["device_name"] == profile.device_name]
     if not rows:
@@ -186,4 +197,7 @@ def run(args: argparse.Namespace) -> int:
     actions = {"fit": _fit, "show": _show, "validate": _validate}
     if args.action not in actions:
         return _error("choose an action: fit, show or validate (see pyscale costmodel --help)")
-    return actions[args.action](args)
+    try:
+        return actions[args.action](args)
+    except _UsageError as exc:
+        return _error(str(exc))
