@@ -65,6 +65,8 @@ class AotResult:
     local_bytes: int | None = None  # register spills land in local memory ...
     stack_bytes: int | None = None  # ... or on the stack frame
     error: str | None = None
+    # what the PTX holds (see `ptx_counts`): async copies, TMA, MMA instructions, wgmma wait levels
+    ptx_counts: dict[str, Any] | None = None
 
     @property
     def fits(self) -> bool:
@@ -97,8 +99,12 @@ def _triton_version() -> str:
     return importlib.metadata.version("triton")
 
 
+# Bumped when AotResult gains a field, so cached results from before are compiled again.
+_RESULT_FORMAT = 2
+
+
 def _key(spec: KernelSpec, arch: str) -> str:
-    blob = json.dumps([dataclasses.asdict(spec), arch, _triton_version(), _source_of(spec.kernel)],
+    blob = json.dumps([dataclasses.asdict(spec), arch, _triton_version(), _source_of(spec.kernel), _RESULT_FORMAT],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -164,6 +170,21 @@ def assert_compiles(specs: Sequence[KernelSpec], archs: Iterable[str] = DEFAULT_
     return results
 
 
+def ptx_counts(ptx: str) -> dict[str, Any]:
+    """Static instruction counts of a kernel's PTX: `cp_async` (cp.async.ca/cg, Ampere-style async
+    copies), `tma` (cp.async.bulk.tensor), `bulk` (other cp.async.bulk), `wgmma` (wgmma.mma_async),
+    `mma_sync` (mma.sync), and `wgmma_wait_levels`, the sorted distinct N of `wgmma.wait_group N` (0 only:
+    every wgmma is waited for at once; a level above 0 keeps that many groups in flight)."""
+    return {
+        "cp_async": len(re.findall(r"\bcp\.async\.c[ag]\b", ptx)),
+        "tma": len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx)),
+        "bulk": len(re.findall(r"\bcp\.async\.bulk\.(?!tensor|commit_group|wait_group)", ptx)),
+        "wgmma": len(re.findall(r"\bwgmma\.mma_async\b", ptx)),
+        "mma_sync": len(re.findall(r"\bmma\.sync\b", ptx)),
+        "wgmma_wait_levels": sorted({int(n) for n in re.findall(r"\bwgmma\.wait_group(?:\.\w+)*\s+(\d+)", ptx)}),
+    }
+
+
 # ----------------------------------------------------------------- subprocess side
 
 def _resource_usage(cubin: bytes) -> tuple[int | None, ...]:
@@ -199,7 +220,8 @@ def _compile_one(spec: KernelSpec, arch: str) -> AotResult:
         msg = f"{type(exc).__name__}: {exc}"
         return AotResult(spec.describe(), arch, False, smem_limit_bytes=limit, error=msg[-2000:])
     regs, local, stack = _resource_usage(compiled.asm["cubin"])
-    return AotResult(spec.describe(), arch, True, int(compiled.metadata.shared), limit, regs, local, stack)
+    return AotResult(spec.describe(), arch, True, int(compiled.metadata.shared), limit, regs, local, stack,
+                     ptx_counts=ptx_counts(compiled.asm["ptx"]))
 
 
 def _main() -> None:

@@ -1,5 +1,5 @@
 """pyscale.ops.attention / attention_varlen: kernels vs a float64 oracle (DESIGN section 3), edge cases,
-custom-op registration, FLOP formulas, bad input, ahead-of-time compiles.
+custom-op registration, FLOP formulas, bad input (ahead-of-time compiles: test_attention_aot.py).
 
 Without CUDA the kernels run in the Triton interpreter (tests/conftest.py), so CI shapes stay small
 (<= ~64 programs, <= ~8 loop steps per launch); the full matrix is marked slow / gpu.
@@ -18,9 +18,11 @@ from hypothesis import strategies as st
 import pyscale
 from pyscale.ops import attention, attention_varlen
 from pyscale.reference import attention as ref
+from pyscale.testing.numerics import gpu_like_casts  # noqa: F401  (a fixture)
 
 ops_mod = importlib.import_module("pyscale.ops.attention")  # the module (pyscale.ops.attention is the function)
 kernels = importlib.import_module("pyscale.kernels.attention")
+bwd_kernels = importlib.import_module("pyscale.kernels.attention_bwd")
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -52,10 +54,15 @@ def _window_kw(window):
     return {"window_left": left, "window_right": right}
 
 
-def _check_against_oracle(b, sq, sk, hq, hkv, d, causal, window, dtype, seed=0, backward=True):
+def _check_against_oracle(b, sq, sk, hq, hkv, d, causal, window, dtype, seed=0, backward=True, qk_mult=1.0,
+                          also_fused=False):
+    """The op (and its default backward) against the float64 oracle by DESIGN's rule; qk_mult scales q and
+    k (large logits); also_fused checks the fused backward kernel on the same forward too."""
     gen = torch.Generator().manual_seed(seed)
     q, k, v = _rand(b, sq, hq, d, dtype=dtype, gen=gen), _rand(b, sk, hkv, d, dtype=dtype, gen=gen), \
         _rand(b, sk, hkv, d, dtype=dtype, gen=gen)
+    if qk_mult != 1.0:
+        q, k = (q.float() * qk_mult).to(dtype), (k.float() * qk_mult).to(dtype)
     do = _rand(b, sq, hq, d, dtype=dtype, gen=gen)
     qg, kg, vg = (t.clone().requires_grad_(backward) for t in (q, k, v))
     out, lse = attention(qg, kg, vg, causal=causal, window=window, return_lse=True)
@@ -76,6 +83,10 @@ def _check_against_oracle(b, sq, sk, hq, hkv, d, causal, window, dtype, seed=0, 
     for name, got, low, orc in zip(("dq", "dk", "dv"), (qg.grad, kg.grad, vg.grad), glow, g64):
         assert got.shape == orc.shape and got.dtype == dtype
         _assert_close_rule(name, got, low, orc, 3.0, dtype)
+    if also_fused:
+        fused = kernels.attention_backward(do, q, k, v, out.detach(), lse, variant="fused", **kw)
+        for name, got, low, orc in zip(("dq", "dk", "dv"), fused, glow, g64):
+            _assert_close_rule(f"fused {name}", got, low, orc, 3.0, dtype)
 
 
 # ----------------------------------------------------------------------------- numerics (CI)
@@ -100,14 +111,34 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("b,sq,sk,hq,hkv,d,causal,window", CASES)
 def test_matches_float64_oracle(b, sq, sk, hq, hkv, d, causal, window, dtype):
-    _check_against_oracle(b, sq, sk, hq, hkv, d, causal, window, dtype)
+    """Both backward variants in fp32 (they share their inner loops, so fp16 checks the default only)."""
+    _check_against_oracle(b, sq, sk, hq, hkv, d, causal, window, dtype, also_fused=dtype == torch.float32)
 
 
+LARGE_LOGIT_CASES = [
+    pytest.param(1, 113, 113, 6, 2, 32, True, None, 4.0, id="s113-gqa6:2-causal-x4"),
+    pytest.param(1, 100, 70, 2, 1, 80, False, (20, 5), 4.0, id="window-20-5-d80-x4"),
+    pytest.param(1, 24, 40, 2, 1, 128, True, None, 3.0, id="d128-causal-x3"),
+]
+
+
+@pytest.mark.parametrize("b,sq,sk,hq,hkv,d,causal,window,mult", LARGE_LOGIT_CASES)
+def test_large_logits_fp32(b, sq, sk, hq, hkv, d, causal, window, mult):
+    """q and k scaled x3-x4 (logits with a standard deviation of 9-16): the backward recomputes p from the
+    forward's row statistic, so a rounding of that exponent scales a whole row of p; both variants must
+    stay within 3x the fp32 reference's gradient error (they did not with a log2 -> ln -> log2 round trip
+    and scores formed from differently laid-out operands)."""
+    _check_against_oracle(b, sq, sk, hq, hkv, d, causal, window, torch.float32, qk_mult=mult, also_fused=True)
+
+
+@pytest.mark.usefixtures("gpu_like_casts")
 @pytest.mark.parametrize("b,sq,sk,hq,hkv,d,causal,window", [
     (1, 40, 33, 4, 2, 64, True, None), (1, 20, 50, 2, 1, 32, False, (8, 4))])
 def test_bfloat16(b, sq, sk, hq, hkv, d, causal, window):
-    """bf16 (in the interpreter through the fp32 upcast path; natively on a GPU)."""
-    _check_against_oracle(b, sq, sk, hq, hkv, d, causal, window, torch.bfloat16)
+    """bf16 against the op-by-op bf16 reference. In the interpreter the kernels compute in fp32 but round
+    P and dS to bf16 before their dots (ROUND_BF16), as the GPU path does, with the interpreter's casts
+    made round-to-nearest-even like a GPU's (`gpu_like_casts`); natively on a GPU."""
+    _check_against_oracle(b, sq, sk, hq, hkv, d, causal, window, torch.bfloat16, also_fused=True)
 
 
 def test_rows_with_nothing_to_attend_are_zero_with_neg_inf_lse_and_zero_grads():
@@ -120,6 +151,9 @@ def test_rows_with_nothing_to_attend_are_zero_with_neg_inf_lse_and_zero_grads():
     assert torch.all(out[:, :32] == 0) and torch.all(torch.isneginf(lse[:, :, :32]))
     assert torch.isfinite(lse[:, :, 32:]).all() and out[:, 32:].abs().sum() > 0
     assert torch.all(q.grad[:, :32] == 0) and not torch.isnan(q.grad).any()
+    dq, dk, dv = kernels.attention_backward(2 * out.detach(), q.detach(), k, v, out.detach(), lse, causal=True,
+                                            scale=32 ** -0.5, variant="fused")
+    assert torch.equal(dq, q.grad) and not torch.isnan(dk).any() and not torch.isnan(dv).any()
 
 
 def test_seq_k_zero_gives_zeros():
@@ -162,8 +196,9 @@ def test_scale_argument():
 
 
 @pytest.mark.parametrize("varlen", [False, True], ids=["fixed", "varlen"])
-def test_tensor_descriptor_forward_matches_pointer_forward(varlen):
-    """The opt-in TMA path (tensor descriptors clipped per sequence) gives the pointer path's results."""
+def test_tensor_descriptor_path_matches_pointer_path(varlen):
+    """The opt-in TMA path (tensor descriptors clipped per sequence) gives the pointer path's results,
+    forward and split backward."""
     gen = torch.Generator().manual_seed(13)
     if varlen:
         cu_q = torch.tensor([0, 5, 5, 40], dtype=torch.int32, device=DEVICE)
@@ -181,11 +216,19 @@ def test_tensor_descriptor_forward_matches_pointer_forward(varlen):
     assert torch.equal(torch.isneginf(l_tma), torch.isneginf(l_ptr))
     fin = torch.isfinite(l_ptr)
     assert _err(l_tma[fin], l_ptr[fin]) < 2e-6
+    # The split backward streams q/do (dk/dv) and k/v (dq) through per-sequence descriptors too.
+    do = torch.randn(o_ptr.shape, generator=gen).to(DEVICE)
+    g_tma = kernels.attention_backward(do, q, k, v, o_ptr, l_ptr, causal=True, scale=0.125, tma=True, **kw)
+    g_ptr = kernels.attention_backward(do, q, k, v, o_ptr, l_ptr, causal=True, scale=0.125, tma=False, **kw)
+    for a, b in zip(g_tma, g_ptr):
+        assert _err(a, b) < 2e-6
 
 
+@pytest.mark.parametrize("variant", ["split", "fused"])
 @pytest.mark.parametrize("block", [(16, 16), (64, 32), (32, 64)])
-def test_block_configs_cover_every_loop_phase(block):
-    """Different tile sizes move the [masked | unmasked | masked] split; each must give the same math."""
+def test_block_configs_cover_every_loop_phase(block, variant):
+    """Different tile sizes move the boundary blocks (masked) and the interior (unmasked) of each loop;
+    each must give the same math."""
     gen = torch.Generator().manual_seed(3)
     q, k, v = _rand(1, 70, 2, 32, dtype=torch.float32, gen=gen), _rand(1, 90, 1, 32, dtype=torch.float32, gen=gen), \
         _rand(1, 90, 1, 32, dtype=torch.float32, gen=gen)
@@ -193,7 +236,8 @@ def test_block_configs_cover_every_loop_phase(block):
     kw = {"causal": True, "scale": 32 ** -0.5, "window_left": 24, "window_right": -1}
     bm, bn = block
     out, lse = kernels.attention_forward(q, k, v, config=kernels.FwdConfig(bm, bn, 4, 1), **kw)
-    grads = kernels.attention_backward(do, q, k, v, out, lse, config=kernels.BwdConfig(bm, bn, bn, bm, 4, 1), **kw)
+    grads = kernels.attention_backward(do, q, k, v, out, lse, config=kernels.BwdConfig(bm, bn, bn, bm, 4, 1),
+                                       variant=variant, **kw)
     o64, _ = ref.attention(q.double(), k.double(), v.double(), **kw)
     g64 = ref.attention_backward(do.double(), q.double(), k.double(), v.double(), **kw)
     assert _err(out, o64) < 2e-6
@@ -219,8 +263,8 @@ def test_non_contiguous_inputs_match_contiguous():
 
 
 def test_backward_is_deterministic_and_uses_no_atomics():
-    source = inspect.getsource(kernels)
-    assert "tl.atomic" not in source  # dq, dk, dv are each written by exactly one program
+    for module in (kernels, bwd_kernels, importlib.import_module("pyscale.kernels.attention_common")):
+        assert "tl.atomic" not in inspect.getsource(module)  # dq, dk, dv are each written by one program
     gen = torch.Generator().manual_seed(5)
     q, k, v, do = (_rand(1, 50, 4, 32, dtype=torch.float16, gen=gen) for _ in range(4))
     k, v = k[:, :, :1], v[:, :, :1]
@@ -231,6 +275,74 @@ def test_backward_is_deterministic_and_uses_no_atomics():
         runs.append([t.grad for t in leaves])
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+    out, lse = kernels.attention_forward(q, k, v, causal=True, scale=32 ** -0.5)
+    fused = [kernels.attention_backward(do, q, k, v, out, lse, causal=True, scale=32 ** -0.5, variant="fused")
+             for _ in range(2)]
+    for a, b in zip(*fused):
+        assert torch.equal(a, b)
+
+
+class _LaunchRecorder:
+    """Stands in for a @triton.jit kernel: records its name at each launch, then launches it."""
+
+    def __init__(self, kernel, name: str, calls: list[str]):
+        self.kernel, self.name, self.calls = kernel, name, calls
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append(self.name)
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def test_pyscale_attn_bwd_selects_the_backward_kernels(monkeypatch):
+    calls: list[str] = []
+    for name in ("_attn_bwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
+        monkeypatch.setattr(bwd_kernels, name, _LaunchRecorder(getattr(bwd_kernels, name), name, calls))
+    gen = torch.Generator().manual_seed(14)
+    q, k, v, do = (_rand(1, 20, 2, 32, dtype=torch.float32, gen=gen) for _ in range(4))
+    grads = {}
+    for value, expected in (("fused", ["_attn_bwd"]), ("split", ["_attn_bwd_dkdv", "_attn_bwd_dq"]),
+                            (None, ["_attn_bwd_dkdv", "_attn_bwd_dq"])):
+        if value is None:
+            monkeypatch.delenv("PYSCALE_ATTN_BWD", raising=False)
+        else:
+            monkeypatch.setenv("PYSCALE_ATTN_BWD", value)
+        calls.clear()
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        attention(*leaves, causal=True).backward(do)
+        assert calls == expected, (value, calls)
+        grads[value] = [t.grad for t in leaves]
+    for a, b in zip(grads["fused"], grads["split"]):
+        assert _err(a, b) < 1e-6
+    monkeypatch.setenv("PYSCALE_ATTN_BWD", "atomic")
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    with pytest.raises(ValueError, match="PYSCALE_ATTN_BWD must be one of split, fused: got 'atomic'"):
+        attention(*leaves, causal=True).backward(do)
+    with pytest.raises(ValueError, match="variant must be one of split, fused"):
+        kernels.bwd_config(64, variant="both")
+
+
+def test_row_stride_at_the_int32_offset_limit_is_a_clear_error():
+    """In-tile offsets are int32: a sequence stride of 2**24 elements would wrap, so the Triton path refuses
+    it naming the tensor (the reference has no such limit)."""
+    big = torch.zeros(2**24 + 32, dtype=torch.float16, device=DEVICE)
+    wide = big.as_strided((1, 2, 1, 32), (2**24 + 32, 2**24, 32, 1))
+    small = torch.zeros(1, 2, 1, 32, dtype=torch.float16, device=DEVICE)
+    with pytest.raises(ValueError, match=r"q must have a sequence stride below 2\*\*24 .* got stride 16777216"):
+        attention(wide, small, small)
+    with pytest.raises(ValueError, match=r"k must have a sequence stride below 2\*\*24"):
+        attention(small, wide, small)
+    out, lse = kernels.attention_forward(small, small, small, causal=False, scale=1.0)
+    with pytest.raises(ValueError, match=r"grad_out must have a sequence stride below 2\*\*24"):
+        kernels.attention_backward(wide, small, small, small, out, lse, causal=False, scale=1.0)
+    with pytest.raises(ValueError, match=r"v must have a sequence stride below 2\*\*24"):
+        kernels.attention_forward(small[0], small[0], wide[0], causal=False, scale=1.0,
+                                  cu_seqlens_q=torch.tensor([0, 2], dtype=torch.int32, device=DEVICE),
+                                  cu_seqlens_k=torch.tensor([0, 2], dtype=torch.int32, device=DEVICE),
+                                  max_seqlen_q=2, max_seqlen_k=2)
+    with pyscale.backend("reference"):
+        assert attention(wide, small, small).shape == wide.shape
 
 
 # ----------------------------------------------------------------------------- varlen
@@ -266,12 +378,20 @@ def test_varlen_matches_oracle(lens_q, lens_k, hq, hkv, d, causal, window, dtype
     glow = ref.attention_varlen_backward(do, q, k, v, cu_q, cu_k, compute_dtype=dtype, **kw)
     for name, leaf, low, orc in zip(("dq", "dk", "dv"), leaves, glow, g64):
         _assert_close_rule(name, leaf.grad, low, orc, 3.0, dtype)
+    fused = None
+    if dtype == torch.float32:  # the fused backward on the same forward
+        fused = kernels.attention_backward(do, q, k, v, out.detach(), lse, variant="fused", cu_seqlens_q=cu_q,
+                                           cu_seqlens_k=cu_k, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k),
+                                           **kw)
+        for name, got, low, orc in zip(("dq", "dk", "dv"), fused, glow, g64):
+            _assert_close_rule(f"fused {name}", got, low, orc, 3.0, dtype)
     # A length-0 key sequence: its queries give 0 / -inf / zero dq, never NaN.
     for i, (a, b) in enumerate(zip(lens_q, lens_k)):
         if b == 0 and a > 0:
             rows = slice(int(cu_q[i]), int(cu_q[i + 1]))
             assert torch.all(out[rows] == 0) and torch.all(torch.isneginf(lse[:, rows]))
             assert torch.all(leaves[0].grad[rows] == 0)
+            assert fused is None or torch.all(fused[0][rows] == 0)
 
 
 def test_varlen_equals_fixed_length_per_sequence():
@@ -497,189 +617,6 @@ def test_varlen_bad_input_names_the_argument(index, value, exc, match):
     args[index] = value
     with pytest.raises(exc, match=match):
         attention_varlen(*args)
-
-
-# ----------------------------------------------------------------------------- ahead-of-time compiles
-
-def _fwd_spec(dtype: str, head_dim: int, cfg, label: str, varlen: bool = False, tma: bool = False):
-    from pyscale.testing.aot import KernelSpec
-
-    sig = {n: "*" + dtype for n in ("Q", "K", "V", "O")}
-    sig.update({"LSE": "*fp32", "cu_seqlens_q": "*i32", "cu_seqlens_k": "*i32"})
-    sig.update({n: "i32" for n in (
-        "stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_vb", "stride_vs",
-        "stride_vh", "stride_ob", "stride_os", "stride_oh", "stride_lb", "stride_lh", "seqlen_q", "seqlen_k",
-        "heads_q", "group")})
-    sig.update({"sm_scale": "fp32", "win_left": "i32", "win_right": "i32"})
-    const = {"HEAD_DIM": head_dim, "BLOCK_D": kernels.block_d(head_dim), "BLOCK_M": cfg.block_m,
-             "BLOCK_N": cfg.block_n, "VARLEN": varlen, "UPCAST": False, "PRECISION": "tf32", "TMA": tma}
-    sig.update({n: "constexpr" for n in const})
-    return KernelSpec("pyscale.kernels.attention:_attn_fwd", sig, const, cfg.num_warps, cfg.num_stages, label)
-
-
-def _pre_spec(dtype: str, head_dim: int, has_dlse: bool = True):
-    from pyscale.testing.aot import KernelSpec
-
-    sig = {"O": "*" + dtype, "DO": "*" + dtype, "DLSE": "*fp32", "DELTA": "*fp32", "cu_seqlens_q": "*i32"}
-    sig.update({n: "i32" for n in ("stride_ob", "stride_os", "stride_oh", "stride_dob", "stride_dos", "stride_doh",
-                                   "stride_lb", "stride_lh", "seqlen_q", "heads_q")})
-    const = {"HEAD_DIM": head_dim, "BLOCK_D": kernels.block_d(head_dim), "BLOCK_M": kernels.preprocess_block_m(head_dim), "VARLEN": True,
-             "HAS_DLSE": has_dlse}
-    sig.update({n: "constexpr" for n in const})
-    return KernelSpec("pyscale.kernels.attention:_attn_bwd_preprocess", sig, const, 4, 1,
-                      f"bwd-pre {dtype} d{head_dim}{' dlse' if has_dlse else ''}")
-
-
-def _bwd_spec(dtype: str, head_dim: int, cfg, label: str, varlen: bool = False):
-    from pyscale.testing.aot import KernelSpec
-
-    sig = {n: "*" + dtype for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
-    sig.update({"LSE": "*fp32", "DELTA": "*fp32", "cu_seqlens_q": "*i32", "cu_seqlens_k": "*i32"})
-    strides = [f"stride_{t}{a}" for t in ("q", "k", "v", "do", "dq", "dk", "dv") for a in ("b", "s", "h")]
-    sig.update({n: "i32" for n in (*strides, "stride_lb", "stride_lh", "seqlen_q", "seqlen_k", "heads_kv", "group",
-                                   "n_blocks_k", "n_blocks_q")})
-    sig.update({"sm_scale": "fp32", "win_left": "i32", "win_right": "i32"})
-    const = {"HEAD_DIM": head_dim, "BLOCK_D": kernels.block_d(head_dim), "BLOCK_M1": cfg.block_m1,
-             "BLOCK_N1": cfg.block_n1, "BLOCK_M2": cfg.block_m2, "BLOCK_N2": cfg.block_n2, "VARLEN": varlen,
-             "UPCAST": False, "PRECISION": "tf32"}
-    sig.update({n: "constexpr" for n in const})
-    return KernelSpec("pyscale.kernels.attention:_attn_bwd", sig, const, cfg.num_warps, cfg.num_stages, label)
-
-
-AOT_CAPS = {"sm_80": (8, 0), "sm_89": (8, 9), "sm_90a": (9, 0)}
-
-
-def _aot_specs(arch: str, combos, has_dlse: bool = True):
-    cap = AOT_CAPS[arch]
-    specs = []
-    for dtype, d in combos:
-        specs.append(_fwd_spec(dtype, d, kernels.fwd_config(d, cap), f"fwd {dtype} d{d} {arch}"))
-        specs.append(_bwd_spec(dtype, d, kernels.bwd_config(d, cap), f"bwd {dtype} d{d} {arch}"))
-    specs.append(_pre_spec("bf16", 128, has_dlse))
-    return specs
-
-
-def _print_results(results) -> None:
-    for r in results:
-        print(f"{r.spec} @ {r.arch}: smem {r.shared_bytes} B of {r.smem_limit_bytes}, regs {r.registers}, "
-              f"local {r.local_bytes}, stack {getattr(r, 'stack_bytes', None)}")
-
-
-@pytest.mark.parametrize("arch", list(AOT_CAPS))
-def test_kernels_compile_ahead_of_time(arch):
-    """The configs `fwd_config`/`bwd_config` pick per arch compile and fit shared memory and registers
-    (fp16 at D=128 and bf16 at D=256, the largest tiles; the other pairs are in the slow test).
-
-    Note: the helper's signatures carry no divisibility attributes, so this compiles the worst case the JIT
-    never produces for aligned tensors (scalar loads); `test_specialised_compile_has_no_spills` compiles
-    what the JIT does compile."""
-    from pyscale.testing.aot import assert_compiles
-
-    _print_results(assert_compiles(_aot_specs(arch, [("fp16", 128), ("bf16", 256)]), archs=(arch,)))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", list(AOT_CAPS))
-def test_kernels_compile_ahead_of_time_other_dtypes(arch):
-    from pyscale.testing.aot import assert_compiles
-
-    _print_results(assert_compiles(_aot_specs(arch, [("bf16", 128), ("fp16", 256)]), archs=(arch,)))
-
-
-_SPECIALISED = """
-import json, os, re, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from pyscale.testing.aot import KernelSpec
-import importlib
-out = []
-for raw, cc in json.loads(sys.stdin.read()):
-    spec = KernelSpec(**raw)
-    mod, name = spec.kernel.split(":")
-    fn = getattr(importlib.import_module(mod), name)
-    names = list(spec.signature)
-    # What the JIT specialises for torch tensors: 16-byte pointers, strides divisible by 16.
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-             if spec.signature[n].startswith("*") or (n.startswith("stride_") and not n.startswith("stride_l"))}
-    c = triton.compile(ASTSource(fn=fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs),
-                       target=GPUTarget("cuda", cc, 32),
-                       options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(c.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    reg, stack = re.search(r"REG:(\\d+)", usage), re.search(r"STACK:(\\d+)", usage)
-    out.append([spec.label, int(c.metadata.shared), int(reg.group(1)), int(stack.group(1))])
-print(json.dumps(out))
-"""
-
-
-@pytest.mark.parametrize("arch", list(AOT_CAPS))
-@pytest.mark.parametrize("head_dims", [
-    pytest.param((128, 256), id="d128,d256"), pytest.param((64,), id="d64", marks=pytest.mark.slow)])
-def test_specialised_compile_has_no_spills(arch, head_dims):
-    """Compile fwd and bwd as the JIT specialises them for torch tensors (aligned pointers and strides;
-    the foundation helper's specs cannot say so) and require no register spills (cuobjdump STACK == 0)
-    and shared memory within the arch's limit, for the configs `fwd_config`/`bwd_config` choose."""
-    import dataclasses
-    import hashlib
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from pyscale.testing import aot
-    from pyscale.testing.aot import ARCHS
-
-    cc, limit = ARCHS[arch]
-    # The preprocess without an lse gradient (the usual path; with one it keeps an 8-byte stack frame on
-    # sm_90a, irrelevant for a memory-bound row reduction).
-    specs = _aot_specs(arch, [("bf16", d) for d in head_dims], has_dlse=False)
-    if arch == "sm_90a":  # the opt-in tensor-descriptor (TMA) forward
-        specs += [_fwd_spec("bf16", d, kernels.fwd_config(d, AOT_CAPS[arch]), f"fwd-tma bf16 d{d} {arch}", tma=True)
-                  for d in head_dims]
-    payload = json.dumps([[dataclasses.asdict(s), cc] for s in specs])  # keeps the parameter order
-    # Cached like the helper's compiles: by the kernel source, the specs, this harness and triton's version.
-    key = hashlib.sha256("\n".join([payload, _SPECIALISED, aot._source_of(specs[0].kernel),
-                                      aot._triton_version()]).encode()).hexdigest()[:32]
-    cached = aot._cache_dir() / f"specialised-{key}.json"
-    if cached.exists():
-        rows = json.loads(cached.read_text())
-    else:
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        proc = subprocess.run([sys.executable, "-c", _SPECIALISED], input=payload, text=True, capture_output=True,
-                              env=env, timeout=1800)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = json.loads(proc.stdout.strip().splitlines()[-1])
-        cached.write_text(json.dumps(rows))
-    bad = []
-    for label, smem, regs, stack in rows:
-        print(f"{label}: smem {smem} B of {limit}, regs {regs}, stack {stack} B")
-        if smem > limit or stack:
-            bad.append((label, smem, regs, stack))
-    assert not bad, bad
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", list(AOT_CAPS))
-def test_autotune_candidates_and_varlen_compile_ahead_of_time(arch):
-    from pyscale.testing.aot import compile_kernels
-
-    cap = AOT_CAPS[arch]
-    specs = []
-    for d in (64, 128, 256):
-        for i, c in enumerate(kernels._fwd_candidates(d, cap)):
-            specs.append(_fwd_spec("bf16", d, c, f"fwd cand{i} d{d}", varlen=True))
-        for i, c in enumerate(kernels._bwd_candidates(d, cap)):
-            specs.append(_bwd_spec("bf16", d, c, f"bwd cand{i} d{d}", varlen=True))
-    results = compile_kernels(specs, archs=(arch,))
-    # The default config (first candidate) must fit; the others are allowed to be refused, the tuner skips them.
-    by_label = {r.spec: r for r in results}
-    for s in specs:
-        if "cand0" in s.label:
-            assert by_label[s.describe()].fits, by_label[s.describe()]
 
 
 # ----------------------------------------------------------------------------- full matrix (slow / gpu)
