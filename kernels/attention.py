@@ -192,7 +192,7 @@ def fwd_config(head_dim: int, capability: tuple[int, int] = (9, 0), interpret: b
     d = block_d(head_dim)
     hopper = capability[0] == 9
     if d <= 64:
-        # sm_90: 4 warps at 3 stages spill (255 registers + 24 B); 8 warps keep 3 stages spill-free.
+        # sm_90: 4 warps at 3 stages spill; 8 warps keep 3 stages spill-free (128 registers).
         return FwdConfig(128, 64, 8, 3) if hopper else FwdConfig(128, 64, 4, 2)
     if d <= 128:
         if hopper:

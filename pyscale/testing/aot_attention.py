@@ -138,3 +138,16 @@ def default_specs(arch: str, head_dims: Iterable[int] = CI_HEAD_DIMS, dtype: str
     specs += bwd_specs(arch, 128, dtype, varlen=True)
     specs.append(preprocess_spec(128, dtype))
     return specs
+
+
+def report_specs(arch: str, dtype: str = "bf16") -> list[KernelSpec]:
+    """What the compile report lists for attention on `arch`: `default_specs` at head dims 64 and 128 (so
+    the report and CI share compiles) plus, on sm_90+, the split backward through tensor descriptors and,
+    everywhere, varlen at 64 too — every variant a GPU run would compare."""
+    spec_list = default_specs(arch, head_dims=(64, 128), dtype=dtype)
+    if capability(arch)[0] >= 9:
+        for d in (64, 128):
+            spec_list += bwd_specs(arch, d, dtype, tma=True)
+    spec_list.append(fwd_spec(arch, 64, dtype, varlen=True))
+    spec_list += bwd_specs(arch, 64, dtype, varlen=True)
+    return spec_list
