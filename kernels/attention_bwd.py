@@ -161,7 +161,8 @@ def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, q_desc, do_desc, STATS, stat_
             pt = tl.math.exp2(qkt * qk_scale - lse_hi[None, :])
         if (start_m < full_lo) | (start_m >= full_hi):  # a boundary block: apply the band
             pt = tl.where(_band_t(offs_n, offs_m, seqlen_q, seqlen_k, win_left, win_right), pt, 0.0)
-        # dv's product first: p^T is dead before dp^T and ds^T exist, which keeps fewer tiles live.
+        # dp^T is issued before dv's product, so dv's wgmma runs while ds^T is formed (fewer registers, too).
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         if UPCAST:
             if ROUND_BF16:  # the GPU feeds P and dS to their dots in bf16
                 dv = tl.dot(pt.to(tl.bfloat16).to(tl.float32), do, dv, input_precision=PRECISION)
@@ -169,7 +170,6 @@ def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, q_desc, do_desc, STATS, stat_
                 dv = tl.dot(pt, do, dv, input_precision=PRECISION)
         else:
             dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PRECISION)
-        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         dst = pt * (dpt - delta[None, :])
         if UPCAST:
             if ROUND_BF16:
