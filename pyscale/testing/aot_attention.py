@@ -140,6 +140,13 @@ def default_specs(arch: str, head_dims: Iterable[int] = CI_HEAD_DIMS, dtype: str
     return specs
 
 
+def fp32_specs(arch: str, head_dim: int = 16) -> list[KernelSpec]:
+    """fp32 inputs (IEEE dots: FMA, no tensor cores) at a small head dim, so the fp32-only paths compile:
+    the preprocess's fp64 split of the row statistic and the kernels' LSE_LO subtraction."""
+    return [fwd_spec(arch, head_dim, "fp32"), *bwd_specs(arch, head_dim, "fp32"),
+            preprocess_spec(head_dim, "fp32")]
+
+
 def report_specs(arch: str, dtype: str = "bf16") -> list[KernelSpec]:
     """What the compile report lists for attention on `arch`: `default_specs` at head dims 64 and 128 (so
     the report and CI share compiles) plus, on sm_90+, the split backward through tensor descriptors and,

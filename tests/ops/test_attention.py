@@ -641,8 +641,8 @@ def test_full_matrix(b, sq, sk, hq, hkv, d, causal, window):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 def test_gpu_matches_oracle(d, causal, dtype):
-    _check_against_oracle(2, 1000, 1100, 8, 2, d, causal, None, dtype)
-    _check_against_oracle(1, 777, 555, 4, 1, d, causal, (100, 20), dtype)
+    _check_against_oracle(2, 1000, 1100, 8, 2, d, causal, None, dtype, also_fused=True)
+    _check_against_oracle(1, 777, 555, 4, 1, d, causal, (100, 20), dtype, also_fused=True)
 
 
 @pytest.mark.gpu
