@@ -1,3 +1,6 @@
+"""pyscale.benchmark.runner: sweeps into the store, failures recorded, resume (also on a store written
+before v3 gave the profiler and the benchmark one device record)."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +13,7 @@ import pytest
 import torch
 
 from pyscale import benchmark
-from pyscale import benchmark as pyscale_benchmark  # the fixture takes the name `benchmark`
-from pyscale.benchmark_cases import gemm
+from pyscale.benchmark.cases import gemm
 from pyscale.store import Store
 
 
@@ -89,14 +91,14 @@ def test_killed_sweep_resumes_without_losing_or_duplicating(tmp_path):
 
 
 def test_bad_shape_set_and_family():
-    with pytest.raises(ValueError, match="shapes must be one of"):
+    with pytest.raises(ValueError, match="shape_set must be one of"):
         benchmark.plan_cases(["gemm"], "gpt5")
     with pytest.raises(ValueError, match="family must be one of"):
         benchmark.plan_cases(["conv"], "quick")
 
 
 def test_quantized_gemm_cases_compare_against_the_unquantized_layer(tmp_path):
-    from pyscale import report_rows
+    from pyscale.benchmark.rows import bench_rows
 
     cases = [c for c in _quick_gemm(None) if c.params_dict["m"] == 16 and c.params_dict["layer"] == "a"]
     assert {(c.impl, c.dtype) for c in cases} == {("torch.mm", "fp32"), ("pyscale", "int8"),
@@ -104,90 +106,71 @@ def test_quantized_gemm_cases_compare_against_the_unquantized_layer(tmp_path):
     with Store(tmp_path / "s.db") as store:
         summary = benchmark.sweep(cases, store=store, progress=False)
     assert summary.failed == 0
-    rows = {r["dtype"]: r for r in report_rows.bench_rows(summary.rows)}
+    rows = {r["dtype"]: r for r in bench_rows(summary.rows)}
     for fmt in ("int8", "w4a16-g128"):
         assert set(rows[fmt]["speedup"]) == {"torch.mm[fp32]"} and rows[fmt]["speedup"]["torch.mm[fp32]"] > 0
     assert rows["w4a16-g128"]["gb_s"] > 0 and rows["int8"]["tflops"] > 0
 
 
-def test_pytest_benchmark_group_runs_every_implementation(benchmark):
-    group = next(g for g in _groups() if len(g) == 3)
-    info = pyscale_benchmark.run_group_for_pytest(benchmark, group, device="cpu")
-    assert {"torch.mm[fp32]", "pyscale[int8]", "pyscale[w4a16-g128]"} <= set(info)
-    assert info["pyscale[int8]"]["status"] == "ok" and info["pyscale[int8]"]["speedup"]["torch.mm[fp32]"] > 0
-    assert benchmark.extra_info["op"] == "gemm"
-
-
-def _groups():
-    return pyscale_benchmark.case_groups(_quick_gemm(None))
-
-
-def test_rows_on_a_gpu_use_each_formats_compute_peak_and_the_memory_bandwidth():
-    """No GPU needed: measured rows as a sweep on an H100 would return them (no real run is implied)."""
-    from types import SimpleNamespace
-
-    from pyscale import hw, report_rows
-    from pyscale.store import DeviceRecord, MeasurementRecord
-
-    spec = hw.lookup("NVIDIA H100 80GB HBM3")
-    device = DeviceRecord(kind="cuda", name="NVIDIA H100 80GB HBM3", uuid="GPU-test")
-    m, n, k = 16, 4096, 4096
-    flops = 2.0 * m * n * k
-    formats = {("torch.mm", "bf16"): 2.0 * (m * k + n * k + m * n),
-               ("pyscale", "fp8-row"): m * k + n * k + 2.0 * m * n + 4 * (m + n),
-               ("pyscale", "int8"): m * k + n * k + 2.0 * m * n + 4 * (m + n),
-               ("pyscale", "w4a16-g128"): 2.0 * m * k + n * k / 2 + 2.0 * n * k / 128 + 2.0 * m * n}
-    raw = [{"case": SimpleNamespace(params_dict={"m": m, "n": n, "k": k}), "device": device,
-            "record": MeasurementRecord(op="gemm", backend=impl, params={}, dtype=fmt, time_s_median=1e-4,
-                                        flops=flops, bytes=nbytes).explain_missing("synthetic row")}
-           for (impl, fmt), nbytes in formats.items()]
-    rows = {r["dtype"]: r for r in report_rows.bench_rows(raw)}
-    for fmt, dtype in (("bf16", "bf16"), ("fp8-row", "fp8"), ("int8", "int8"), ("w4a16-g128", "bf16")):
-        assert rows[fmt]["pct_peak"] == pytest.approx(100 * flops / 1e-4 / hw.peak_flops(spec, dtype)), fmt
-        assert rows[fmt]["pct_bandwidth"] == pytest.approx(
-            100 * formats[(rows[fmt]["impl"], fmt)] / 1e-4 / spec.memory_bandwidth_bytes_per_s)
-    # W4A16's ideal against the bf16 layer is the bytes it does not have to read: ~3.9x at decode.
-    ideal = rows["w4a16-g128"]["ideal_speedup"]["torch.mm[bf16]"]
-    assert 3.5 < ideal < 3.9 and ideal == pytest.approx(formats[("torch.mm", "bf16")]
-                                                         / formats[("pyscale", "w4a16-g128")])
-    assert rows["w4a16-g128"]["speedup"]["torch.mm[bf16]"] == pytest.approx(1.0)  # same time given to all
-    report_rows.print_bench_table(list(rows.values()), title="synthetic H100 rows")  # formats every column
-
-
-def test_gpu_gemm_cases_leave_out_what_the_baselines_refuse(monkeypatch):
-    import torch
-
-    from pyscale.benchmark_cases import gemm
-
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    cases = gemm.cases("llama3-8b", "cuda")
-    int_mm = {c.params_dict["m"] for c in cases if c.impl == "torch._int_mm"}
-    pyscale_int8 = {c.params_dict["m"] for c in cases if c.impl == "pyscale" and c.dtype == "int8"}
-    assert int_mm and min(int_mm) > 16 and min(pyscale_int8) <= 16  # decode M still measured for pyscale
-    assert {c.dtype for c in cases if c.impl == "pyscale"} >= {"fp8-tensor", "fp8-row", "fp8-block", "int8"}
-
-
-def test_export_flattens_the_dict_columns_as_json(tmp_path):
-    import csv
+def test_resume_skips_the_cases_of_a_store_written_before_one_device_record(tmp_path, monkeypatch, capsys):
+    """`pyscale bench --resume` on a v2 store: before v3 the benchmark filed a CPU's rows with torch's CUDA
+    version (as on a machine whose torch is a CUDA build); today's record has none, and the cases still match."""
     import json
-    from types import SimpleNamespace
+    import sqlite3
 
-    from pyscale import report_rows
-    from pyscale.store import DeviceRecord, MeasurementRecord
+    from pyscale import cli, sysinfo
+    from pyscale import store as st
 
-    device = DeviceRecord(kind="cuda", name="NVIDIA H100 80GB HBM3", uuid="GPU-test")
-    raw = [{"case": SimpleNamespace(params_dict={"k": 64, "m": 16, "n": 32}), "device": device,
-            "record": MeasurementRecord(op="gemm", backend=impl, params={}, dtype=fmt, time_s_median=t, flops=1e6,
-                                        bytes=nbytes).explain_missing("synthetic row")}
-           for impl, fmt, t, nbytes in (("torch.mm", "bf16", 2e-4, 4e3), ("pyscale", "w4a16-g128", 1e-4, 1e3))]
-    rows = report_rows.bench_rows(raw)
-    with open(report_rows.export(rows, tmp_path / "rows.csv"), newline="") as f:
-        flat = {r["impl"]: r for r in csv.DictReader(f)}
-    assert json.loads(flat["pyscale"]["params"]) == {"k": 64, "m": 16, "n": 32}
-    assert json.loads(flat["pyscale"]["speedup"]) == {"torch.mm[bf16]": pytest.approx(2.0)}
-    assert json.loads(flat["pyscale"]["ideal_speedup"]) == {"torch.mm[bf16]": pytest.approx(4.0)}
-    assert json.loads(flat["torch.mm"]["speedup"]) == {}
-    back = json.loads(report_rows.export(rows, tmp_path / "rows.json").read_text())
-    assert back[1]["ideal_speedup"] == {"torch.mm[bf16]": 4.0}
-    with pytest.raises(ValueError, match="export must end in"):
-        report_rows.export(rows, tmp_path / "rows.txt")
+    real_versions = sysinfo.versions
+    monkeypatch.setattr(sysinfo, "versions", lambda: {**real_versions(), "torch_cuda": "12.8"})  # a CUDA build
+    versions, cpu = sysinfo.versions(), sysinfo.cpu_device()
+    old = st.DeviceRecord(kind="cpu", name=cpu.name, uuid=cpu.uuid, memory_bytes=cpu.memory_bytes, cuda_version="12.8",
+                          torch_version=versions["torch"], triton_version=versions["triton"])
+    assert old != sysinfo.device_record("cpu")  # the old id is not today's: only the migration can match it
+    cases = _quick_gemm()
+    db = tmp_path / "v2.db"
+    conn = sqlite3.connect(db)
+    for script in st.MIGRATIONS[:2]:
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO devices (id, kind, name, uuid, memory_bytes, cuda_version, torch_version, "
+                 "triton_version, created_at) VALUES (1, 'cpu', ?, ?, ?, ?, ?, ?, 0)",
+                 (old.name, old.uuid, old.memory_bytes, old.cuda_version, old.torch_version, old.triton_version))
+    for c in cases:
+        params = {**c.params_dict, "shape_set": c.shape_set}
+        key = st.case_key(c.op, c.impl, params, c.dtype, old.uuid, old.versions())
+        conn.execute("INSERT INTO measurements (device_id, case_key, op, backend, params, dtype, status, "
+                     "time_s_median, created_at) VALUES (1, ?, ?, ?, ?, ?, 'ok', 1e-3, 0)",
+                     (key, c.op, c.impl, json.dumps(params, sort_keys=True), c.dtype))
+    conn.commit()
+    conn.close()
+    assert cli.main(["bench", "gemm", "--quick", "--impl", "torch.mm", "--resume", "--store", str(db)]) == 0
+    assert f": 0 measured, 0 failed, {len(cases)} skipped (already in the store)" in capsys.readouterr().out
+    with Store(db) as store:
+        assert len(store.measurements(include_superseded=True)) == len(cases)  # nothing measured again
+
+
+def test_the_profiler_and_a_sweep_file_their_rows_under_one_device(tmp_path):
+    """One builder of the stored device record (pyscale.sysinfo.device_record): a CPU is named after its host
+    and has no CUDA version, whether the profiler or the benchmark measured on it."""
+    import platform
+
+    from pyscale import sysinfo
+    from pyscale.profile import Profiler
+
+    record = sysinfo.device_record("cpu")
+    assert record.uuid == f"cpu-{platform.node()}" and record.cuda_version is None
+    assert record.torch_version == torch.__version__
+    with Store(tmp_path / "s.db") as store:
+        with Profiler(store=store, device="cpu", meter="null", idle_s=0, repeats=3) as prof:
+            prof.window("mm", torch.mm, torch.randn(8, 8), torch.randn(8, 8), flops=1024.0, bytes=768.0)
+        benchmark.sweep(_quick_gemm()[:1], store=store, progress=False)
+        rows = store.measurements()
+        assert {r["op"] for r in rows} == {"mm", "gemm"}
+        assert len({r["device_id"] for r in rows}) == 1 and rows[0]["device_uuid"] == record.uuid
+        assert len(store.rows("devices")) == 1  # registered once, not once per row
+    with pytest.raises(ValueError, match="kind must be 'cuda' or 'cpu'"):
+        sysinfo.device_record("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+            sysinfo.device_record("cuda")
