@@ -40,9 +40,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def _device_section() -> tuple[Section, dict]:
-    from pyscale.commands.info import collect
+    from pyscale import sysinfo
 
-    info = collect()
+    info = sysinfo.collect()
     s = Section("Device")
     for dev in info["devices"]:
         spec = dev.get("spec")
@@ -57,13 +57,14 @@ def _device_section() -> tuple[Section, dict]:
 
 
 def _bench_section(store: Any, device: str, shapes: str, families: Sequence[str], progress: bool) -> Section:
-    from pyscale import benchmark, report_rows
+    from pyscale import benchmark
+    from pyscale.benchmark.rows import bench_rows
 
     s = Section(f"Benchmark ({shapes} shapes on {device})")
     cases = benchmark.plan_cases(families, shapes, device=device)
     summary = benchmark.sweep(cases, store=store, device=device, progress=progress, command="report",
                               arguments={"shapes": shapes, "families": list(families)})
-    rows = report_rows.bench_rows(summary.rows)
+    rows = bench_rows(summary.rows)
     if device == "cpu":
         s.lines.append("No GPU here: these are CPU timings of the reference / C++ / interpreter paths at tiny "
                        "shapes. They exercise the pipeline; they say nothing about GPU performance.")

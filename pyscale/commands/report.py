@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pyscale.benchmark.shapes import SHAPE_SETS
+
 HELP = "run the whole job (device -> benchmark -> cost model -> law -> plan) and write a Markdown report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("pyscale-report"), help="output directory")
     parser.add_argument("--store", type=Path, default=None, help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
-    parser.add_argument("--shapes", default=None, help="benchmark shape set (default: llama3-8b on GPU, quick on CPU)")
+    parser.add_argument("--shapes", default=None, choices=SHAPE_SETS, metavar="SHAPES",
+                        help=f"benchmark shape set: {', '.join(SHAPE_SETS)} (default: llama3-8b on GPU, quick on CPU)")
     parser.add_argument("--family", action="append", choices=["attention", "gemm", "moe"],
                         help="benchmark only these op families (repeatable; default all)")
     parser.add_argument("--skip-bench", action="store_true", help="use what the store already holds")

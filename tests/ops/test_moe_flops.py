@@ -1,15 +1,11 @@
-"""FLOP formulas published beside the MoE ops (consumed by the profiler) and the MoE benchmark shape sets."""
+"""FLOP formulas published beside the MoE ops (consumed by the profiler)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
-import pytest
 import torch
 
-from pyscale.benchmark_shapes.moe import SHAPES, active_flops, moe_shapes
-from pyscale.nn import MoE
 from pyscale.ops import moe_align
 
 # pyscale.ops re-exports functions under the module names, so take the modules from sys.modules
@@ -71,75 +67,3 @@ def test_combine_and_route_flops():
     assert moe_combine_module.FLOP_FORMULAS["pyscale::moe_combine"]((y, w, slot_pos, None, 3), {}, None) == 2 * 21 * 32
     logits = torch.empty(7, 8)
     assert moe_route_module.FLOP_FORMULAS["pyscale::moe_route"]((logits, 3), {}, None) == 5 * 56 + 2 * 56 * 3 + 21
-
-
-def test_shape_sets():
-    assert set(SHAPES) >= {"mixtral-8x7b", "qwen3-moe", "deepseek-v3", "llama3-8b", "quick"}
-    assert moe_shapes("llama3-8b") == []
-    for name in SHAPES:
-        for case in moe_shapes(name):
-            assert 1 <= case["top_k"] <= case["n_experts"]
-            m = MoE(8, 8, case["n_experts"], case["top_k"], device="meta")
-            m.d_model, m.d_ff = case["d_model"], case["d_ff"]
-            assert active_flops(case) == case["tokens"] * m.flops_per_token()
-            assert active_flops(case, backward=True) == 3 * active_flops(case)
-    with pytest.raises(ValueError, match="shape set"):
-        moe_shapes("gpt-5")
-
-
-def test_deepseek_v3_sweeps_4k_to_32k_tokens():
-    assert [c["tokens"] for c in moe_shapes("deepseek-v3")] == [4096, 8192, 16384, 32768]
-
-
-def test_grouped_mm_baseline_skipped_without_torch_support(monkeypatch):
-    from pyscale.benchmark_cases import moe as moe_cases
-
-    monkeypatch.delattr(torch, "_grouped_mm", raising=False)
-    assert "has no torch._grouped_mm" in moe_cases.grouped_mm_unavailable("bf16")
-    with pytest.warns(RuntimeWarning, match=r"skipping the torch._grouped_mm baseline \(torch .* has no"):
-        cases = moe_cases.cases("quick", "cuda")  # planning only: needs no GPU
-    assert {c.impl for c in cases} == {"pyscale", "loop"}
-    m = moe_cases.make_layer(moe_shapes("quick")[0], "cpu", torch.float32)
-    with pytest.raises(RuntimeError, match="torch._grouped_mm baseline cannot run"):
-        moe_cases.layer_fn("torch._grouped_mm", m, moe_shapes("quick")[0])
-
-
-def test_grouped_mm_baseline_planned_where_torch_has_it(monkeypatch):
-    from pyscale.benchmark_cases import moe as moe_cases
-
-    monkeypatch.setattr(torch, "_grouped_mm", lambda *a, **k: None, raising=False)
-    assert moe_cases.grouped_mm_unavailable("bf16") is None
-    cases = moe_cases.cases("quick", "cuda")
-    gmm = [c for c in cases if c.impl == "torch._grouped_mm"]
-    assert {c.op for c in gmm} == {"moe_fwd", "moe_fwd_bwd"} and all(c.dtype == "bf16" for c in gmm)
-    assert "torch._grouped_mm" not in {c.impl for c in moe_cases.cases("quick", "cpu")}  # fp32 on CPU
-
-
-def test_shape_data_imports_no_torch():
-    code = "import sys, pyscale.benchmark_shapes.moe; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_benchmark_cases_quick_run_and_agree():
-    """`pyscale bench` MoE cases on the quick set: every workload runs, and the baselines compute the same
-    layer as pyscale (same parameters and routing)."""
-    from pyscale import benchmark
-    from pyscale.benchmark_cases import moe as moe_cases
-
-    cases = benchmark.plan_cases(["moe"], "quick", device="cpu")
-    assert {c.op for c in cases} == set(moe_cases.OPS) and {c.impl for c in cases} == {"pyscale", "loop"}
-    for case in cases:
-        w = moe_cases.workload(case, "cpu")
-        w.fn(*w.args)
-        assert w.flops > 0
-    shape = moe_shapes("quick")[0]
-    m = moe_cases.make_layer(shape, "cpu", torch.float32)
-    x = torch.randn(shape["tokens"], shape["d_model"], generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ours = moe_cases.layer_fn("pyscale", m, shape)(x)
-        loop = moe_cases.layer_fn("loop", m, shape)(x)
-    torch.testing.assert_close(ours, loop, rtol=1e-5, atol=1e-5)
-    if hasattr(torch, "_grouped_mm"):  # bf16 only; CPU support depends on the torch build
-        with torch.no_grad():
-            gmm = moe_cases.layer_fn("torch._grouped_mm", m.to(torch.bfloat16), shape)(x.bfloat16())
-        torch.testing.assert_close(gmm.float(), ours, rtol=0.05, atol=0.05)

@@ -1,4 +1,4 @@
-"""Attention cases: the attention of named models (pyscale.benchmark_shapes.attention), forward, backward and
+"""Attention cases: the attention of named models (pyscale.benchmark.shapes), forward, backward and
 forward+backward, for pyscale's kernel and every SDPA backend (flash, efficient, cuDNN, math where its
 scores fit in memory). TFLOP/s use the executed count with causal pairs counted exactly; model FLOPs
 (no causal discount) are stored too. Bytes: q, k, v and o once per pass (twice for the backward).
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-from pyscale.benchmark import Case, Workload
-from pyscale.benchmark_cases import torch_dtype
-from pyscale.benchmark_shapes.attention import attention_shapes
+from pyscale.benchmark.cases import torch_dtype
+from pyscale.benchmark.runner import Case, Workload
+from pyscale.benchmark.shapes import attention_shapes
 
 SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
 OPS = {"attention_fwd": "fwd", "attention_bwd": "bwd", "attention_fwd_bwd": "fwd+bwd"}

@@ -2,7 +2,7 @@
 
 One Ray task per case (per case and GPU type on a mixed cluster, below): `num_gpus=1` on GPU sweeps
 (Ray pins each task to its own GPU through CUDA_VISIBLE_DEVICES), one CPU otherwise. Results stream back to the driver as tasks finish
-(`ray.wait`), and the driver alone writes the store (`pyscale.benchmark.sweep`), so a dying worker can
+(`ray.wait`), and the driver alone writes the store (`pyscale.benchmark.runner.sweep`), so a dying worker can
 leave no partial row: a task whose worker process dies is retried by Ray (`max_retries`), and when the
 retries are exhausted the error is yielded for the driver to record with the case. Each result carries
 the device record of the worker that measured it.
@@ -27,8 +27,8 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from pyscale import benchmark
 from pyscale import store as st
+from pyscale.benchmark import runner
 
 INSTALL_HINT = "pip install 'pyscale[ray]'  (or: pip install 'ray>=2.9')"
 # Variables that change what a worker measures or how; forwarded when the driver has them set.
@@ -66,12 +66,12 @@ def worker_env(device: str, extra: Mapping[str, str] | None = None,
     return env
 
 
-def _run_on_worker(run_fn: RunFn, case: benchmark.Case, run_kwargs: dict[str, Any]) -> Any:
+def _run_on_worker(run_fn: RunFn, case: runner.Case, run_kwargs: dict[str, Any]) -> Any:
     return run_fn(case, **run_kwargs)
 
 
 class RayExecutor:
-    """A `pyscale.benchmark.Executor` that runs each case as one Ray task.
+    """A `pyscale.benchmark.runner.Executor` that runs each case as one Ray task.
 
     address: an existing cluster ("host:6379", "ray://host:10001", "auto"), or None: the cluster this
         machine belongs to (RAY_ADDRESS, `ray start` here), else a local one started for the sweep and
@@ -80,7 +80,7 @@ class RayExecutor:
     max_retries: how often a case is re-run when its worker process dies (crash, OOM kill, lost node).
     num_cpus: CPUs of a local cluster (default: all of this machine's).
     env: extra environment variables for the workers, on top of `worker_env`.
-    run_fn: what a worker runs per case (default `pyscale.benchmark.run_case`); it must be importable or
+    run_fn: what a worker runs per case (default `pyscale.benchmark.runner.run_case`); it must be importable or
         picklable by value on the workers.
     max_in_flight: tasks submitted ahead of results (default: twice the cluster's task slots).
     per_gpu_type: on a GPU cluster with several GPU types, run every case once per type.
@@ -100,7 +100,7 @@ class RayExecutor:
         self.max_retries = max_retries
         self.num_cpus = num_cpus
         self.env = worker_env(device, env)
-        self.run_fn = run_fn or benchmark.run_case
+        self.run_fn = run_fn or runner.run_case
         self.max_in_flight = max_in_flight
         self.per_gpu_type = per_gpu_type
 
@@ -154,8 +154,8 @@ class RayExecutor:
 
     # -- the Executor protocol
 
-    def map_unordered(self, cases: Sequence[benchmark.Case], **run_kwargs: Any
-                      ) -> Iterator[tuple[benchmark.Case, Result]]:
+    def map_unordered(self, cases: Sequence[runner.Case], **run_kwargs: Any
+                      ) -> Iterator[tuple[runner.Case, Result]]:
         if run_kwargs.get("device", self.device) != self.device:
             raise ValueError(f"this executor was made for device {self.device!r}, "
                              f"but the sweep runs on {run_kwargs['device']!r}")
@@ -163,7 +163,7 @@ class RayExecutor:
             return
         ray = self._ray
         owned = self._connect()
-        pending: dict[Any, benchmark.Case] = {}
+        pending: dict[Any, runner.Case] = {}
         try:
             slots = self._slots()
             if slots == 0:

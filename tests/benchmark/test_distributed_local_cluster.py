@@ -1,6 +1,6 @@
 """`pyscale bench --ray` with no address: pyscale starts a local Ray cluster for the sweep and stops it.
 
-Kept apart from test_ray_executor.py, whose module fixture holds a cluster open: here no Ray session may
+Kept apart from test_distributed.py, whose module fixture holds a cluster open: here no Ray session may
 exist before or after the sweep.
 """
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import ray_fake_runs as fake
 
-from pyscale import benchmark, distributed
+from pyscale import benchmark
 from pyscale import store as st
+from pyscale.benchmark import distributed
 
 pytestmark = [
     pytest.mark.slow,

@@ -1,4 +1,4 @@
-"""pyscale.distributed: benchmark sweeps fanned out over a local Ray cluster with 2 CPU workers.
+"""pyscale.benchmark.distributed: benchmark sweeps fanned out over a local Ray cluster with 2 CPU workers.
 
 The Ray tests are `slow` (a cluster takes seconds to start) and skip when Ray is not installed; the
 checks of the no-Ray error and of the worker environment run everywhere.
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import ray_fake_runs as fake
 
-from pyscale import benchmark, distributed
+from pyscale import benchmark, sysinfo
 from pyscale import store as st
+from pyscale.benchmark import distributed, runner
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed "
                                "(pip install 'pyscale[ray]')")
@@ -50,7 +51,7 @@ def _all_rows(path: Path) -> list[dict]:
 
 
 def _serial(path: Path, monkeypatch: pytest.MonkeyPatch, run_fn=fake.fake_run) -> None:
-    monkeypatch.setattr(benchmark, "run_case", run_fn)
+    monkeypatch.setattr(runner, "run_case", run_fn)
     with st.Store(path) as s:
         benchmark.sweep(_cases(), store=s, device="cpu", progress=False)
     monkeypatch.undo()
@@ -167,7 +168,7 @@ def test_resume_after_a_driver_crash_measures_only_the_rest(cluster, tmp_path, m
         stream.close()  # the driver "dies": pending tasks are cancelled, nothing else is written
     assert len(_all_rows(tmp_path / "ray.db")) == 1
     # --resume compares against the driver's device; the fake rows use a fixed fake device.
-    monkeypatch.setattr(benchmark, "_current_device", lambda device: fake.DEVICE)
+    monkeypatch.setattr(sysinfo, "device_record", lambda kind, index=None: fake.DEVICE)
     with st.Store(tmp_path / "ray.db") as s:
         summary = benchmark.sweep(cases, store=s, device="cpu", executor=executor, resume=True, progress=False)
     assert summary.skipped == 1 and summary.measured == len(cases) - 1
@@ -185,10 +186,10 @@ def test_a_failed_case_is_recorded_even_when_the_driver_lacks_the_device(tmp_pat
             for c in cases:
                 yield c, RuntimeError("worker died")
 
-    def no_gpu(device):
+    def no_gpu(kind, index=None):
         raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA device")
 
-    monkeypatch.setattr(benchmark, "_current_device", no_gpu)
+    monkeypatch.setattr(sysinfo, "device_record", no_gpu)
     with st.Store(tmp_path / "s.db") as s:
         summary = benchmark.sweep([case], store=s, device="cuda", executor=DeadWorkers(), progress=False)
     assert summary.failed == 1

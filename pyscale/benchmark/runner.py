@@ -1,9 +1,10 @@
-"""Benchmark sweeps: named shape sets -> cases -> measured rows in the store (what `pyscale bench` runs).
+"""The sweep runner: named shape sets -> cases -> measured rows in the store (what `pyscale bench` runs).
 
 A *case* is one op at one shape and dtype with one implementation: pyscale's op or a baseline
-(`torch.mm`, an SDPA backend, ...). Each op family lives in `pyscale.benchmark_cases.<family>`, which
-turns a shape set (named after a model, DESIGN section 5) into cases and builds a case's *workload*: a
-callable over rotating input copies (cold L2) plus its FLOP and byte counts from the op's formula.
+(`torch.mm`, an SDPA backend, ...). Each op family lives in `pyscale.benchmark.cases.<family>`, which
+turns a shape set (`pyscale.benchmark.shapes`, named after a model) into cases and builds a case's
+*workload*: a callable over rotating input copies (cold L2) plus its FLOP and byte counts from the op's
+formula.
 
 `run_case` measures one case in the current process and returns plain records, so a sweep can run
 locally or fan out to other processes (Ray) while one driver alone writes the store. A failing case (OOM,
@@ -23,11 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pyscale import store as st
+from pyscale import sysinfo
+from pyscale.benchmark.shapes import check_shape_set
 
 FAMILIES = ("attention", "gemm", "moe")
-SHAPE_SETS = ("quick", "llama3-8b", "llama3-70b", "mixtral-8x7b", "qwen3-moe", "deepseek-v3", "grid")
-# `grid` is attention's model-free coverage sweep; the other families have no cases in it
-FAMILY_ONLY_SETS = {"grid": ("attention",)}
 
 
 @dataclass(frozen=True)
@@ -70,18 +70,16 @@ class Workload:
 def family_module(family: str):
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}: got {family!r}")
-    return importlib.import_module(f"pyscale.benchmark_cases.{family}")
+    return importlib.import_module(f"pyscale.benchmark.cases.{family}")
 
 
 def plan_cases(families: Iterable[str], shape_set: str = "quick", *, device: str = "cpu",
                impls: Sequence[str] | None = None) -> list[Case]:
     """Every case of the given families for one shape set on `device` ("cpu" or "cuda")."""
-    if shape_set not in SHAPE_SETS:
-        raise ValueError(f"shapes must be one of {', '.join(SHAPE_SETS)}: got {shape_set!r}")
+    check_shape_set(shape_set)
     out: list[Case] = []
-    for family in families:
-        if family in FAMILY_ONLY_SETS.get(shape_set, (family,)):
-            out.extend(family_module(family).cases(shape_set, device))
+    for family in families:  # a family without shapes in the set (MoE of a dense model) has no cases
+        out.extend(family_module(family).cases(shape_set, device))
     if impls is not None:
         out = [c for c in out if c.impl in impls]
     return out
@@ -89,30 +87,11 @@ def plan_cases(families: Iterable[str], shape_set: str = "quick", *, device: str
 
 # --------------------------------------------------------------------------- one case
 
-def _current_device(device: str) -> st.DeviceRecord:
-    from pyscale import sysinfo
-
-    info = sysinfo.devices()
-    versions = sysinfo.versions()
-    if device == "cuda":
-        import torch
-
-        dev = info[torch.cuda.current_device()] if info and info[0].kind == "cuda" else None
-        if dev is None:
-            raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA device")
-    else:
-        dev = sysinfo.cpu_device()
-    return st.DeviceRecord(kind=dev.kind, name=dev.name, uuid=dev.uuid or dev.name,
-                           compute_capability=dev.compute_capability, memory_bytes=dev.memory_bytes,
-                           driver_version=dev.driver_version, cuda_version=versions.get("torch_cuda"),
-                           torch_version=versions.get("torch"), triton_version=versions.get("triton"))
-
-
 def _failure_device(device: str) -> st.DeviceRecord:
     """The device a case is recorded against when its worker gave no result: this machine's, or a
     placeholder when the driver has no such device (a Ray head without GPUs driving a GPU sweep)."""
     try:
-        return _current_device(device)
+        return sysinfo.device_record(device)
     except RuntimeError:
         return st.DeviceRecord(kind=device, name="unknown (the worker returned no result)", uuid=f"unknown-{device}")
 
@@ -132,7 +111,7 @@ def run_case(case: Case, *, device: str = "cpu", energy: bool = False, min_time_
     """
     from pyscale.profile.profiler import Profiler
 
-    device_record = _current_device(device)
+    device_record = sysinfo.device_record(device)
     params = {**case.params_dict, "shape_set": case.shape_set}
     base = dict(op=case.op, backend=case.impl, params=params, dtype=case.dtype)
     try:
@@ -231,7 +210,7 @@ def sweep(cases: Sequence[Case], *, store: st.Store, device: str = "cpu", resume
     summary = SweepSummary(run_id)
     todo = list(cases)
     if resume:
-        here = _current_device(device)
+        here = sysinfo.device_record(device)
         device_id = store.register_device(here)
         todo = [c for c in cases if not store.has_case(store.case_key_for(
             c.op, c.impl, {**c.params_dict, "shape_set": c.shape_set}, c.dtype, device_id=device_id))]
@@ -297,62 +276,3 @@ class _progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-# --------------------------------------------------------------------------- pytest-benchmark suites
-
-def case_groups(cases: Sequence[Case]) -> list[list[Case]]:
-    """Cases grouped by op and shape: one pyscale implementation and its baselines per group."""
-    groups: dict[tuple, list[Case]] = {}
-    for c in cases:
-        groups.setdefault((c.family, c.op, c.params, c.shape_set), []).append(c)
-    return list(groups.values())
-
-
-def group_id(group: Sequence[Case]) -> str:
-    c = group[0]
-    return f"{c.shape_set}-{c.op}-" + "-".join(f"{k}{v}" for k, v in c.params)
-
-
-def _peak_memory_bytes(case: Case) -> int:
-    """CUDA memory one call of the case allocates above its inputs (max_memory_allocated)."""
-    import torch
-
-    workload = family_module(case.family).workload(case, "cuda")
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    workload.fn(*workload.args)
-    torch.cuda.synchronize()
-    return int(torch.cuda.max_memory_allocated() - base)
-
-
-def run_group_for_pytest(benchmark: Any, group: Sequence[Case], *, device: str = "cuda") -> dict[str, Any]:
-    """What bench/ suites run per test: every implementation of one op and shape in this process through
-    `run_case` (CUDA events, cold L2), the figures and speedups into `benchmark.extra_info`, and
-    pytest-benchmark's own rounds over pyscale's implementation (synchronised, so its host clock is fair)."""
-    from pyscale import report_rows
-
-    results = [(c, *run_case(c, device=device)) for c in group]
-    rows = report_rows.bench_rows([{"case": c, "device": d, "record": r} for c, d, r in results])
-    info: dict[str, Any] = {"shape_set": group[0].shape_set, "op": group[0].op, **group[0].params_dict}
-    for (case, _, _), row in zip(results, rows):
-        key = f"{row['impl']}[{row['dtype']}]"
-        info[key] = {k: row[k] for k in ("status", "error", "time_ms", "tflops", "pct_peak", "gb_s")}
-        if row.get("speedup"):
-            info[key]["speedup"] = row["speedup"]
-        if device == "cuda" and row["status"] == "ok":
-            info[key]["peak_memory_bytes"] = _peak_memory_bytes(case)
-    benchmark.extra_info.update(info)
-    ours = [c for c in group if c.impl == "pyscale"] or list(group)
-    workload = family_module(ours[0].family).workload(ours[0], device)
-
-    def run() -> None:
-        workload.fn(*workload.args)
-        if device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-
-    benchmark.pedantic(run, rounds=10, warmup_rounds=2, iterations=1)
-    return info

@@ -1,4 +1,4 @@
-"""Stand-ins for `pyscale.benchmark.run_case` that Ray workers run in the executor tests.
+"""Stand-ins for `pyscale.benchmark.runner.run_case` that Ray workers run in the executor tests.
 
 They measure nothing: the "time" is a pure function of the case, so a serial run and a Ray run must
 produce identical rows, and the worker's environment and process id are reported back in `extra`.
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from pyscale import store as st
-from pyscale.benchmark import Case
+from pyscale.benchmark.runner import Case
 
 DEVICE = st.DeviceRecord(kind="cpu", name="fake CPU", uuid="cpu-fake-0")
 ENV_SEEN = ("TRITON_INTERPRET", "PYSCALE_BACKEND", "PYSCALE_TEST_TAG")
@@ -26,8 +26,8 @@ def fake_run(case: Case, *, device: str = "cpu", energy: bool = False) -> tuple[
     t = fake_time_s(case)
     record = st.MeasurementRecord(
         op=case.op, backend=case.impl, params={**case.params_dict, "shape_set": case.shape_set}, dtype=case.dtype,
-        time_s_median=t, time_s_p20=t, time_s_p80=t, repeats=1,
-        unavailable_reasons={"energy_j": "fake run", "avg_power_w": "fake run"},
+        time_s=t, time_s_p20=t, time_s_p80=t, repeats=1,
+        energy_j_unavailable_reason="fake run", avg_power_w_unavailable_reason="fake run",
         extra={"env": {k: os.environ.get(k) for k in ENV_SEEN}, "pid": os.getpid(), "device_arg": device}
     ).explain_missing("fake run")
     return DEVICE, record

@@ -1,4 +1,4 @@
-"""MoE cases: the MoE layer of named models (pyscale.benchmark_shapes.moe) -- forward, forward+backward and
+"""MoE cases: the MoE layer of named models (pyscale.benchmark.shapes) -- forward, forward+backward and
 routing alone -- for pyscale.nn.MoE and two baselines built from PyTorch ops: a per-expert Python loop and a
 layer on `torch._grouped_mm` (bf16, where the installed torch has it; otherwise left out with a warning
 saying why, since pyscale.benchmark has no per-case skip status).
@@ -12,9 +12,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from pyscale.benchmark import Case, Workload
-from pyscale.benchmark_cases import torch_dtype
-from pyscale.benchmark_shapes.moe import active_flops, moe_shapes
+from pyscale.benchmark.cases import torch_dtype
+from pyscale.benchmark.runner import Case, Workload
+from pyscale.benchmark.shapes import active_flops, moe_shapes
 
 IMPLS = ("pyscale", "torch._grouped_mm", "loop")
 OPS = ("moe_fwd", "moe_fwd_bwd", "moe_route")

@@ -1,18 +1,18 @@
-"""GEMM cases: the linear layers of named models (pyscale.benchmark_shapes.gemm) at decode and prefill M.
+"""GEMM cases: the linear layers of named models (pyscale.benchmark.shapes) at decode and prefill M.
 
 Formats (the case's dtype): `bf16` (fp32 on CPU) plain GEMM, `fp8-tensor` / `fp8-row` / `fp8-block`,
 `int8` (W8A8) and `w4a16-g128`. Implementations: pyscale's op for every quantized format, and the
 baselines `torch.mm` (the unquantized layer), `torch._scaled_mm` (FP8 tensor- and row-wise) and
 `torch._int_mm` (int8, M > 16 only: it refuses fewer rows). All cases of one layer and M share op "gemm",
-so each pyscale row is compared with every baseline of the same shape (report_rows). FLOPs 2·M·N·K for all; bytes are the compulsory
-traffic of the format (operands once, scales, output once).
+so each pyscale row is compared with every baseline of the same shape (pyscale.benchmark.rows). FLOPs
+2·M·N·K for all; bytes are the compulsory traffic of the format (operands once, scales, output once).
 """
 
 from __future__ import annotations
 
-from pyscale.benchmark import Case, Workload
-from pyscale.benchmark_cases import torch_dtype
-from pyscale.benchmark_shapes.gemm import gemm_shapes
+from pyscale.benchmark.cases import torch_dtype
+from pyscale.benchmark.runner import Case, Workload
+from pyscale.benchmark.shapes import gemm_shapes
 
 FP8_FORMATS = ("fp8-tensor", "fp8-row", "fp8-block")
 GROUP = 128
