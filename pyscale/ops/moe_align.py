@@ -24,14 +24,14 @@ import math
 from decimal import Decimal
 from fractions import Fraction
 from numbers import Real
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from pyscale import _ext
 from pyscale.ops._checks import check_tensor
 from pyscale.ops._dispatch import cuda_stream_of, dispatch
-from pyscale.reference import moe as ref
+from pyscale.reference import moe_align as ref
 
 MAX_EXPERTS = 4096  # the CUDA path keeps one int32 counter per expert in shared memory
 
@@ -150,7 +150,7 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capaci
     Returns:
         MoEAlignment(sorted_ids, expert_ids, n_pad, slot_pos, offsets, tokens_per_expert, dropped, block_size,
         top_k, n_experts); shapes and meaning in the module docstring.
-    FLOPs: 0 (FLOP_FORMULAS["pyscale::moe_align"]).
+    FLOPs: 0 (bytes: `pyscale.formulas.moe_align_bytes`).
     """
     check_tensor("topk_ids", topk_ids, ndim=2)
     if topk_ids.dtype.is_floating_point or topk_ids.dtype.is_complex or topk_ids.dtype == torch.bool:
@@ -179,13 +179,6 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capaci
 def moe_block_size(tokens: int, top_k: int, n_experts: int, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.bfloat16) -> int:
     """The row-block size the grouped GEMM will use for this routing (pass it to moe_align)."""
-    from pyscale.kernels import moe as kern
+    from pyscale.kernels import grouped_gemm as kern
 
     return kern.grouped_gemm_config(1, 1, tokens * top_k / max(n_experts, 1), dtype)["BLOCK_M"]
-
-
-def _align_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    return 0
-
-
-FLOP_FORMULAS = {"pyscale::moe_align": _align_flops}
