@@ -343,7 +343,7 @@ def _bwd_flops(args, kwargs, out):
 
 @pytest.fixture
 def fake_ops_module():
-    """An imported pyscale.ops.* module exposing FLOP_FORMULAS, as the op modules do."""
+    """An imported pyscale.ops.* module exposing FLOP_FORMULAS, the hook of the previous release."""
     name = "pyscale.ops._profiler_test_op"
     mod = types.ModuleType(name)
     mod.FLOP_FORMULAS = {"pyscale::_profiler_test_mm": _fwd_flops, "pyscale::_profiler_test_mm_backward": _bwd_flops}
