@@ -168,6 +168,12 @@ def attention_varlen_flops(seqlens_q: Sequence[int], seqlens_k: Sequence[int], h
                                      pass_=pass_)
 
 
+def seqlens(cu_seqlens: Any) -> list[int]:
+    """Sequence lengths from varlen offsets (batch + 1,), a tensor or a list."""
+    values = [int(v) for v in (cu_seqlens.tolist() if hasattr(cu_seqlens, "tolist") else cu_seqlens)]
+    return [b - a for a, b in zip(values[:-1], values[1:])]  # tolist: a device sync on GPU, never timed
+
+
 # =========================================================================== attention: bytes
 
 def attention_io_bytes(q_elems: int, kv_elems: int, lse_elems: int, itemsize: int, *, pass_: str = "fwd",
@@ -432,18 +438,13 @@ _ATTN_VBWD = ("grad_out", "q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqle
               "max_seqlen_k", "causal", "scale", "window_left", "window_right", "grad_lse")
 
 
-def _lengths(cu: Any) -> list[int]:
-    values = [int(v) for v in cu.tolist()]  # a device sync on GPU: counting passes are not timed
-    return [b - a for a, b in zip(values[:-1], values[1:])]
-
-
 def _attention_call(names: Sequence[str], pass_: str, varlen: bool, kind: str) -> Formula:
     def flops(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any = None) -> int:
         a = _bind(names, args, kwargs)
         q, k = a["q"], a["k"]
         window = (int(a["window_left"]), int(a["window_right"]))
         if varlen:
-            f = attention_varlen_flops(_lengths(a["cu_seqlens_q"]), _lengths(a["cu_seqlens_k"]), q.shape[1],
+            f = attention_varlen_flops(seqlens(a["cu_seqlens_q"]), seqlens(a["cu_seqlens_k"]), q.shape[1],
                                        q.shape[2], causal=bool(a["causal"]), window=window, pass_=pass_)
         else:
             f = attention_flops(q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3], causal=bool(a["causal"]),

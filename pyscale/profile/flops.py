@@ -119,11 +119,6 @@ def _bind(func: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     return bound
 
 
-def _varlen_lengths(cu: Any) -> list[int]:
-    values = [int(v) for v in cu.tolist()]  # a device sync on GPU: counting passes are not timed
-    return [b - a for a, b in zip(values[:-1], values[1:])]
-
-
 @dataclass(frozen=True)
 class _Attn:
     """Sizes of one attention call: batch*heads_q, the per-sequence (Sq, Sk) list, head dims."""
@@ -153,7 +148,7 @@ def _attn_bshd(q: Any, k: Any, v: Any, causal: str | None, cu_q: Any = None, cu_
     qs, vs = _shape(q), _shape(v)
     h, d, dv = qs[-2], qs[-1], vs[-1]
     if cu_q is not None and cu_k is not None:
-        return _Attn(h, tuple(zip(_varlen_lengths(cu_q), _varlen_lengths(cu_k))), d, dv, causal)
+        return _Attn(h, tuple(zip(formulas.seqlens(cu_q), formulas.seqlens(cu_k))), d, dv, causal)
     return _Attn(qs[0] * h, ((qs[1], _shape(k)[1]),), d, dv, causal)
 
 
