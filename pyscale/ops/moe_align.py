@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 
 from pyscale import _ext
+from pyscale.formulas import moe_align_rows
 from pyscale.ops._checks import check_tensor
 from pyscale.ops._dispatch import cuda_stream_of, dispatch
 from pyscale.reference import moe_align as ref
@@ -51,13 +52,9 @@ class MoEAlignment(NamedTuple):
     n_experts: int
 
 
-def upper_bound_rows(slots: int, n_experts: int, block_size: int) -> int:
-    return slots + n_experts * (block_size - 1)
-
-
 def _empty_outputs(topk_ids: torch.Tensor, n_experts: int, block_size: int) -> tuple[torch.Tensor, ...]:
     slots = topk_ids.numel()
-    rows = upper_bound_rows(slots, n_experts, block_size)
+    rows = moe_align_rows(slots, n_experts, block_size)
     new = lambda n: topk_ids.new_empty((n,), dtype=torch.int32)
     return (new(rows), new(-(-rows // block_size)), new(1), new(slots), new(n_experts + 1), new(n_experts), new(1))
 
@@ -163,7 +160,7 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capaci
     t, k = topk_ids.shape
     if k < 1 or k > n_experts:
         raise ValueError(f"topk_ids must have 1..n_experts = 1..{n_experts} columns (top_k): got {k}")
-    if upper_bound_rows(t * k, n_experts, block_size) >= 2**31:
+    if moe_align_rows(t * k, n_experts, block_size) >= 2**31:
         raise ValueError(f"T * k + E * (block_size - 1) must stay below 2**31 (int32 layout): got T={t}, k={k}")
     capacity = -1
     if capacity_factor is not None:
