@@ -170,10 +170,3 @@ def moe_shapes(shape_set: str) -> list[dict[str, Any]]:
         base.update(n_group=layer.n_group, topk_group=layer.topk_group)
     return [{**base, "tokens": t} for t in layer.tokens]
 
-
-def active_flops(case: dict, backward: bool = False) -> int:
-    """Model FLOPs of one layer call on active parameters: router 2·T·d·E + experts 2·T·k·3·d·d_ff;
-    forward+backward is 3x the forward."""
-    t, d, ff, e, k = case["tokens"], case["d_model"], case["d_ff"], case["n_experts"], case["top_k"]
-    fwd = 2 * t * d * e + 2 * t * k * 3 * d * ff
-    return 3 * fwd if backward else fwd

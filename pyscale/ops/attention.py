@@ -16,8 +16,9 @@ Custom ops (always returning (out, lse); the backward is its own op so FLOP coun
         cu_seqlens_k, max_seqlen_q, max_seqlen_k after v (after lse for the backward).
 lse is differentiable too (e.g. for a z-loss): its gradient enters the backward as grad_lse.
 
-FLOPs (DESIGN section 6), with P = number of allowed (query, key) pairs per head, counted exactly
-(causal and window included) and summed over the batch:
+FLOPs (DESIGN section 6; `pyscale.formulas.attention_flops`, which the profiler uses for these ops), with
+P = number of allowed (query, key) pairs per head, counted exactly (causal and window included) and summed
+over the batch:
     executed forward  = 4 * P * heads_q * head_dim        (QK^T and PV, 2 FLOPs per multiply-add)
     executed backward = 10 * P * heads_q * head_dim       (QK^T recomputed, dV, dP, dQ, dK: 2.5x)
     model forward     = 4 * seq_q * seq_k * heads_q * head_dim per sequence (no causal discount)
@@ -28,11 +29,10 @@ Memory is O(sequence): the kernels never form the (seq_q, seq_k) matrix (the ref
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
 
 import torch
 
+from pyscale.formulas import window_bounds
 from pyscale.ops._checks import check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
 from pyscale.reference import attention as ref
@@ -211,18 +211,6 @@ def _check_head_dim(head_dim: int) -> None:
                          f"128, 256): got {head_dim}")
 
 
-def _check_window(window: object) -> tuple[int, int]:
-    if window is None:
-        return -1, -1
-    if (not isinstance(window, (tuple, list)) or len(window) != 2
-            or not all(isinstance(w, int) and not isinstance(w, bool) for w in window)):
-        raise TypeError(f"window must be None or a pair of ints (left, right): got {window!r}")
-    left, right = window
-    if left < -1 or right < -1:
-        raise ValueError(f"window must hold sizes >= 0, or -1 for unbounded: got {tuple(window)}")
-    return int(left), int(right)
-
-
 def _check_scale(scale: float | None, head_dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
@@ -270,13 +258,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         out (batch, seq_q, heads_q, head_dim) in q.dtype, and with return_lse the natural-log lse,
         fp32 (batch, heads_q, seq_q) (-inf on rows with nothing to attend to, whose output is 0).
     FLOPs: executed 4 * pairs * heads_q * head_dim forward, 2.5x that backward; model (PaLM)
-        4 * batch * seq_q * seq_k * heads_q * head_dim forward, 2x backward. See `attention_flops`.
+        4 * batch * seq_q * seq_k * heads_q * head_dim forward, 2x backward. See
+        `pyscale.formulas.attention_flops`.
     Only the head dim needs unit stride; other layouts are read in place (else copied).
     """
     _check_qkv(q, k, v, 4)
     if k.shape[0] != q.shape[0]:
         raise ValueError(f"k must have the batch size of q: got {k.shape[0]} vs {q.shape[0]}")
-    left, right = _check_window(window)
+    left, right = window_bounds(window)
     out, lse = attention_fwd(q, k, v, bool(causal), _check_scale(scale, q.shape[-1]), left, right)
     return (out, lse) if return_lse else out
 
@@ -312,7 +301,7 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         causal, scale, window, return_lse: as `attention`, per sequence (bottom-right aligned per sequence).
     Returns:
         out (total_q, heads_q, head_dim) in q.dtype, and with return_lse the lse, fp32 (heads_q, total_q).
-    FLOPs: as `attention`, summed over sequences; see `attention_varlen_flops`.
+    FLOPs: as `attention`, summed over sequences; see `pyscale.formulas.attention_varlen_flops`.
     The cu_seqlens checks read them on the host (one device sync).
     """
     _check_qkv(q, k, v, 3)
@@ -324,140 +313,7 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
         if isinstance(bound, bool) or not isinstance(bound, int) or bound < longest:
             raise ValueError(f"{name} must be an int >= the longest sequence ({longest}): got {bound!r}")
-    left, right = _check_window(window)
+    left, right = window_bounds(window)
     out, lse = attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                     bool(causal), _check_scale(scale, q.shape[-1]), left, right)
     return (out, lse) if return_lse else out
-
-
-# ----------------------------------------------------------------------------- FLOPs
-
-class AttentionFlops(NamedTuple):
-    executed: int  # what the kernels run: allowed pairs counted exactly, backward with its recompute
-    model: int  # PaLM MFU convention: every (query, key) pair, backward = 2x forward
-
-
-def attention_pairs(seq_q: int, seq_k: int, *, causal: bool = False, window: tuple[int, int] | None = None) -> int:
-    """Number of allowed (query, key) pairs of one head of one sequence under the causal/window mask."""
-    if seq_q <= 0 or seq_k <= 0:
-        return 0
-    left, right = _check_window(window)
-    i = torch.arange(seq_q, dtype=torch.int64)
-    off = seq_k - seq_q
-    lo = (i + off - left).clamp(min=0) if left >= 0 else torch.zeros_like(i)
-    if causal:
-        right = 0 if right < 0 else min(right, 0)
-    hi = (i + off + right).clamp(max=seq_k - 1) if right >= 0 else torch.full_like(i, seq_k - 1)
-    return int((hi - lo + 1).clamp(min=0).sum())
-
-
-_PASS_FACTORS = {"fwd": (4, 4), "bwd": (10, 8), "fwd+bwd": (14, 12)}  # (executed, model) per pair*head*dim
-
-
-def _pass_factors(pass_: str) -> tuple[int, int]:
-    if pass_ not in _PASS_FACTORS:
-        raise ValueError(f"pass_ must be one of {', '.join(_PASS_FACTORS)}: got {pass_!r}")
-    return _PASS_FACTORS[pass_]
-
-
-def attention_flops(batch: int, seq_q: int, seq_k: int, heads_q: int, head_dim: int, *, causal: bool = False,
-                    window: tuple[int, int] | None = None, pass_: str = "fwd") -> AttentionFlops:
-    """FLOPs of `attention` on (batch, seq_q, heads_q, head_dim) queries and seq_k keys.
-
-    executed = c_e * pairs * batch * heads_q * head_dim with c_e = 4 (fwd), 10 (bwd: QK^T recompute, dV,
-    dP, dQ, dK), 14 (fwd+bwd); model = c_m * batch * seq_q * seq_k * heads_q * head_dim with c_m = 4, 8, 12.
-    """
-    ce, cm = _pass_factors(pass_)
-    pairs = attention_pairs(seq_q, seq_k, causal=causal, window=window)
-    return AttentionFlops(ce * pairs * batch * heads_q * head_dim, cm * batch * seq_q * seq_k * heads_q * head_dim)
-
-
-def attention_varlen_flops(seqlens_q: Sequence[int], seqlens_k: Sequence[int], heads_q: int, head_dim: int, *,
-                           causal: bool = False, window: tuple[int, int] | None = None,
-                           pass_: str = "fwd") -> AttentionFlops:
-    """`attention_flops` summed over packed sequences with the given lengths."""
-    ce, cm = _pass_factors(pass_)
-    pairs = sum(attention_pairs(a, b, causal=causal, window=window) for a, b in zip(seqlens_q, seqlens_k))
-    dense = sum(a * b for a, b in zip(seqlens_q, seqlens_k))
-    return AttentionFlops(ce * pairs * heads_q * head_dim, cm * dense * heads_q * head_dim)
-
-
-def _bind(names: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    bound = dict(zip(names, args))
-    bound.update(kwargs)
-    return bound
-
-
-def _window_of(a: Mapping[str, Any]) -> tuple[int, int]:
-    return (int(a["window_left"]), int(a["window_right"]))
-
-
-Formula = Callable[[Sequence[Any], Mapping[str, Any], Any], int]
-
-
-def _fixed_flops(pass_: str, names: Sequence[str], kind: str = "executed") -> Formula:
-    def flops(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any = None) -> int:
-        a = _bind(names, args, kwargs)
-        q, k = a["q"], a["k"]
-        f = attention_flops(q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3], causal=bool(a["causal"]),
-                            window=_window_of(a), pass_=pass_)
-        return getattr(f, kind)
-    return flops
-
-
-def _varlen_flops(pass_: str, names: Sequence[str], kind: str = "executed") -> Formula:
-    def flops(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any = None) -> int:
-        a = _bind(names, args, kwargs)
-        q, cq, ck = a["q"], a["cu_seqlens_q"].tolist(), a["cu_seqlens_k"].tolist()
-        lens_q = [y - x for x, y in zip(cq, cq[1:])]
-        lens_k = [y - x for x, y in zip(ck, ck[1:])]
-        f = attention_varlen_flops(lens_q, lens_k, q.shape[1], q.shape[2], causal=bool(a["causal"]),
-                                   window=_window_of(a), pass_=pass_)
-        return getattr(f, kind)
-    return flops
-
-
-def _nbytes(t: Any) -> int:
-    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
-
-
-def _bytes(names: Sequence[str], reads: Sequence[str], backward: bool) -> Formula:
-    """Compulsory traffic: each input read once, each output written once; the backward also writes and
-    reads delta (one fp32 per query row, the size of lse)."""
-    def nbytes(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any = None) -> int:
-        a = _bind(names, args, kwargs)
-        total = sum(_nbytes(a.get(n)) for n in reads) + sum(_nbytes(t) for t in (out or ()))
-        return total + (2 * _nbytes(a["lse"]) if backward else 0)
-    return nbytes
-
-
-_FWD_ARGS = ("q", "k", "v", "causal", "scale", "window_left", "window_right")
-_BWD_ARGS = ("grad_out", "q", "k", "v", "out", "lse", "causal", "scale", "window_left", "window_right",
-             "grad_lse")
-_VFWD_ARGS = ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k", "causal", "scale",
-              "window_left", "window_right")
-_VBWD_ARGS = ("grad_out", "q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q",
-              "max_seqlen_k", "causal", "scale", "window_left", "window_right", "grad_lse")
-
-#: Executed FLOPs of each custom op from its call: fn(args, kwargs, out) -> int (pyscale.profile.flops).
-FLOP_FORMULAS: dict[str, Formula] = {
-    "pyscale::attention_fwd": _fixed_flops("fwd", _FWD_ARGS),
-    "pyscale::attention_bwd": _fixed_flops("bwd", _BWD_ARGS),
-    "pyscale::attention_varlen_fwd": _varlen_flops("fwd", _VFWD_ARGS),
-    "pyscale::attention_varlen_bwd": _varlen_flops("bwd", _VBWD_ARGS),
-}
-#: Model FLOPs (PaLM: every pair, backward = 2x forward) of each custom op.
-MODEL_FLOP_FORMULAS: dict[str, Formula] = {
-    "pyscale::attention_fwd": _fixed_flops("fwd", _FWD_ARGS, "model"),
-    "pyscale::attention_bwd": _fixed_flops("bwd", _BWD_ARGS, "model"),
-    "pyscale::attention_varlen_fwd": _varlen_flops("fwd", _VFWD_ARGS, "model"),
-    "pyscale::attention_varlen_bwd": _varlen_flops("bwd", _VBWD_ARGS, "model"),
-}
-#: Compulsory bytes moved by each custom op (the kernels never write the (seq_q, seq_k) matrix).
-BYTE_FORMULAS: dict[str, Formula] = {
-    "pyscale::attention_fwd": _bytes(_FWD_ARGS, ("q", "k", "v"), False),
-    "pyscale::attention_bwd": _bytes(_BWD_ARGS, ("grad_out", "q", "k", "v", "out", "lse", "grad_lse"), True),
-    "pyscale::attention_varlen_fwd": _bytes(_VFWD_ARGS, ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k"), False),
-    "pyscale::attention_varlen_bwd": _bytes(_VBWD_ARGS, ("grad_out", "q", "k", "v", "out", "lse", "cu_seqlens_q",
-                                                         "cu_seqlens_k", "grad_lse"), True),
-}

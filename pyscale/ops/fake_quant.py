@@ -19,14 +19,10 @@ Bytes: x read, the result written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
 from pyscale.ops._checks import check_choice, check_tensor
 from pyscale.ops._dispatch import dispatch
-from pyscale.ops.quantize import io_bytes
 from pyscale.reference import fake_quant as ref
 
 SCHEMES = ref.SCHEMES
@@ -100,11 +96,3 @@ def fake_quantize(x: torch.Tensor, scheme: str) -> torch.Tensor:
             raise ValueError(f"x must have a last dimension divisible by the group size of {scheme!r}: "
                              f"got {k}, group size {g}")
     return _fake_quantize_op(x, scheme)
-
-
-def _flops(args: tuple, kwargs: dict, out: Any) -> int:
-    return 0
-
-
-FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::fake_quantize": _flops}
-BYTE_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::fake_quantize": io_bytes}

@@ -8,24 +8,23 @@ gemm_fp8: c = (a * scale_a) @ (b * scale_b)^T (+ bias), fp32 accumulation, scale
 (when K <= 128 and N > 1, a (N, 1) scale_b means row-wise and a (ceil(N/128), 1) one block-wise).
 Backends: `triton` (CUDA with compute capability >= 8.9, or CPU in the interpreter) and `reference`.
 
-FLOPs (executed and model): 2 M N K, the products only. The scaling (2 M N, or 3 M N ceil(K/128)
-block-wise) and a bias are elementwise and, as for aten's `_scaled_mm` in pyscale.profile.flops, not
-counted, so TFLOP/s compare directly with cuBLAS.
-Bytes: a and b (1 byte per element), the scales (4 bytes each), the bias, and c.
+FLOPs (executed and model; `pyscale.formulas.gemm_flops`): 2 M N K, the products only. The scaling (2 M N,
+or 3 M N ceil(K/128) block-wise) and a bias are elementwise and, as for aten's `_scaled_mm` in
+pyscale.profile.flops, not counted, so TFLOP/s compare directly with cuBLAS.
+Bytes (`pyscale.formulas.gemm_fp8_bytes`): a and b (1 byte per element), the scales (4 bytes each), the
+bias, and c.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from pyscale.ops._checks import check_bias, check_choice, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
-from pyscale.ops.quantize import io_bytes, quantize_fp8
+from pyscale.ops.quantize import quantize_fp8
 from pyscale.reference import gemm_fp8 as ref
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -179,16 +178,3 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     lead = x.shape[:-1]
     y = _Fp8Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
     return y.reshape(*lead, weight.shape[0])
-
-
-# ---------------------------------------------------------------- formulas
-
-def gemm_fp8_flops(args: tuple, kwargs: dict, out: Any) -> int:
-    """FLOPs of pyscale::gemm_fp8(a, b, scale_a, scale_b, granularity, out_dtype, bias): 2 M N K."""
-    m, k = args[0].shape
-    return 2 * m * args[1].shape[0] * k
-
-
-FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_fp8": gemm_fp8_flops}
-MODEL_FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_fp8": gemm_fp8_flops}
-BYTE_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_fp8": io_bytes}

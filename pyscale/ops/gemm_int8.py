@@ -4,22 +4,19 @@ Format (DESIGN.md section 8): a (M, K) int8 activations with per-token scales (M
 weights with per-output-channel scales (N, 1) fp32; both symmetric (`pyscale.ops.quantize_int8`).
 Backends: `triton` (CUDA, or CPU in the interpreter) and `reference`.
 
-FLOPs (executed and model): 2 M N K integer operations; the scaling epilogue and bias are elementwise
-and, as for aten's `_int_mm`/`addmm` in pyscale.profile.flops, not counted.
-Bytes: a and b (1 byte per element), the scales, the bias, and c.
+FLOPs (executed and model; `pyscale.formulas.gemm_flops`): 2 M N K integer operations; the scaling
+epilogue and bias are elementwise and, as for aten's `_int_mm`/`addmm` in pyscale.profile.flops, not counted.
+Bytes (`pyscale.formulas.gemm_int8_bytes`): a and b (1 byte per element), the scales, the bias, and c.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from pyscale.ops._checks import check_bias, check_choice, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
-from pyscale.ops.quantize import io_bytes
 from pyscale.reference import gemm_int8 as ref
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -79,14 +76,3 @@ def gemm_int8(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: 
     if bias is not None:
         bias = bias.contiguous()  # the kernels index the bias with unit stride
     return _gemm_int8_op(a, b, scale_a, scale_b, out_dtype, bias)
-
-
-def gemm_int8_flops(args: tuple, kwargs: dict, out: Any) -> int:
-    """FLOPs of pyscale::gemm_int8(a, b, scale_a, scale_b, out_dtype, bias): 2 M N K."""
-    m, k = args[0].shape
-    return 2 * m * args[1].shape[0] * k
-
-
-FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_int8": gemm_int8_flops}
-MODEL_FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_int8": gemm_int8_flops}
-BYTE_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_int8": io_bytes}

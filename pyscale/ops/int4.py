@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 
 from pyscale import _ext, cuda_runtime
-from pyscale.ops._checks import check_choice, check_tensor
+from pyscale.ops._checks import check_choice, check_group_scales, check_tensor
 from pyscale.ops._dispatch import cuda_stream_of, dispatch, register_runtime_cuda
 from pyscale.ops._interop import as_torch
 from pyscale.reference import int4 as ref
@@ -250,12 +250,7 @@ def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     check_tensor("scales", scales, dtypes=FLOAT_DTYPES, ndim=2)
     n, k = qweight.shape[0], qweight.shape[1] * 2
     _check_group(k, group_size, "qweight holds K = 2 * qweight.shape[1]")
-    if tuple(scales.shape) != (n, k // group_size):
-        raise ValueError(f"scales must have shape (N, K/group_size) = {(n, k // group_size)}: got {tuple(scales.shape)}")
-    if zeros is not None:
-        check_tensor("zeros", zeros, dtypes=(torch.uint8,), ndim=2)
-        if zeros.shape != scales.shape:
-            raise ValueError(f"zeros must have the shape of scales {tuple(scales.shape)}: got {tuple(zeros.shape)}")
+    check_group_scales(scales, zeros, n, k, group_size)
     for name, t in (("scales", scales), ("zeros", zeros)):
         if t is not None and t.device != qweight.device:
             raise ValueError(f"{name} must be on the device of qweight ({qweight.device}): got {t.device}")

@@ -5,7 +5,7 @@ compile can, and needs no GPU: `triton.compile(ASTSource(...), target=GPUTarget(
 Compiles run in a subprocess without TRITON_INTERPRET (the variable is fixed at @triton.jit time) and
 are cached by the kernel module's source, the spec and the triton version.
 
-    specs = [KernelSpec("pyscale.kernels.moe:_route_kernel", signature={...}, constexprs={...})]
+    specs = [KernelSpec("pyscale.kernels.moe_route:_route_kernel", signature={...}, constexprs={...})]
     results = assert_compiles(specs)                      # raises AssertionError with every failure
     results = assert_compiles(specs, expect_refused=lambda r: r.arch == "sm_80")  # FP8 kernels
 """

@@ -13,11 +13,11 @@ from pyscale.benchmark.shapes import (
     MODELS,
     PREFILL_M,
     SHAPE_SETS,
-    active_flops,
     attention_shapes,
     gemm_shapes,
     moe_shapes,
 )
+from pyscale.formulas import moe_layer_model_flops
 
 
 def test_every_named_set_has_decode_and_prefill_shapes():
@@ -69,8 +69,9 @@ def test_moe_shape_sets():
             assert ("n_group" in case) == (case["scoring"] == "sigmoid")  # only DeepSeek-V3 groups experts
             m = MoE(8, 8, case["n_experts"], case["top_k"], device="meta")
             m.d_model, m.d_ff = case["d_model"], case["d_ff"]
-            assert active_flops(case) == case["tokens"] * m.flops_per_token()
-            assert active_flops(case, backward=True) == 3 * active_flops(case)
+            sizes = (case["tokens"], case["d_model"], case["d_ff"], case["n_experts"], case["top_k"])
+            assert moe_layer_model_flops(*sizes) == case["tokens"] * m.flops_per_token()
+            assert moe_layer_model_flops(*sizes, backward=True) == 3 * moe_layer_model_flops(*sizes)
 
 
 def test_deepseek_v3_sweeps_4k_to_32k_tokens():

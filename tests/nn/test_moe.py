@@ -11,7 +11,7 @@ import pyscale
 from pyscale.nn import MoE, MoEAux
 from pyscale.ops import moe_route
 from pyscale.ops.moe_align import expert_capacity
-from pyscale.reference import moe as ref
+from pyscale.reference import moe_layer as ref
 
 EPS = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 

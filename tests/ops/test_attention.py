@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pyscale
+from pyscale import formulas
 from pyscale.ops import attention, attention_varlen
 from pyscale.reference import attention as ref
 
@@ -373,43 +374,44 @@ def test_lse_is_differentiable(varlen):
        left=st.integers(-1, 12), right=st.integers(-1, 12))
 def test_pair_count_matches_mask(sq, sk, causal, left, right):
     expected = int(ref.band_mask(sq, sk, causal, left, right).sum())
-    assert ops_mod.attention_pairs(sq, sk, causal=causal, window=(left, right)) == expected
+    assert formulas.attention_pairs(sq, sk, causal=causal, window=(left, right)) == expected
 
 
 def test_flop_formulas():
-    f = ops_mod.attention_flops(2, 1024, 1024, 8, 128, causal=True)
+    f = formulas.attention_flops(2, 1024, 1024, 8, 128, causal=True)
     assert f.executed == 4 * (1024 * 1025 // 2) * 2 * 8 * 128
     assert f.model == 4 * 2 * 1024 * 1024 * 8 * 128
-    b = ops_mod.attention_flops(2, 1024, 1024, 8, 128, causal=True, pass_="bwd")
+    b = formulas.attention_flops(2, 1024, 1024, 8, 128, causal=True, pass_="bwd")
     assert b.executed * 2 == f.executed * 5 and b.model == 2 * f.model
-    both = ops_mod.attention_flops(2, 1024, 1024, 8, 128, causal=True, pass_="fwd+bwd")
+    both = formulas.attention_flops(2, 1024, 1024, 8, 128, causal=True, pass_="fwd+bwd")
     assert both == (f.executed + b.executed, f.model + b.model)
     with pytest.raises(ValueError, match="pass_"):
-        ops_mod.attention_flops(1, 1, 1, 1, 8, pass_="forward")
+        formulas.attention_flops(1, 1, 1, 1, 8, pass_="forward")
 
 
 def test_flop_formulas_registry_reads_custom_op_calls():
     q, k, v = _small()
-    fwd = ops_mod.FLOP_FORMULAS["pyscale::attention_fwd"]((q, k, v, True, 0.25, -1, -1), {}, None)
-    assert fwd == ops_mod.attention_flops(1, 9, 13, 4, 32, causal=True).executed
-    bwd = ops_mod.FLOP_FORMULAS["pyscale::attention_bwd"](
+    fwd = formulas.formulas_for("pyscale::attention_fwd").executed((q, k, v, True, 0.25, -1, -1), {}, None)
+    assert fwd == formulas.attention_flops(1, 9, 13, 4, 32, causal=True).executed
+    bwd = formulas.formulas_for("pyscale::attention_bwd").executed(
         (q, q, k, v), {"out": q, "lse": None, "causal": False, "scale": 1.0, "window_left": 2, "window_right": 0}, None)
-    assert bwd == ops_mod.attention_flops(1, 9, 13, 4, 32, window=(2, 0), pass_="bwd").executed
+    assert bwd == formulas.attention_flops(1, 9, 13, 4, 32, window=(2, 0), pass_="bwd").executed
     cu_q = torch.tensor([0, 4, 9], dtype=torch.int32)
     cu_k = torch.tensor([0, 6, 13], dtype=torch.int32)
     vq = q[0]
-    vf = ops_mod.FLOP_FORMULAS["pyscale::attention_varlen_fwd"]((vq, k[0], v[0], cu_q, cu_k, 5, 7, True, 1.0, -1, -1),
-                                                                {}, None)
-    assert vf == 4 * 4 * 32 * (ops_mod.attention_pairs(4, 6, causal=True) + ops_mod.attention_pairs(5, 7, causal=True))
-    model = ops_mod.MODEL_FLOP_FORMULAS["pyscale::attention_bwd"](
+    vf = formulas.formulas_for("pyscale::attention_varlen_fwd").executed(
+        (vq, k[0], v[0], cu_q, cu_k, 5, 7, True, 1.0, -1, -1), {}, None)
+    assert vf == 4 * 4 * 32 * (formulas.attention_pairs(4, 6, causal=True) + formulas.attention_pairs(5, 7, causal=True))
+    model = formulas.formulas_for("pyscale::attention_bwd").model(
         (q, q, k, v), {"out": q, "lse": None, "causal": True, "scale": 1.0, "window_left": -1, "window_right": -1}, None)
     assert model == 8 * 9 * 13 * 4 * 32
     out, lse = ops_mod.attention_fwd(q, k, v, True, 0.25, -1, -1)
-    moved = ops_mod.BYTE_FORMULAS["pyscale::attention_fwd"]((q, k, v, True, 0.25, -1, -1), {}, (out, lse))
+    moved = formulas.formulas_for("pyscale::attention_fwd").bytes((q, k, v, True, 0.25, -1, -1), {}, (out, lse))
     assert moved == 4 * (2 * q.numel() + k.numel() + v.numel() + lse.numel())
-    assert set(ops_mod.MODEL_FLOP_FORMULAS) == set(ops_mod.BYTE_FORMULAS) == set(ops_mod.FLOP_FORMULAS)
-    assert set(ops_mod.FLOP_FORMULAS) == {"pyscale::attention_fwd", "pyscale::attention_bwd",
-                                          "pyscale::attention_varlen_fwd", "pyscale::attention_varlen_bwd"}
+    attention_ops = {op for op in formulas.BUILTIN_FORMULAS if op.startswith("pyscale::attention")}
+    assert attention_ops == {"pyscale::attention_fwd", "pyscale::attention_bwd",
+                             "pyscale::attention_varlen_fwd", "pyscale::attention_varlen_bwd"}
+    assert all(f.model is not None and f.bytes is not None for f in map(formulas.formulas_for, attention_ops))
 
 
 def test_profiler_counts_forward_and_backward_ops():
@@ -418,9 +420,9 @@ def test_profiler_counts_forward_and_backward_ops():
     with pyscale.backend("reference"), flops_mod.FlopCounter() as counter:
         attention(q, k, v, causal=True).sum().backward()
     by_op = counter.counts().by_op()
-    assert by_op[("forward", "pyscale::attention_fwd")].flops == ops_mod.attention_flops(
+    assert by_op[("forward", "pyscale::attention_fwd")].flops == formulas.attention_flops(
         1, 9, 13, 4, 32, causal=True).executed
-    assert by_op[("backward", "pyscale::attention_bwd")].flops == ops_mod.attention_flops(
+    assert by_op[("backward", "pyscale::attention_bwd")].flops == formulas.attention_flops(
         1, 9, 13, 4, 32, causal=True, pass_="bwd").executed
 
 

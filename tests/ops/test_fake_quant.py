@@ -8,7 +8,8 @@ import torch
 
 import pyscale
 from pyscale import ops
-from pyscale.ops.fake_quant import BYTE_FORMULAS, FLOP_FORMULAS, SCHEMES
+from pyscale.formulas import formulas_for
+from pyscale.ops.fake_quant import SCHEMES
 from pyscale.reference import fake_quant as ref
 from pyscale.testing.numerics import gpu_like_casts, sqnr_db  # noqa: F401
 
@@ -85,5 +86,5 @@ def test_opcheck():
 def test_formulas():
     x = torch.randn(4, 64)
     out = ops.fake_quantize(x, "int8-token")
-    assert FLOP_FORMULAS["pyscale::fake_quantize"]((x, "int8-token"), {}, out) == 0
-    assert BYTE_FORMULAS["pyscale::fake_quantize"]((x, "int8-token"), {}, out) == 2 * 4 * 256
+    assert formulas_for("pyscale::fake_quantize").executed((x, "int8-token"), {}, out) == 0
+    assert formulas_for("pyscale::fake_quantize").bytes((x, "int8-token"), {}, out) == 2 * 4 * 256

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 import pyscale
 from pyscale import ops
+from pyscale.formulas import formulas_for
 from pyscale.kernels import gemm_fp8 as kernels
-from pyscale.ops.gemm_fp8 import BYTE_FORMULAS, FLOP_FORMULAS, check_fp8_device
+from pyscale.ops.gemm_fp8 import check_fp8_device
 from pyscale.reference import gemm_fp8 as ref_gemm
 from pyscale.reference import quantize as ref_q
 from pyscale.testing.aot import KernelSpec, assert_compiles
@@ -150,9 +151,9 @@ def test_formulas():
     qa, qb, sa, sb = _operands(4, 8, 300, "block")
     args = (qa, qb, sa, sb, "block", torch.bfloat16, None)
     out = torch.empty(4, 8, dtype=torch.bfloat16)
-    assert FLOP_FORMULAS["pyscale::gemm_fp8"](args, {}, out) == 2 * 4 * 8 * 300
+    assert formulas_for("pyscale::gemm_fp8").executed(args, {}, out) == 2 * 4 * 8 * 300
     expected_bytes = 4 * 300 + 8 * 300 + 4 * (sa.numel() + sb.numel()) + 4 * 8 * 2
-    assert BYTE_FORMULAS["pyscale::gemm_fp8"](args, {}, out) == expected_bytes
+    assert formulas_for("pyscale::gemm_fp8").bytes(args, {}, out) == expected_bytes
 
 
 # ----------------------------------------------------------------------------- ahead of time

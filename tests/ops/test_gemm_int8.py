@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyscale import ops
+from pyscale.formulas import formulas_for
 from pyscale.kernels import gemm_int8 as kernels
-from pyscale.ops.gemm_int8 import BYTE_FORMULAS, FLOP_FORMULAS
 from pyscale.reference import gemm_int8 as ref_gemm
 from pyscale.reference import quantize as ref_q
 from pyscale.testing.aot import KernelSpec, assert_compiles
@@ -109,8 +109,8 @@ def test_formulas():
     qa, qb, sa, sb = _operands(4, 8, 64)
     args = (qa, qb, sa, sb, torch.bfloat16, None)
     out = torch.empty(4, 8, dtype=torch.bfloat16)
-    assert FLOP_FORMULAS["pyscale::gemm_int8"](args, {}, out) == 2 * 4 * 8 * 64
-    assert BYTE_FORMULAS["pyscale::gemm_int8"](args, {}, out) == 4 * 64 + 8 * 64 + 4 * 4 + 8 * 4 + 4 * 8 * 2
+    assert formulas_for("pyscale::gemm_int8").executed(args, {}, out) == 2 * 4 * 8 * 64
+    assert formulas_for("pyscale::gemm_int8").bytes(args, {}, out) == 4 * 64 + 8 * 64 + 4 * 4 + 8 * 4 + 4 * 8 * 2
 
 
 def test_compiles_ahead_of_time():

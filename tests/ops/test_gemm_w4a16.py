@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import pyscale
 from pyscale import ops
+from pyscale.formulas import formulas_for
 from pyscale.kernels import gemm_w4a16 as kernels
-from pyscale.ops.gemm_w4a16 import BYTE_FORMULAS, FLOP_FORMULAS
 from pyscale.testing.aot import KernelSpec, assert_compiles
 from pyscale.testing.numerics import gpu_like_casts, sqnr_db  # noqa: F401
 
@@ -132,8 +132,8 @@ def test_formulas():
     x, packed = _problem(4, 16, 128, 64, True, torch.float16)
     args = (x, packed.qweight, packed.scales, None, 64, None)
     out = torch.empty(4, 16, dtype=torch.float16)
-    assert FLOP_FORMULAS["pyscale::gemm_w4a16"](args, {}, out) == 2 * 4 * 16 * 128
-    assert BYTE_FORMULAS["pyscale::gemm_w4a16"](args, {}, out) == 4 * 128 * 2 + 16 * 64 + 16 * 2 * 2 + 4 * 16 * 2
+    assert formulas_for("pyscale::gemm_w4a16").executed(args, {}, out) == 2 * 4 * 16 * 128
+    assert formulas_for("pyscale::gemm_w4a16").bytes(args, {}, out) == 4 * 128 * 2 + 16 * 64 + 16 * 2 * 2 + 4 * 16 * 2
 
 
 def test_config_paths(monkeypatch):

@@ -10,7 +10,7 @@ from pyscale.testing.aot import ARCHS, KernelSpec, assert_compiles
 
 pytest.importorskip("triton")
 
-MOD = "pyscale.kernels.moe"
+ROUTE, GEMM, COMBINE = "pyscale.kernels.moe_route", "pyscale.kernels.grouped_gemm", "pyscale.kernels.moe_combine"
 TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -22,7 +22,7 @@ def _gemm_specs(arch: str, full: bool = True) -> list[KernelSpec]:
     full=False keeps CI's budget (DESIGN.md section 4): per kernel and arch the largest configuration, the
     fused SwiGLU forward in bf16 and the fused SwiGLU backward in fp16, so both dtypes and every fused path
     compile; the slow test compiles every launch."""
-    from pyscale.kernels import moe as k
+    from pyscale.kernels import grouped_gemm as k
 
     cc = ARCHS[arch][0]
     cap = (cc // 10, cc % 10)
@@ -47,7 +47,7 @@ def _gemm_specs(arch: str, full: bool = True) -> list[KernelSpec]:
                       "DOT_PRECISION": "tf32", "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
                       "BLOCK_K": cfg["BLOCK_K"], "GROUP_M": cfg["GROUP_M"]}
             sig.update({n: "constexpr" for n in consts})
-            specs.append(KernelSpec(f"{MOD}:_grouped_gemm_kernel", sig, consts, cfg["num_warps"], cfg["num_stages"],
+            specs.append(KernelSpec(f"{GEMM}:_grouped_gemm_kernel", sig, consts, cfg["num_warps"], cfg["num_stages"],
                                     label=f"fwd mode{mode} {unit}=1 {t} {arch}"))
     for dtype, modes in dw_cases.items():
         t = TRITON_DTYPE[dtype]
@@ -60,7 +60,7 @@ def _gemm_specs(arch: str, full: bool = True) -> list[KernelSpec]:
             consts = {"GATHER": True, "MODE": mode, "UPCAST": False, "DOT_PRECISION": "tf32",
                       "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"]}
             sig.update({n: "constexpr" for n in consts})
-            specs.append(KernelSpec(f"{MOD}:_grouped_gemm_dw_kernel", sig, consts, cfg["num_warps"],
+            specs.append(KernelSpec(f"{GEMM}:_grouped_gemm_dw_kernel", sig, consts, cfg["num_warps"],
                                     cfg["num_stages"], label=f"dw mode{mode} {t} {arch}"))
     return specs
 
@@ -84,10 +84,10 @@ def _small_specs() -> list[KernelSpec]:
                 "stride_gom": "i32", "stride_ym": "i32", "stride_gym": "i32"}
     cbwd_consts = {"TOP_K": 8, "BLOCK_M": 16, "BLOCK_D": 128}
     cbwd_sig.update({n: "constexpr" for n in cbwd_consts})
-    return [KernelSpec(f"{MOD}:_route_kernel", route_sig, route_consts, 4, 1, "route E256 k8 groups"),
-            KernelSpec(f"{MOD}:_route_bwd_kernel", bwd_sig, bwd_consts, 4, 1, "route bwd E256 k8"),
-            KernelSpec(f"{MOD}:_combine_kernel", comb_sig, comb_consts, 4, 1, "combine bf16 D256"),
-            KernelSpec(f"{MOD}:_combine_bwd_kernel", cbwd_sig, cbwd_consts, 4, 1, "combine bwd bf16 D128")]
+    return [KernelSpec(f"{ROUTE}:_route_kernel", route_sig, route_consts, 4, 1, "route E256 k8 groups"),
+            KernelSpec(f"{ROUTE}:_route_bwd_kernel", bwd_sig, bwd_consts, 4, 1, "route bwd E256 k8"),
+            KernelSpec(f"{COMBINE}:_combine_kernel", comb_sig, comb_consts, 4, 1, "combine bf16 D256"),
+            KernelSpec(f"{COMBINE}:_combine_bwd_kernel", cbwd_sig, cbwd_consts, 4, 1, "combine bwd bf16 D128")]
 
 
 def test_moe_kernels_compile_ahead_of_time():

@@ -140,12 +140,12 @@ def test_opcheck():
 
 
 def test_formulas():
-    from pyscale.ops.quantize import BYTE_FORMULAS, FLOP_FORMULAS
+    from pyscale.formulas import formulas_for
 
     x = torch.randn(6, 256)
     out = torch.ops.pyscale.quantize_fp8.default(x, "row", torch.float8_e4m3fn)
-    assert FLOP_FORMULAS["pyscale::quantize_fp8"]((x, "row", torch.float8_e4m3fn), {}, out) == 0
-    assert BYTE_FORMULAS["pyscale::quantize_fp8"]((x, "row", torch.float8_e4m3fn), {}, out) == 6 * 256 * (4 + 1) + 6 * 4
+    assert formulas_for("pyscale::quantize_fp8").executed((x, "row", torch.float8_e4m3fn), {}, out) == 0
+    assert formulas_for("pyscale::quantize_fp8").bytes((x, "row", torch.float8_e4m3fn), {}, out) == 6 * 256 * (4 + 1) + 6 * 4
 
 
 # ----------------------------------------------------------------------------- test helpers

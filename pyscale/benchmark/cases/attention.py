@@ -1,13 +1,15 @@
 """Attention cases: the attention of named models (pyscale.benchmark.shapes), forward, backward and
 forward+backward, for pyscale's kernel and every SDPA backend (flash, efficient, cuDNN, math where its
 scores fit in memory). TFLOP/s use the executed count with causal pairs counted exactly; model FLOPs
-(no causal discount) are stored too. Bytes: q, k, v and o once per pass (twice for the backward).
+(no causal discount) are stored too. FLOPs and bytes are those of pyscale's op (`pyscale.formulas`): q, k, v,
+o and lse once per pass (the backward also dO, dq, dk, dv, delta and the lse gradient).
 """
 
 from __future__ import annotations
 
 import importlib
 
+from pyscale import formulas
 from pyscale.benchmark.cases import torch_dtype
 from pyscale.benchmark.runner import Case, Workload
 from pyscale.benchmark.shapes import attention_shapes
@@ -81,9 +83,7 @@ def workload(case: Case, device: str) -> Workload:
         dout = torch.randn(b, s, h, d, generator=gen).to(device=device, dtype=dtype)
         fn = lambda q_, k_, v_, g: torch.autograd.grad(attn(q_, k_, v_, causal), (q_, k_, v_), g)
         args = (q, k, v, dout)
-    flops = attn_mod.attention_flops(b, s, s, h, d, causal=causal, pass_=pass_)
-    size = torch.finfo(dtype).bits // 8
-    qkvo = (2 * b * s * h * d + 2 * b * s * hkv * d) * size
-    nbytes = qkvo * {"fwd": 1, "bwd": 2, "fwd+bwd": 3}[pass_]
+    flops = formulas.attention_flops(b, s, s, h, d, causal=causal, pass_=pass_)
+    nbytes = formulas.attention_bytes(b, s, s, h, hkv, d, torch.finfo(dtype).bits // 8, pass_=pass_)
     return Workload(fn, args, flops=float(flops.executed), model_flops=float(flops.model), bytes=float(nbytes),
                     notes={"flops_convention": "executed, causal pairs counted exactly"})

@@ -4,12 +4,13 @@ Formats (the case's dtype): `bf16` (fp32 on CPU) plain GEMM, `fp8-tensor` / `fp8
 `int8` (W8A8) and `w4a16-g128`. Implementations: pyscale's op for every quantized format, and the
 baselines `torch.mm` (the unquantized layer), `torch._scaled_mm` (FP8 tensor- and row-wise) and
 `torch._int_mm` (int8, M > 16 only: it refuses fewer rows). All cases of one layer and M share op "gemm",
-so each pyscale row is compared with every baseline of the same shape (pyscale.benchmark.rows). FLOPs
-2·M·N·K for all; bytes are the compulsory traffic of the format (operands once, scales, output once).
+so each pyscale row is compared with every baseline of the same shape (pyscale.benchmark.rows). FLOPs 2·M·N·K for all; bytes are the compulsory
+traffic of the format as pyscale's op counts it (`pyscale.formulas`: operands once, scales, output once).
 """
 
 from __future__ import annotations
 
+from pyscale import formulas
 from pyscale.benchmark.cases import torch_dtype
 from pyscale.benchmark.runner import Case, Workload
 from pyscale.benchmark.shapes import gemm_shapes
@@ -46,12 +47,12 @@ def cases(shape_set: str, device: str) -> list[Case]:
 
 def _bytes(fmt: str, m: int, n: int, k: int, out_size: int) -> float:
     if fmt in ("bf16", "fp16", "fp32"):
-        size = 4 if fmt == "fp32" else 2
-        return float((m * k + n * k) * size + m * n * out_size)
+        return float(formulas.gemm_bytes(m, n, k, 4 if fmt == "fp32" else 2, out_size))
     if fmt == "w4a16-g128":
-        return float(2 * m * k + n * k // 2 + 2 * n * (k // GROUP) + m * n * out_size)
-    scales = 4 * (m + n) if fmt != "fp8-block" else 4 * (m * -(-k // 128) + -(-n // 128) * -(-k // 128))
-    return float(m * k + n * k + scales + m * n * out_size)
+        return float(formulas.gemm_w4a16_bytes(m, n, k, GROUP, out_size))
+    if fmt == "int8":
+        return float(formulas.gemm_int8_bytes(m, n, k, out_size))
+    return float(formulas.gemm_fp8_bytes(m, n, k, fmt.removeprefix("fp8-"), out_size))
 
 
 def workload(case: Case, device: str) -> Workload:
@@ -69,7 +70,7 @@ def workload(case: Case, device: str) -> Workload:
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(m, k, generator=gen).to(device=device, dtype=act)
     w = (torch.randn(n, k, generator=gen) / k**0.5).to(device=device, dtype=act)
-    flops = 2.0 * m * n * k
+    flops = float(formulas.gemm_flops(m, n, k))
     if fmt in ("bf16", "fp16", "fp32"):
         x, w = x.to(torch_dtype(fmt)), w.to(torch_dtype(fmt))
         fn, args = (lambda a, b: torch.mm(a, b.t())), (x, w)

@@ -4,7 +4,8 @@ layer on `torch._grouped_mm` (bf16, where the installed torch has it; otherwise 
 saying why, since pyscale.benchmark has no per-case skip status).
 
 FLOPs: active parameters (router 2·T·d·E + experts 2·T·k·3·d·d_ff; ×3 with the backward); routing alone
-counts the gating formula of pyscale.ops.moe_route (5·T·E + 2·T·E·k + T·k).
+counts the gating formula of pyscale.ops.moe_route (5·T·E + 2·T·E·k + T·k). Bytes: the layer's expert weights
+(×3 with the backward); routing alone moe_route's and moe_align's own (`pyscale.formulas`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from pyscale import formulas
 from pyscale.benchmark.cases import torch_dtype
 from pyscale.benchmark.runner import Case, Workload
-from pyscale.benchmark.shapes import active_flops, moe_shapes
+from pyscale.benchmark.shapes import moe_shapes
 
 IMPLS = ("pyscale", "torch._grouped_mm", "loop")
 OPS = ("moe_fwd", "moe_fwd_bwd", "moe_route")
@@ -49,7 +51,7 @@ def cases(shape_set: str, device: str) -> list[Case]:
 
 
 def _route(logits, shape: dict[str, Any]):
-    from pyscale.reference import moe as ref
+    from pyscale.reference import moe_route as ref
 
     return ref.moe_route(logits, shape["top_k"], shape["scoring"], True, shape.get("n_group"),
                          shape.get("topk_group"))
@@ -140,8 +142,9 @@ def workload(case: Case, device: str) -> Workload:
             return moe_align(ids, e, block, check_values=False)
 
         k = shape["top_k"]
-        return Workload(route, (logits,), flops=float(5 * t * e + 2 * t * e * k + t * k), model_flops=None,
-                        bytes=float(t * e * 4 + t * k * 8))
+        nbytes = formulas.moe_route_bytes(t, e, k, logits.element_size()) + formulas.moe_align_bytes(t, k, e, block)
+        return Workload(route, (logits,), flops=float(formulas.moe_route_flops(t, e, k)), model_flops=None,
+                        bytes=float(nbytes))
     if case.op not in OPS:
         raise ValueError(f"moe: unknown op {case.op!r} (known: {', '.join(OPS)})")
     module = make_layer(shape, device, dtype)
@@ -157,7 +160,7 @@ def workload(case: Case, device: str) -> Workload:
         def step(inp):
             with torch.no_grad():
                 return fn(inp)
-    flops = float(active_flops(shape, backward))
-    weight_bytes = 3 * e * d * shape["d_ff"] * torch.finfo(dtype).bits // 8
-    return Workload(step, (x,), flops=flops, model_flops=flops, bytes=float(weight_bytes * (3 if backward else 1)),
+    flops = float(formulas.moe_layer_model_flops(t, d, shape["d_ff"], e, shape["top_k"], backward=backward))
+    weight_bytes = formulas.moe_layer_weight_bytes(d, shape["d_ff"], e, torch.finfo(dtype).bits // 8, backward=backward)
+    return Workload(step, (x,), flops=flops, model_flops=flops, bytes=float(weight_bytes),
                     notes={"flops_convention": "active parameters (router + top-k experts)"})
