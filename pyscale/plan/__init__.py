@@ -8,7 +8,7 @@ from __future__ import annotations
 from pyscale.plan.budget import Budget
 from pyscale.plan.hardware import Hardware, from_measurements, from_user
 from pyscale.plan.law import LawChoice, choose_law
-from pyscale.plan.planner import OBJECTIVES, Plan, plan
+from pyscale.plan.planner import OBJECTIVES, Plan, PlanCost, plan
 
-__all__ = ["OBJECTIVES", "Budget", "Hardware", "LawChoice", "Plan", "choose_law", "from_measurements",
+__all__ = ["OBJECTIVES", "Budget", "Hardware", "LawChoice", "Plan", "PlanCost", "choose_law", "from_measurements",
            "from_user", "plan"]
