@@ -62,6 +62,10 @@ def _cost_attribute(name: str) -> property:
 
 @dataclass
 class Plan:
+    """A training run within a budget: the law's optimum, a concrete architecture with its exact size and
+    tokens, batch and memory, and in `cost` what it takes on the hardware. The cost figures also read as
+    flat attributes (`p.time_s`), as in `to_dict()`."""
+
     objective: str
     budget: Budget
     law: str
