@@ -149,12 +149,13 @@ def _law_section(law: str, data: str | None, out: Path) -> tuple[Section, Any]:
 
 def _profile_hardware(profile: Any) -> tuple[Any, str]:
     """Hardware priced by the fitted cost model, and where it came from; (None, why) when it cannot be."""
-    from pyscale.plan.step_model import hardware_for_profile
+    from pyscale.plan import choose_hardware
 
     if profile is None:
         return None, "no cost model was fitted (see Cost model), so the plan has no throughput or power"
     try:
-        hardware, options = hardware_for_profile(profile)
+        hardware = choose_hardware(profile=profile)
+        options = hardware.step_options
     except ValueError as exc:
         return None, f"the cost model cannot price a GPT training step ({exc}), so the plan has no throughput"
     source = (f"the cost model fitted above (`device_profile.json`, {profile.device_name}): one step priced as "

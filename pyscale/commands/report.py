@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pyscale.benchmark.shapes import SHAPE_SETS
@@ -36,10 +37,15 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     hardware = None
     if args.gpu:
+        from pyscale.commands.plan import error_line
         from pyscale.plan import from_user
 
-        hardware = from_user(args.gpu, mfu=args.mfu, power_w=args.power_w,
-                             price_per_device_hour=args.price_per_gpu_hour)
+        try:
+            hardware = from_user(args.gpu, mfu=args.mfu, power_w=args.power_w,
+                                 price_per_device_hour=args.price_per_gpu_hour)
+        except ValueError as exc:  # the same flags as `pyscale plan`, so its wording fits
+            print(f"pyscale report: {error_line(exc)}", file=sys.stderr)
+            return 2
     path = run_main_job(args.out, store_path=args.store, shapes=args.shapes, families=args.family,
                         skip_bench=args.skip_bench, data=args.data, law=args.law, budget=args.budget,
                         hardware=hardware, on_stage=lambda s: console.print(f"[bold cyan]▶ {s}[/]"))

@@ -104,8 +104,11 @@ def hardware_from_profile(profile: Any, *, micro_batch: int = 1, peak_flops_per_
             return None, f"cost model has no energy model: {pred.unavailable_reasons.get('energy_j')}"
         return pred.energy_j / pred.time_s, f"energy model of {profile.device_name} (energy roofline)"
 
-    return Hardware(profile.device_name, n_devices, dp_efficiency, "user-given" if dp_efficiency else "",
-                    peak_flops_per_s, dtype, memory_bytes, price_per_device_hour, pue, flops, power)
+    return Hardware(device_name=profile.device_name, n_devices=n_devices, dp_efficiency=dp_efficiency,
+                    dp_efficiency_source="user-given" if dp_efficiency else "", peak_flops_per_s=peak_flops_per_s,
+                    dtype=dtype, memory_bytes=memory_bytes, price_per_device_hour=price_per_device_hour, pue=pue,
+                    flops_source=flops, power_source=power,
+                    step_options={"dtype": dtype, "micro_batch": micro_batch, **breakdown})
 
 
 STEP_DTYPES = ("bf16", "fp16", "fp32")  # training dtypes, most usual first
@@ -152,9 +155,9 @@ def step_options(profile: Any, dtype: str | None = None) -> dict[str, str]:
                      f"{sorted({(o, d) for o, d, _ in have})}")
 
 
-def hardware_for_profile(profile: Any, dtype: str | None = None, **fleet: Any) -> tuple[Hardware, dict[str, str]]:
-    """`hardware_from_profile` in the step options the profile models (`step_options`), with the device's
-    peak and memory from hw.py where it knows the device; returns the hardware and those options.
+def hardware_for_profile(profile: Any, dtype: str | None = None, **fleet: Any) -> Hardware:
+    """`hardware_from_profile` in the step options the profile models (`step_options`, recorded in the
+    hardware's `step_options`), with the device's peak and memory from hw.py where it knows the device.
 
     fleet: n_devices, dp_efficiency, price_per_device_hour, pue. A ValueError names what is missing."""
     from pyscale import hw
@@ -162,10 +165,8 @@ def hardware_for_profile(profile: Any, dtype: str | None = None, **fleet: Any) -
     options = step_options(profile, dtype)
     spec = hw.lookup(profile.device_name)
     known = isinstance(spec, hw.GPUSpec)
-    hardware = hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, options["dtype"]) if known
-                                     else None, memory_bytes=spec.memory_bytes if known else None, **options,
-                                     **fleet)
-    return hardware, options
+    return hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, options["dtype"]) if known
+                                 else None, memory_bytes=spec.memory_bytes if known else None, **options, **fleet)
 
 
 def validate_against_store(profile: Any, rows: Sequence[dict[str, Any]], **breakdown: Any) -> list[dict[str, Any]]:

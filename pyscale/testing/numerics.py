@@ -1,4 +1,5 @@
-"""Numeric helpers for tests: SQNR in dB, and a fix for the Triton interpreter's float casts.
+"""Numeric helpers for tests: DESIGN §3's error rule against a float64 oracle, SQNR in dB, and a fix for
+the Triton interpreter's float casts.
 
 The Triton 3.6 interpreter converts fp32 to fp8 and bf16 with its own bit manipulation, which rounds
 fp32 -> bf16 by truncation and gets 2-4 % of fp32 -> fp8 values wrong. GPUs round to nearest even
@@ -30,6 +31,34 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     if signal == 0.0:
         return -math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+# DESIGN §3: a kernel may be at most this many times less accurate than the op-by-op reference run in the
+# same low precision (gradients accumulate more rounding steps, hence the looser factor) ...
+FORWARD_FACTOR = 2.0
+GRADIENT_FACTOR = 3.0
+# ... plus a floor of a few ulps of max|oracle|, since the reference's own error can be 0 (e.g. seq_k = 1).
+FLOOR_ULPS = 4
+
+
+def _max_abs_error(approx: torch.Tensor, oracle: torch.Tensor) -> float:
+    return (approx.detach().double() - oracle.detach().double()).abs().max().item() if approx.numel() else 0.0
+
+
+def assert_within_reference_error(name: str, got: torch.Tensor, reference: torch.Tensor, oracle: torch.Tensor,
+                                  *, gradient: bool = False, ulps: int = FLOOR_ULPS) -> None:
+    """Assert DESIGN §3's rule: max|got - oracle| <= factor x max|reference - oracle| + ulps x eps x max|oracle|.
+
+    got: the kernel's result; reference: the op-by-op reference in the same low precision; oracle: the
+    reference in float64. factor is FORWARD_FACTOR, or GRADIENT_FACTOR with `gradient=True`; eps is that of
+    got's dtype. NaN in `got` fails; empty tensors pass. `name` labels the failure message.
+    """
+    assert not torch.isnan(got).any(), f"{name}: NaN in the kernel result"
+    factor = GRADIENT_FACTOR if gradient else FORWARD_FACTOR
+    floor = ulps * torch.finfo(got.dtype).eps * (oracle.detach().abs().max().item() if oracle.numel() else 0.0)
+    err, ref_err = _max_abs_error(got, oracle), _max_abs_error(reference, oracle)
+    assert err <= factor * ref_err + floor, (f"{name}: error {err:.3e} > {factor:g} x reference error "
+                                             f"{ref_err:.3e} + floor {floor:.3e}")
 
 
 # largest finite value of each fp8 format: GPU conversions use .satfinite, so finite overflow saturates

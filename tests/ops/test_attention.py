@@ -19,13 +19,13 @@ import pyscale
 from pyscale import formulas
 from pyscale.ops import attention, attention_varlen
 from pyscale.reference import attention as ref
+from pyscale.testing.numerics import assert_within_reference_error
 
 ops_mod = importlib.import_module("pyscale.ops.attention")  # the module (pyscale.ops.attention is the function)
 kernels = importlib.import_module("pyscale.kernels.attention")
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-ULPS = 4  # the floor of the error bound, in ulps of the dtype times max|oracle|
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -36,16 +36,6 @@ def _rand(*shape, dtype, gen, device=DEVICE):
 
 def _err(a: torch.Tensor, oracle: torch.Tensor) -> float:
     return (a.double() - oracle.double()).abs().max().item() if a.numel() else 0.0
-
-
-def _assert_close_rule(name: str, got: torch.Tensor, lowp: torch.Tensor, oracle: torch.Tensor,
-                       factor: float, dtype: torch.dtype) -> None:
-    """DESIGN section 3: err(kernel) <= factor * err(op-by-op reference in dtype) + ULPS * eps * max|oracle|."""
-    assert not torch.isnan(got).any(), f"{name}: NaN in the kernel result"
-    floor = ULPS * torch.finfo(dtype).eps * (oracle.abs().max().item() if oracle.numel() else 0.0)
-    bound = factor * _err(lowp, oracle) + floor
-    err = _err(got, oracle)
-    assert err <= bound, f"{name}: error {err:.3e} > {factor} x lowp error {_err(lowp, oracle):.3e} + floor {floor:.3e}"
 
 
 def _window_kw(window):
@@ -63,7 +53,7 @@ def _check_against_oracle(b, sq, sk, hq, hkv, d, causal, window, dtype, seed=0, 
     kw = {"causal": causal, "scale": d ** -0.5, **_window_kw(window)}
     o64, lse64 = ref.attention(q.double(), k.double(), v.double(), **kw)
     olow, _ = ref.attention(q, k, v, compute_dtype=dtype, **kw)
-    _assert_close_rule("out", out, olow, o64, 2.0, dtype)
+    assert_within_reference_error("out", out, olow, o64)
     assert lse.dtype == torch.float32 and lse.shape == (b, hq, sq)
     assert torch.equal(torch.isneginf(lse), torch.isneginf(lse64)), "lse -inf rows differ from the oracle"
     finite = torch.isfinite(lse64)
@@ -76,7 +66,7 @@ def _check_against_oracle(b, sq, sk, hq, hkv, d, causal, window, dtype, seed=0, 
     glow = ref.attention_backward(do, q, k, v, compute_dtype=dtype, **kw)
     for name, got, low, orc in zip(("dq", "dk", "dv"), (qg.grad, kg.grad, vg.grad), glow, g64):
         assert got.shape == orc.shape and got.dtype == dtype
-        _assert_close_rule(name, got, low, orc, 3.0, dtype)
+        assert_within_reference_error(name, got, low, orc, gradient=True)
 
 
 # ----------------------------------------------------------------------------- numerics (CI)
@@ -261,12 +251,12 @@ def test_varlen_matches_oracle(lens_q, lens_k, hq, hkv, d, causal, window, dtype
     o64, lse64 = ref.attention_varlen(q.double(), k.double(), v.double(), cu_q, cu_k, **kw)
     olow, _ = ref.attention_varlen(q, k, v, cu_q, cu_k, compute_dtype=dtype, **kw)
     assert lse.shape == (hq, tq)
-    _assert_close_rule("out", out, olow, o64, 2.0, dtype)
+    assert_within_reference_error("out", out, olow, o64)
     assert torch.equal(torch.isneginf(lse), torch.isneginf(lse64))
     g64 = ref.attention_varlen_backward(do.double(), q.double(), k.double(), v.double(), cu_q, cu_k, **kw)
     glow = ref.attention_varlen_backward(do, q, k, v, cu_q, cu_k, compute_dtype=dtype, **kw)
     for name, leaf, low, orc in zip(("dq", "dk", "dv"), leaves, glow, g64):
-        _assert_close_rule(name, leaf.grad, low, orc, 3.0, dtype)
+        assert_within_reference_error(name, leaf.grad, low, orc, gradient=True)
     # A length-0 key sequence: its queries give 0 / -inf / zero dq, never NaN.
     for i, (a, b) in enumerate(zip(lens_q, lens_k)):
         if b == 0 and a > 0:

@@ -47,9 +47,10 @@ def synthetic_profile(path, *, slowdown: float = 1.0, watts: float = 300.0, name
         return fit_device_profile(store, device=name)
 
 
-@pytest.fixture
-def profile(make_profile):
-    return make_profile()
+@pytest.fixture(scope="session")
+def profile(tmp_path_factory):
+    """The default synthetic profile, fitted once per session (no test changes it)."""
+    return synthetic_profile(tmp_path_factory.mktemp("profile") / "Synthetic GPU.db")
 
 
 @pytest.fixture
