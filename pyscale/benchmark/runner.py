@@ -25,9 +25,7 @@ from typing import Any, Protocol
 
 from pyscale import store as st
 from pyscale import sysinfo
-from pyscale.benchmark.shapes import check_shape_set
-
-FAMILIES = ("attention", "gemm", "moe")
+from pyscale.benchmark.shapes import FAMILIES, check_shape_set
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ MODELS: dict[str, ModelShapes] = {
 }
 
 SHAPE_SETS = ("quick", *MODELS, "grid")
+FAMILIES = ("attention", "gemm", "moe")  # the op families a shape set gives shapes for
 
 SEQS = (512, 1024, 2048, 4096, 8192, 16384)
 TOKENS_PER_STEP = 16384

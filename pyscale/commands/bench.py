@@ -7,13 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from pyscale.benchmark.shapes import MODELS, SHAPE_SETS
+from pyscale.benchmark.shapes import FAMILIES, MODELS, SHAPE_SETS
 
 HELP = "benchmark pyscale's ops and their baselines on this device into the store"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("family", nargs="?", default="all", choices=["attention", "gemm", "moe", "all"],
+    parser.add_argument("family", nargs="?", default="all", choices=[*FAMILIES, "all"],
                         help="op family to sweep (default: all)")
     parser.add_argument("--shapes", default=None, choices=SHAPE_SETS, metavar="SHAPES",
                         help=f"shape set named after a model: {', '.join(MODELS)}; or quick (tiny, every family), "

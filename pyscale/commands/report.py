@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyscale.benchmark.shapes import SHAPE_SETS
+from pyscale.benchmark.shapes import FAMILIES, SHAPE_SETS
 
 HELP = "run the whole job (device -> benchmark -> cost model -> law -> plan) and write a Markdown report"
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, default=None, help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
     parser.add_argument("--shapes", default=None, choices=SHAPE_SETS, metavar="SHAPES",
                         help=f"benchmark shape set: {', '.join(SHAPE_SETS)} (default: llama3-8b on GPU, quick on CPU)")
-    parser.add_argument("--family", action="append", choices=["attention", "gemm", "moe"],
+    parser.add_argument("--family", action="append", choices=list(FAMILIES),
                         help="benchmark only these op families (repeatable; default all)")
     parser.add_argument("--skip-bench", action="store_true", help="use what the store already holds")
     parser.add_argument("--data", default=None, help="your runs (CSV/Parquet: N, D, loss[, run]) to fit a law to")
