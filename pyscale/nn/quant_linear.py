@@ -109,7 +109,10 @@ class QuantLinear(nn.Module):
             self.weight_scale.copy_(s)
         else:
             g, symmetric = _w4a16_params(self.scheme)
-            packed = ops.int4_quantize(weight.to(self.dtype).contiguous(), g, symmetric=symmetric)
+            # the weight keeps its own precision: the codes are chosen against scales in self.dtype, as
+            # fake_quantize(..., scale_dtype=self.dtype) chooses them during QAT
+            w = weight if weight.dtype in (torch.float32, torch.float16, torch.bfloat16) else weight.float()
+            packed = ops.int4_quantize(w.contiguous(), g, symmetric=symmetric, scale_dtype=self.dtype)
             self.qweight.copy_(packed.qweight)
             self.scales.copy_(packed.scales)
             if not symmetric:

@@ -129,7 +129,7 @@ def test_qat_linear_trains_through_ste():
     qat(x).backward(g)
     # STE: the gradient is F.linear's gradient evaluated at the fake-quantised tensors
     xq = pyscale.ops.fake_quantize(x.detach(), "int8-token").requires_grad_()
-    wq = pyscale.ops.fake_quantize(lin.weight.detach(), "int4-g32").requires_grad_()
+    wq = pyscale.ops.fake_quantize(lin.weight.detach(), "int4-g32", scale_dtype=qat.deploy_dtype).requires_grad_()
     b = lin.bias.detach().clone().requires_grad_()
     nn.functional.linear(xq, wq, b).backward(g)
     torch.testing.assert_close(qat.weight.grad, wq.grad, rtol=0, atol=0)
@@ -145,11 +145,61 @@ def test_qat_linear_trains_through_ste():
 ])
 def test_qat_converts_to_the_quant_linear_it_simulated(weight_scheme, act_scheme, floor):
     lin = _linear(k=128, n=40, seed=7)
-    qat = QATLinear.from_linear(lin, weight_scheme, act_scheme)
+    qat = QATLinear.from_linear(lin, weight_scheme, act_scheme, deploy_dtype=torch.float16)
     x = torch.randn(6, 128)
     q = qat.to_quant_linear(dtype=torch.float16)
     assert isinstance(q, QuantLinear)
     assert sqnr_db(qat(x), q(x)) >= floor
+
+
+_QAT_DEPLOYABLE = [(f"int4-g{g}{a}", None) for g in (32, 64, 128) for a in ("", "-asym")] + [
+    ("int8-channel", "int8-token"), ("fp8-row", "fp8-row"), ("fp8-tensor", "fp8-tensor")]
+_HALF = (torch.float16, torch.bfloat16)
+_QAT_CASES = [(w, a, train, deploy) for w, a in _QAT_DEPLOYABLE
+              for train in (torch.float32, torch.float16, torch.bfloat16)
+              for deploy in (_HALF if w.startswith("int4") else (*_HALF, torch.float32))]
+
+
+@pytest.mark.parametrize("weight_scheme,act_scheme,train_dtype,deploy_dtype", _QAT_CASES)
+def test_qat_deploys_bit_identical_codes_and_scales(weight_scheme, act_scheme, train_dtype, deploy_dtype):
+    """The identity QAT relies on: the deployed layer holds the codes and scales training used, so its
+    dequantised weight is the fake-quantised one (measured before the fix, fp32 int4-g128 deployed to
+    bf16: most elements differed, as whole codes flipped)."""
+    torch.manual_seed(13)
+    lin = nn.Linear(128, 24).to(train_dtype)
+    with torch.no_grad():
+        lin.weight[:2] += 0.5  # groups that do not straddle 0
+    qat = QATLinear.from_linear(lin, weight_scheme, act_scheme, deploy_dtype=deploy_dtype)
+    q = qat.to_quant_linear()
+    assert q.dtype == deploy_dtype and q.scheme == qat.quant_scheme()
+    w = qat.weight.detach()
+    if weight_scheme.startswith("int4"):
+        g, symmetric = int(weight_scheme.split("-")[1][1:]), not weight_scheme.endswith("asym")
+        want = pyscale.ops.int4_quantize(w, g, symmetric=symmetric, scale_dtype=deploy_dtype)
+        assert torch.equal(q.qweight, want.qweight) and torch.equal(q.scales, want.scales)
+        assert (q.zeros is None) == symmetric and (symmetric or torch.equal(q.zeros, want.zeros))
+    else:
+        quantise = pyscale.ops.quantize_int8 if weight_scheme == "int8-channel" else (
+            lambda t: pyscale.ops.quantize_fp8(t, weight_scheme.split("-")[1]))
+        want = quantise(w)
+        assert torch.equal(q.weight.view(torch.uint8), want.data.view(torch.uint8))
+        assert torch.equal(q.weight_scale, want.scale)
+    assert torch.equal(qat.fake_quantized_weight().detach(), q.dequantized_weight().to(train_dtype))
+
+
+def test_qat_deploy_dtype_is_fixed_at_construction():
+    qat = QATLinear(128, 16, "int4-g64")
+    assert qat.deploy_dtype == torch.bfloat16  # what QuantLinear.from_linear picks for fp32 parameters
+    assert QATLinear(128, 16, "int4-g64", dtype=torch.float16).deploy_dtype == torch.float16
+    with pytest.raises(ValueError, match=r"^dtype must be the deploy_dtype this layer was trained for "
+                                         r"\(torch.bfloat16\): got torch.float16"):
+        qat.to_quant_linear(dtype=torch.float16)
+    assert qat.to_quant_linear(dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="^deploy_dtype must be one of torch.float16, torch.bfloat16 for "
+                                         "weight_scheme='int4-g64': got torch.float32"):
+        QATLinear(128, 16, "int4-g64", deploy_dtype=torch.float32)
+    assert QATLinear(128, 16, "int8-channel", "int8-token", deploy_dtype=torch.float32).to_quant_linear().dtype \
+        == torch.float32
 
 
 def test_w4a4_trains_but_has_no_kernel():
