@@ -143,12 +143,15 @@ class QuantLinear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def _apply(self, fn, recurse=True):
-        # Device moves apply; dtype casts (.half(), .to(torch.float32), ...) do not: fp8 codes, fp32
-        # scales and the int4 format would be corrupted, and torch counts float8 as floating point.
+        # Device moves and to_empty apply; dtype casts (.half(), .to(torch.float32), ...) do not: fp8 codes,
+        # fp32 scales and the int4 format would be corrupted, and torch counts float8 as floating point.
         for name, buf in self._buffers.items():
-            if buf is not None:
-                target = fn(torch.empty(0, dtype=buf.dtype, device=buf.device)).device
-                self._buffers[name] = buf.to(device=target)
+            if buf is None:
+                continue
+            out = fn(buf)
+            if out.dtype != buf.dtype:  # a cast: keep the dtype, take only the device
+                out = (torch.empty_like(buf, device=out.device) if buf.is_meta else buf.to(device=out.device))
+            self._buffers[name] = out
         return self
 
     def extra_repr(self) -> str:

@@ -68,6 +68,27 @@ def test_state_dict_round_trip(scheme):
     assert torch.equal(fresh.dequantized_weight(), q.dequantized_weight())
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_meta_construction_materialises_with_to_empty(scheme):
+    """Large-model loading: build on meta, to_empty, load_state_dict; also quantize_model of a meta model."""
+    lin = _linear(k=128, n=48, seed=14)
+    real = QuantLinear.from_linear(lin, scheme, dtype=torch.float16)
+    with torch.device("meta"):
+        meta = QuantLinear(128, 48, scheme, dtype=torch.float16)
+        model = nn.Sequential(nn.Linear(128, 48))
+    assert all(b.is_meta for b in meta.buffers())
+    meta.to_empty(device="cpu")
+    meta.load_state_dict(real.state_dict())
+    x = torch.randn(5, 128)
+    assert torch.equal(meta(x), real(x))
+    quantize_model(model, scheme, dtype=torch.float16)
+    assert isinstance(model[0], QuantLinear) and all(b.is_meta for b in model[0].buffers())
+    model.to_empty(device="cpu")
+    model[0].load_state_dict(real.state_dict())
+    assert torch.equal(model(x), real(x))
+    assert {n: b.dtype for n, b in model[0].named_buffers()} == {n: b.dtype for n, b in real.named_buffers()}
+
+
 def test_dequantized_weight_matches_forward():
     lin = _linear(k=128, n=32, seed=3)
     q = QuantLinear.from_linear(lin, "w4a16-g32", dtype=torch.float16)
