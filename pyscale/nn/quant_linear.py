@@ -8,7 +8,10 @@ Schemes (weights quantised once at construction, activations on the fly in forwa
   "w4a16-g32" / "w4a16-g64" / "w4a16-g128" (+ "-asym")  int4 group-wise weights, 16-bit activations
 Buffers (all in state_dict): fp8/int8 `weight` (N, K) + `weight_scale` fp32; w4a16 `qweight` uint8
 (N, K/2) + `scales` (N, K/g) in the module dtype (+ `zeros` uint8 for -asym); `bias` (N,) or None.
-Module dtype casts (`.half()`, `.to(dtype)`) leave these buffers alone; device moves apply.
+Module dtype casts (`.half()`, `.to(dtype)`) leave these buffers alone; device moves and `to_empty` apply
+(so a layer built on the meta device materialises with `to_empty` + `load_state_dict`).
+The weights are frozen, but the input has a gradient, dx = dy . dequant(W) (QLoRA-style adapters train
+on a quantised base); the fp8/int8 activation quantisation is passed straight through.
 """
 
 from __future__ import annotations
@@ -118,28 +121,25 @@ class QuantLinear(nn.Module):
             if not symmetric:
                 self.zeros.copy_(packed.zeros)
 
+    def _quantized_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(weight codes, weight scales, zero points or None, bias or None), whatever the scheme."""
+        if self.scheme.startswith("w4a16"):
+            return self.qweight, self.scales, self.zeros, self.bias
+        return self.weight, self.weight_scale, None, self.bias
+
     def dequantized_weight(self) -> torch.Tensor:
         """The weight this module multiplies by, (out_features, in_features) fp32."""
-        if self.scheme.startswith("fp8"):
-            return ops.dequantize(self.weight, self.weight_scale, _FP8_WEIGHT[self.scheme])
-        if self.scheme == "int8":
-            return ops.dequantize(self.weight, self.weight_scale, "row")
-        return ops.int4_dequantize(self.qweight, self.scales, self.zeros, group_size=self.group_size).float()
+        codes, scale, zeros, _ = self._quantized_tensors()
+        return _dequantized(self.scheme, getattr(self, "group_size", 0), codes, scale, zeros)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.scheme.startswith("fp8"):
-            qx, sx = ops.quantize_fp8(x2, _FP8_ACT[self.scheme])
-            bias = self.bias.to(x.dtype) if self.bias is not None else None
-            y = ops.gemm_fp8(qx, self.weight, sx, self.weight_scale, out_dtype=x.dtype, bias=bias)
-        elif self.scheme == "int8":
-            qx, sx = ops.quantize_int8(x2)
-            bias = self.bias.to(x.dtype) if self.bias is not None else None
-            y = ops.gemm_int8(qx, self.weight, sx, self.weight_scale, out_dtype=x.dtype, bias=bias)
+        args = (self.scheme, getattr(self, "group_size", 0), self.dtype, *self._quantized_tensors())
+        if torch.is_grad_enabled() and x2.requires_grad:
+            y = _FrozenQuantLinear.apply(x2, *args)
         else:
-            y = ops.gemm_w4a16(x2.to(self.dtype), self.qweight, self.scales, self.zeros,
-                               group_size=self.group_size, bias=self.bias).to(x.dtype)
+            y = _quantized_matmul(x2, *args)
         return y.reshape(*lead, self.out_features)
 
     def _apply(self, fn, recurse=True):
@@ -157,6 +157,53 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme!r}, "
                 f"bias={self.bias is not None}, dtype={self.dtype}")
+
+
+def _quantized_matmul(x2: torch.Tensor, scheme: str, group_size: int, dtype: torch.dtype, codes: torch.Tensor,
+                      scale: torch.Tensor, zeros: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """x2 (M, K) -> (M, N) in x2.dtype through the scheme's quantised GEMM."""
+    if scheme.startswith("fp8"):
+        qx, sx = ops.quantize_fp8(x2, _FP8_ACT[scheme])
+        bias = bias.to(x2.dtype) if bias is not None else None
+        return ops.gemm_fp8(qx, codes, sx, scale, out_dtype=x2.dtype, bias=bias)
+    if scheme == "int8":
+        qx, sx = ops.quantize_int8(x2)
+        bias = bias.to(x2.dtype) if bias is not None else None
+        return ops.gemm_int8(qx, codes, sx, scale, out_dtype=x2.dtype, bias=bias)
+    return ops.gemm_w4a16(x2.to(dtype), codes, scale, zeros, group_size=group_size, bias=bias).to(x2.dtype)
+
+
+def _dequantized(scheme: str, group_size: int, codes: torch.Tensor, scale: torch.Tensor,
+                 zeros: torch.Tensor | None) -> torch.Tensor:
+    """The (N, K) weight the scheme's GEMM multiplies by, fp32 (int4: rounded to the scale dtype first,
+    as the W4A16 kernel rounds it)."""
+    if scheme.startswith("fp8"):
+        return ops.dequantize(codes, scale, _FP8_WEIGHT[scheme])
+    if scheme == "int8":
+        return ops.dequantize(codes, scale, "row")
+    return ops.int4_dequantize(codes, scale, zeros, group_size=group_size).float()
+
+
+class _FrozenQuantLinear(torch.autograd.Function):
+    """Forward through the quantised GEMM; backward dx = dy . dequant(W) only.
+
+    The weights are frozen buffers (no gradient), and the activation quantisation of fp8/int8 is passed
+    straight through, so adapters (LoRA-style) train on a quantised base model. The backward GEMM runs in
+    dy's dtype on the dequantised weight: no kernel multiplies by a transposed int4/fp8/int8 weight.
+    """
+
+    @staticmethod
+    def forward(ctx, x2, scheme, group_size, dtype, codes, scale, zeros, bias):
+        ctx.scheme, ctx.group_size = scheme, group_size
+        ctx.save_for_backward(codes, scale, zeros)
+        return _quantized_matmul(x2, scheme, group_size, dtype, codes, scale, zeros, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        codes, scale, zeros = ctx.saved_tensors
+        w = _dequantized(ctx.scheme, ctx.group_size, codes, scale, zeros)
+        grad_x = grad_out @ w.to(grad_out.dtype)
+        return grad_x, None, None, None, None, None, None, None
 
 
 def quantize_model(model: nn.Module, scheme: str,

@@ -89,6 +89,53 @@ def test_meta_construction_materialises_with_to_empty(scheme):
     assert {n: b.dtype for n, b in model[0].named_buffers()} == {n: b.dtype for n, b in real.named_buffers()}
 
 
+def _assert_gradient_rule(got: torch.Tensor, lowp: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype) -> None:
+    """DESIGN section 3 for gradients: err(ours) <= 3 x err(op-by-op PyTorch in dtype) + 4 ulps x max|oracle|,
+    errors against the float64 oracle."""
+    err = lambda t: (t.double() - oracle).abs().max().item()
+    bound = 3 * err(lowp) + 4 * torch.finfo(dtype).eps * oracle.abs().max().item()
+    assert err(got) <= bound, f"error {err(got):.3e} > bound {bound:.3e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_input_gradient_through_frozen_quantised_weights(scheme, dtype):
+    """dX = dY . dequant(W); the weights (buffers) get no gradient."""
+    q = QuantLinear.from_linear(_linear(k=128, n=40, seed=15), scheme, dtype=torch.float16)
+    gen = torch.Generator().manual_seed(16)
+    x = torch.randn(2, 9, 128, generator=gen).to(dtype).requires_grad_()
+    g = torch.randn(2, 9, 40, generator=gen).to(dtype)
+    y = q(x)
+    assert y.requires_grad and y.dtype == dtype
+    y.backward(g)
+    w = q.dequantized_weight()
+    oracle = g.double() @ w.double()
+    _assert_gradient_rule(x.grad, g @ w.to(dtype), oracle, dtype)
+    assert x.grad.dtype == dtype and not any(b.requires_grad for b in q.buffers())
+
+
+def test_adapter_trains_on_a_quantised_base():
+    """QLoRA-style: a low-rank adapter before and beside a frozen W4A16 layer receives gradients."""
+    torch.manual_seed(17)
+    base = QuantLinear.from_linear(nn.Linear(64, 32), "w4a16-g32", dtype=torch.float16)
+    down, up, pre = nn.Linear(64, 4, bias=False), nn.Linear(4, 32, bias=False), nn.Linear(64, 64)
+    x = torch.randn(8, 64)
+    h = pre(x)
+    ((base(h) + up(down(h))) ** 2).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (*pre.parameters(), down.weight, up.weight))
+
+
+def test_input_gradient_under_torch_compile():
+    q = QuantLinear.from_linear(_linear(k=128, n=32, seed=18), "w4a16-g64")
+    x = torch.randn(4, 128, requires_grad=True)
+    with pyscale.backend("reference"):
+        q(x).sum().backward()
+        eager = x.grad.clone()
+        x.grad = None
+        torch.compile(q, fullgraph=True, backend="aot_eager")(x).sum().backward()
+    assert torch.equal(x.grad, eager)
+
+
 def test_dequantized_weight_matches_forward():
     lin = _linear(k=128, n=32, seed=3)
     q = QuantLinear.from_linear(lin, "w4a16-g32", dtype=torch.float16)
