@@ -349,6 +349,21 @@ def test_torch_compile_inductor(scheme):
         assert torch.equal(torch.compile(q, fullgraph=True)(x), q(x))
 
 
+@pytest.mark.slow
+def test_inductor_float8_training_and_transposed_input():
+    """Fake and real strides agree, so inductor's stride asserts hold (both failed before: the reference
+    quantisers kept a transposed input's layout while the fakes declared contiguous outputs)."""
+    torch.manual_seed(19)
+    with pyscale.backend("reference"):
+        f8 = Float8Linear(64, 32)
+        x = torch.randn(8, 64, requires_grad=True)
+        torch.compile(f8)(x).sum().backward()
+        assert x.grad is not None and f8.weight.grad is not None
+        q = QuantLinear.from_linear(nn.Linear(64, 32), "fp8-row")
+        xt = torch.randn(64, 8).t()
+        assert torch.equal(torch.compile(q)(xt), q(xt.contiguous()))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_quant_linear_on_gpu_bf16(scheme):
