@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyscale.nn.quant_linear import QuantLinear
+from pyscale.nn.quant_linear import QuantLinear, linear_parts
 from pyscale.ops import fake_quantize
 from pyscale.ops.fake_quant import SCHEMES
 
@@ -85,16 +85,16 @@ class QATLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, weight_scheme: str = "int4-g128",
+    def from_linear(cls, linear: nn.Module, weight_scheme: str = "int4-g128",
                     act_scheme: str | None = None, *, deploy_dtype: torch.dtype | None = None) -> QATLinear:
-        """A QATLinear starting from an nn.Linear's parameters (copied)."""
-        w = linear.weight
-        mod = cls(linear.in_features, linear.out_features, weight_scheme, act_scheme, linear.bias is not None,
+        """A QATLinear starting from the parameters (copied) of an nn.Linear or a Conv1D-style linear."""
+        w, bias = linear_parts(linear)
+        mod = cls(w.shape[1], w.shape[0], weight_scheme, act_scheme, bias is not None,
                   device=w.device, dtype=w.dtype, deploy_dtype=deploy_dtype)
         with torch.no_grad():
             mod.weight.copy_(w)
-            if linear.bias is not None:
-                mod.bias.copy_(linear.bias)
+            if bias is not None:
+                mod.bias.copy_(bias)
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""QuantLinear: an inference nn.Linear replacement with quantised weights, and `quantize_model`.
+"""QuantLinear: an inference nn.Linear replacement with quantised weights (`quantize_model` converts a model).
 
 Schemes (weights quantised once at construction, activations on the fly in forward):
   "fp8-tensor"    e4m3 weights and activations, one scale each (tensor-wise)           gemm_fp8
@@ -15,8 +15,6 @@ on a quantised base); the fp8/int8 activation quantisation is passed straight th
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -44,6 +42,27 @@ def check_scheme(scheme: str, in_features: int) -> None:
         if in_features % g:
             raise ValueError(f"in_features must be a multiple of the group size {g} for {scheme!r}: "
                              f"got {in_features}")
+
+
+def is_conv1d_style(module: nn.Module) -> bool:
+    """True for a Conv1D-style linear (transformers' GPT-2 Conv1D): y = x @ weight + bias, with the
+    weight stored transposed, (in_features, out_features = module.nf)."""
+    w = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2
+            and getattr(module, "nf", None) == w.shape[1])
+
+
+def linear_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (out_features, in_features), bias or None) of an nn.Linear or a Conv1D-style linear.
+
+    The Conv1D weight is returned as a transposed view. Anything else raises ValueError naming its type.
+    """
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    if is_conv1d_style(module):
+        return module.weight.t(), module.bias
+    raise ValueError(f"linear must be an nn.Linear or a Conv1D-style linear (weight stored (in, out) with "
+                     f"an `nf` attribute): got {type(module).__module__}.{type(module).__qualname__}")
 
 
 class QuantLinear(nn.Module):
@@ -83,17 +102,18 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(n, dtype=dtype, device=device) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, scheme: str, *, dtype: torch.dtype | None = None) -> QuantLinear:
-        """Quantise an nn.Linear's weights with `scheme`. dtype defaults to the linear's dtype when that
-        is float16/bfloat16, else bfloat16."""
-        w = linear.weight.detach()
+    def from_linear(cls, linear: nn.Module, scheme: str, *, dtype: torch.dtype | None = None) -> QuantLinear:
+        """Quantise the weights of an nn.Linear, or of a Conv1D-style linear (GPT-2's, weight stored
+        (in, out)), with `scheme`. dtype defaults to the weight's dtype when that is float16/bfloat16,
+        else bfloat16. Any other module raises ValueError."""
+        weight, bias = linear_parts(linear)
+        w = weight.detach()
         if dtype is None:
             dtype = w.dtype if w.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
-        mod = cls(linear.in_features, linear.out_features, scheme, linear.bias is not None, dtype=dtype,
-                  device=w.device)
+        mod = cls(w.shape[1], w.shape[0], scheme, bias is not None, dtype=dtype, device=w.device)
         mod.load_quantized_weight(w)
-        if linear.bias is not None:
-            mod.bias.copy_(linear.bias.detach().to(dtype))
+        if bias is not None:
+            mod.bias.copy_(bias.detach().to(dtype))
         return mod
 
     @torch.no_grad()
@@ -204,33 +224,3 @@ class _FrozenQuantLinear(torch.autograd.Function):
         w = _dequantized(ctx.scheme, ctx.group_size, codes, scale, zeros)
         grad_x = grad_out @ w.to(grad_out.dtype)
         return grad_x, None, None, None, None, None, None, None
-
-
-def quantize_model(model: nn.Module, scheme: str,
-                   filter: Callable[[str, nn.Linear], bool] | None = None,
-                   *, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every nn.Linear of `model` (in place) by QuantLinear.from_linear(linear, scheme).
-
-    Args:
-        model: any module; it is modified and returned.
-        scheme: one of SCHEMES.
-        filter: called with (qualified name, linear); only layers for which it returns True are replaced
-                (default: all). A selected layer the scheme cannot hold raises ValueError naming it.
-        dtype: activation dtype of the new layers (default as QuantLinear.from_linear).
-    """
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}: got {scheme!r}")
-    targets = [(name, mod) for name, mod in model.named_modules()
-               if type(mod) is nn.Linear and (filter is None or filter(name, mod))]
-    for name, linear in targets:  # check every layer before replacing any
-        try:
-            check_scheme(scheme, linear.in_features)
-        except ValueError as exc:
-            raise ValueError(f"layer {name!r} cannot be quantised: {exc}") from None
-    for name, linear in targets:
-        new = QuantLinear.from_linear(linear, scheme, dtype=dtype)
-        if name == "":
-            return new
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    return model
