@@ -134,7 +134,8 @@ def test_hf_gpt2_conv1d_layers_and_tied_head(scheme, floor):
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         before = model(ids).logits
-    with pytest.warns(UserWarning, match="lm_head: weight tied to transformer.wte.weight"):
+    with pytest.warns(UserWarning, match="lm_head: weight tied to transformer.wte.weight"), \
+            pyscale.backend("reference"):
         quantize_model(model, scheme)
     summary = model.quantization_summary
     assert len(summary.converted) == 8 and all(d.kind.startswith("Conv1D") for d in summary.converted)
@@ -158,7 +159,7 @@ def test_hf_llama(tied):
     ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         before = model(ids).logits
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, pyscale.backend("reference"):
         warnings.simplefilter("always")
         quantize_model(model, "w4a16-g32")
     summary = model.quantization_summary
