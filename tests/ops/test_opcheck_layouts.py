@@ -198,6 +198,7 @@ def test_every_custom_op_is_covered():
     import pyscale.nn  # noqa: F401  (every op module is imported by pyscale.ops)
 
     ours = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("pyscale::")}
+    ours = {n for n in ours if not n.startswith("_")}  # tests register private ops of their own (_profiler_...)
     assert ours == set(CASES), f"ops without a layout opcheck: {sorted(ours - set(CASES))}"
 
 
