@@ -144,8 +144,9 @@ def _grouped_gemm_backward_op(grad_out: torch.Tensor, a: torch.Tensor, w: torch.
 
 @_grouped_gemm_backward_op.register_fake
 def _(grad_out, a, w, w2, preact, sorted_ids, expert_ids, n_pad, offsets, slot_pos, gather_k, align, activation):
-    return torch.empty_like(a), torch.empty_like(w), (torch.empty_like(w2) if activation == "swiglu"
-                                                      else w.new_empty((0,)))
+    # contiguous, as every backend returns them whatever the inputs' strides
+    return a.new_empty(a.shape), w.new_empty(w.shape), (w2.new_empty(w2.shape) if activation == "swiglu"
+                                                        else w.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):

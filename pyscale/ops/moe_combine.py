@@ -67,7 +67,7 @@ def _moe_combine_backward_op(grad_out: torch.Tensor, y: torch.Tensor, weights: t
 
 @_moe_combine_backward_op.register_fake
 def _(grad_out, y, weights, sorted_ids, top_k):
-    return torch.empty_like(y), torch.empty_like(weights, dtype=torch.float32)
+    return y.new_empty(y.shape), weights.new_empty(weights.shape, dtype=torch.float32)  # contiguous, as computed
 
 
 def _setup_context(ctx, inputs, output):

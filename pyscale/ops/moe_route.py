@@ -75,7 +75,7 @@ def _moe_route_backward_op(grad_w: torch.Tensor, logits: torch.Tensor, weights: 
 
 @_moe_route_backward_op.register_fake
 def _(grad_w, logits, weights, ids, scoring, renormalize):
-    return torch.empty_like(logits)
+    return logits.new_empty(logits.shape)  # contiguous, as computed
 
 
 def _setup_context(ctx, inputs, output):
