@@ -27,12 +27,14 @@ Memory is O(sequence): the kernels never form the (seq_q, seq_k) matrix (the ref
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
+from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
 from pyscale.reference import attention as ref
@@ -50,9 +52,44 @@ def _kernels():
     return kernels
 
 
+# Autotuning (pyscale.ops._autotune): one tunable per kernel, keyed by the problem with bucketed lengths.
+_KERNEL_MODULES = ("pyscale.kernels.attention", "pyscale.kernels.common")
+
+
+def tuning_key(dtype: torch.dtype, head_dim: int, causal: bool, windowed: bool, varlen: bool, max_seqlen_q: int,
+               max_seqlen_k: int, capability: tuple[int, int]) -> dict[str, Any]:
+    """The autotuning key of one attention launch (sequence lengths bucketed to powers of two)."""
+    return {"capability": list(capability), "dtype": str(dtype).removeprefix("torch."), "head_dim": head_dim,
+            "causal": bool(causal), "windowed": bool(windowed), "varlen": bool(varlen),
+            "seq_q": bucket(max_seqlen_q), "seq_k": bucket(max_seqlen_k)}
+
+
+FWD_TUNING = Tunable(
+    "attention.fwd", _KERNEL_MODULES,
+    default=lambda key, interpret: _kernels().fwd_config(key["head_dim"], tuple(key["capability"]), interpret),
+    space=lambda key: _kernels().fwd_candidates(key["head_dim"], tuple(key["capability"])))
+BWD_TUNING = Tunable(
+    "attention.bwd", _KERNEL_MODULES,
+    default=lambda key, interpret: _kernels().bwd_config(key["head_dim"], tuple(key["capability"]), interpret),
+    space=lambda key: _kernels().bwd_candidates(key["head_dim"], tuple(key["capability"])))
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else (0, 0)
+
+
+def _tuned_launch(tuning: Tunable, launch: Callable[..., Any], q: torch.Tensor, causal: bool, window_left: int,
+                  varlen: bool, max_q: int, max_k: int) -> Any:
+    """Launch with the config `tuning` chooses (timing `launch(config=...)` when it tunes)."""
+    key = tuning_key(q.dtype, q.shape[-1], causal, window_left >= 0, varlen, max_q, max_k, _capability(q.device))
+    config = tuning.choose(q.device, key, lambda cfg: launch(config=cfg), interpret=_kernels().interpreting())
+    return launch(config=config)
+
+
 def _fwd_triton(q, k, v, causal, scale, window_left, window_right):
-    return _kernels().attention_forward(q, k, v, causal=causal, scale=scale, window_left=window_left,
-                                        window_right=window_right)
+    launch = functools.partial(_kernels().attention_forward, q, k, v, causal=causal, scale=scale,
+                               window_left=window_left, window_right=window_right)
+    return _tuned_launch(FWD_TUNING, launch, q, causal, window_left, False, q.shape[1], k.shape[1])
 
 
 def _fwd_reference(q, k, v, causal, scale, window_left, window_right):
@@ -62,8 +99,9 @@ def _fwd_reference(q, k, v, causal, scale, window_left, window_right):
 
 
 def _bwd_triton(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse):
-    return _kernels().attention_backward(grad_out, q, k, v, out, lse, causal=causal, scale=scale,
-                                         window_left=window_left, window_right=window_right, dlse=grad_lse)
+    launch = functools.partial(_kernels().attention_backward, grad_out, q, k, v, out, lse, causal=causal,
+                               scale=scale, window_left=window_left, window_right=window_right, dlse=grad_lse)
+    return _tuned_launch(BWD_TUNING, launch, q, causal, window_left, False, q.shape[1], k.shape[1])
 
 
 def _bwd_reference(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse):
@@ -73,9 +111,10 @@ def _bwd_reference(grad_out, q, k, v, out, lse, causal, scale, window_left, wind
 
 
 def _varlen_fwd_triton(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_left, window_right):
-    return _kernels().attention_forward(q, k, v, causal=causal, scale=scale, window_left=window_left,
-                                        window_right=window_right, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                                        max_seqlen_q=max_q, max_seqlen_k=max_k)
+    launch = functools.partial(_kernels().attention_forward, q, k, v, causal=causal, scale=scale,
+                               window_left=window_left, window_right=window_right, cu_seqlens_q=cu_q,
+                               cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k)
+    return _tuned_launch(FWD_TUNING, launch, q, causal, window_left, True, max_q, max_k)
 
 
 def _varlen_fwd_reference(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_left, window_right):
@@ -86,10 +125,11 @@ def _varlen_fwd_reference(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, wind
 
 def _varlen_bwd_triton(grad_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, window_left,
                        window_right, grad_lse):
-    return _kernels().attention_backward(grad_out, q, k, v, out, lse, causal=causal, scale=scale,
-                                         window_left=window_left, window_right=window_right,
-                                         cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
-                                         max_seqlen_k=max_k, dlse=grad_lse)
+    launch = functools.partial(_kernels().attention_backward, grad_out, q, k, v, out, lse, causal=causal,
+                               scale=scale, window_left=window_left, window_right=window_right,
+                               cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
+                               dlse=grad_lse)
+    return _tuned_launch(BWD_TUNING, launch, q, causal, window_left, True, max_q, max_k)
 
 
 def _varlen_bwd_reference(grad_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, window_left,
