@@ -499,6 +499,35 @@ def test_varlen_bad_input_names_the_argument(index, value, exc, match):
         attention_varlen(*args)
 
 
+def test_varlen_compiles_fullgraph_without_reading_cu_seqlens():
+    """max_seqlen_q/k are arguments (as in FlashAttention's varlen API), so under torch.compile nothing reads
+    cu_seqlens on the host: fullgraph forward and backward, equal to eager; a bad cu_seqlens is caught by
+    the device-side assert instead of a host check."""
+    gen = torch.Generator().manual_seed(21)
+    q = _rand(12, 4, 16, dtype=torch.float32, gen=gen).requires_grad_(True)
+    k = _rand(10, 2, 16, dtype=torch.float32, gen=gen).requires_grad_(True)
+    v = _rand(10, 2, 16, dtype=torch.float32, gen=gen).requires_grad_(True)
+    cu_q = torch.tensor([0, 5, 5, 12], dtype=torch.int32)
+    cu_k = torch.tensor([0, 3, 4, 10], dtype=torch.int32)
+
+    def step(q, k, v, cu_q, cu_k):
+        return attention_varlen(q, k, v, cu_q, cu_k, 7, 6, causal=True).square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")  # raises on any graph break
+    loss = compiled(q, k, v, cu_q, cu_k)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    eager = step(q, k, v, cu_q, cu_k)
+    eager_grads = torch.autograd.grad(eager, (q, k, v))
+    assert torch.allclose(loss, eager)
+    for g, e in zip(grads, eager_grads):
+        assert torch.allclose(g, e)
+    with pytest.raises(RuntimeError, match="cu_seqlens_k must start at 0, be non-decreasing"):
+        compiled(q.detach(), k.detach(), v.detach(), cu_q, torch.tensor([0, 3, 4, 11], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match=r"max_seqlen_q \(7\) must be >= its longest"):
+        compiled(q.detach(), k.detach(), v.detach(), torch.tensor([0, 1, 2, 12], dtype=torch.int32), cu_k)
+
+
 # ----------------------------------------------------------------------------- ahead-of-time compiles
 # The aligned specs the JIT compiles for torch tensors, at every default config, are held to no spills and
 # shared memory within the limit by tests/testing/test_compile_report.py (pyscale.testing.aot_specs.attention,
