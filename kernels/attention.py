@@ -518,7 +518,8 @@ def bwd_config(head_dim: int, capability: tuple[int, int] = (9, 0), interpret: b
     return BwdConfig(32, 32, 32, 32, 4 if hopper else 8, 1)
 
 
-def _fwd_candidates(head_dim: int, capability: tuple[int, int]) -> list[FwdConfig]:
+def fwd_candidates(head_dim: int, capability: tuple[int, int]) -> list[FwdConfig]:
+    """The forward's autotuning space (pyscale.ops times it); the default config comes first."""
     base = fwd_config(head_dim, capability)
     extra = [FwdConfig(128, 128, 8, 2), FwdConfig(128, 64, 4, 3), FwdConfig(64, 64, 4, 3)]
     if block_d(head_dim) > 128:
@@ -526,37 +527,13 @@ def _fwd_candidates(head_dim: int, capability: tuple[int, int]) -> list[FwdConfi
     return [base, *[c for c in extra if c != base]]
 
 
-def _bwd_candidates(head_dim: int, capability: tuple[int, int]) -> list[BwdConfig]:
+def bwd_candidates(head_dim: int, capability: tuple[int, int]) -> list[BwdConfig]:
+    """The backward's autotuning space (pyscale.ops times it); the default config comes first."""
     base = bwd_config(head_dim, capability)
     extra = [BwdConfig(16, 64, 64, 16, 8, 2), BwdConfig(64, 64, 64, 64, 8, 2), BwdConfig(32, 64, 64, 32, 8, 1)]
     if block_d(head_dim) > 128:
         extra = [BwdConfig(16, 32, 32, 16, 4, 1)]
     return [base, *[c for c in extra if c != base]]
-
-
-_TUNED: dict[tuple, object] = {}
-
-
-def _autotune_enabled(device: torch.device) -> bool:
-    # The interpreter has no benchmarking driver; on a GPU, tuning is opt-in so a first call is cheap.
-    return device.type == "cuda" and not interpreting() and os.environ.get("PYSCALE_AUTOTUNE") == "1"
-
-
-def _pick(key: tuple, candidates: list, run) -> object:
-    """Time each candidate config once per key (outputs are overwritten, never accumulated) and keep
-    the fastest; a candidate that fails to compile (e.g. out of shared memory) is skipped."""
-    if key in _TUNED:
-        return _TUNED[key]
-    best, best_ms = candidates[0], float("inf")
-    for cfg in candidates:
-        try:
-            ms = triton.testing.do_bench(lambda cfg=cfg: run(cfg), warmup=5, rep=20)
-        except Exception:  # an over-budget config is simply not a candidate
-            continue
-        if ms < best_ms:
-            best, best_ms = cfg, ms
-    _TUNED[key] = best
-    return best
 
 
 def _window_bounds(causal: bool, window_left: int, window_right: int, max_q: int, max_k: int) -> tuple[int, int]:
@@ -674,15 +651,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, caus
             VARLEN=varlen, UPCAST=_upcast(q.dtype), PRECISION=_precision(q.dtype), TMA=use_tma,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    if config is None:
-        cap = _capability(q.device)
-        if _autotune_enabled(q.device):
-            key = ("fwd", cap, q.dtype, head_dim, varlen, causal, window_left >= 0, triton.next_power_of_2(max_q),
-                   triton.next_power_of_2(max_k))
-            config = _pick(key, _fwd_candidates(head_dim, cap), run)
-        else:
-            config = fwd_config(head_dim, cap, interpreting())
-    run(config)
+    run(config or fwd_config(head_dim, _capability(q.device), interpreting()))
     return out, lse
 
 
@@ -730,13 +699,5 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
             UPCAST=_upcast(q.dtype), PRECISION=_precision(q.dtype), num_warps=cfg.num_warps,
             num_stages=cfg.num_stages)
 
-    if config is None:
-        cap = _capability(q.device)
-        if _autotune_enabled(q.device):
-            key = ("bwd", cap, q.dtype, head_dim, varlen, causal, window_left >= 0, triton.next_power_of_2(max_q),
-                   triton.next_power_of_2(max_k))
-            config = _pick(key, _bwd_candidates(head_dim, cap), run)
-        else:
-            config = bwd_config(head_dim, cap, interpreting())
-    run(config)
+    run(config or bwd_config(head_dim, _capability(q.device), interpreting()))
     return dq, dk, dv

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import triton
 import triton.language as tl
@@ -43,29 +42,24 @@ def gemm_tile(a_ptr, b_ptr, M, N, stride_am, stride_ak, stride_bn, stride_bk, BL
     return offs_m, offs_n, offs_k, offs_m < M, offs_n < N, a_ptrs, b_ptrs
 
 
-def gemm_configs(tiles: Sequence[tuple[int, int, int, int, int]]) -> list[triton.Config]:
-    """An autotuning space from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tiles, grouped by 8 row
-    blocks (the GEMM kernels' `grouped_pid` order)."""
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps,
-                          num_stages=stages) for bm, bn, bk, warps, stages in tiles]
+def gemm_configs(tiles: Sequence[tuple[int, int, int, int, int]]) -> list[dict]:
+    """An autotuning space (config dicts) from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tiles,
+    grouped by 8 row blocks (the GEMM kernels' `grouped_pid` order)."""
+    return [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
+            for bm, bn, bk, warps, stages in tiles]
 
 
-def gemm_default_config(m: int) -> dict:
+def gemm_default_config(m: int, *, interpret: bool | None = None) -> dict:
     """The GEMM kernels' config without autotuning (1-byte operands, 128-deep K steps).
 
     Interpreter: small tiles and one stage, since each program step costs ~1 ms regardless of size. GPU:
     4 stages keep 3 tiles of 128x128 + 128x128 bytes in flight, 96 KB, inside sm_89's 99 KB; 64-row tiles
-    when M is small, which wastes fewer rows.
+    when M is small, which wastes fewer rows. `interpret` defaults to TRITON_INTERPRET=1 (the compile report
+    asks for GPU configs from inside an interpreted test run).
     """
-    if interpreting():
+    if interpreting() if interpret is None else interpret:
         bm = 32 if m <= 32 else 64
         return {"BLOCK_M": bm, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 4, "num_warps": 4, "num_stages": 1}
     if m <= 64:
         return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4}
     return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
-
-
-def lazy_autotune(kernel, configs: Callable[[], list[triton.Config]], key: list[str]) -> Callable:
-    """A function returning `triton.autotune(configs(), key)(kernel)`, built on its first call only: the
-    interpreter has no autotuner, so nothing may build one at import."""
-    return functools.cache(lambda: triton.autotune(configs=configs(), key=key)(kernel))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import gemm_configs, gemm_default_config, gemm_tile, interpreting, lazy_autotune
+from .common import gemm_configs, gemm_default_config, gemm_tile
 
 SCALE_TENSOR, SCALE_ROW, SCALE_BLOCK = 0, 1, 2
 SCALE_BLOCK_SIZE = 128
@@ -75,26 +75,25 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
 
 # ----------------------------------------------------------------------------- configs and launch
 
-def gpu_configs() -> list[triton.Config]:
+def gpu_configs() -> list[dict]:
     """Autotuning space on a GPU. BLOCK_K divides 128 in every config (block-wise scaling needs it).
     A 128x128x128 tile needs 32 KB per stage in flight (stages - 1 of them): 4 stages fit sm_89's 99 KB;
-    the 256-wide tiles only fit Hopper (the autotuner skips configs that run out of shared memory)."""
+    the 256-wide tiles only fit Hopper (autotuning skips configs that run out of shared memory)."""
     return gemm_configs(((128, 128, 128, 8, 4), (128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
                          (128, 128, 64, 4, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (32, 64, 128, 4, 4)))
 
 
-def fp8_gemm_config(m: int, n: int, k: int, *, capability: tuple[int, int] | None = None) -> dict:
-    """One config without autotuning: the interpreter's (small tiles, few loop steps) or a GPU default;
-    BLOCK_K 128 suits block-wise scales."""
-    return gemm_default_config(m)
-
-
-_autotuned = lazy_autotune(_fp8_gemm_kernel, gpu_configs, ["M", "N", "K", "SCALE_MODE"])
+def fp8_gemm_config(m: int, n: int, k: int, *, capability: tuple[int, int] | None = None,
+                    interpret: bool | None = None) -> dict:
+    """One config without autotuning: the interpreter's (small tiles, few loop steps; `interpret`, default
+    TRITON_INTERPRET=1) or a GPU default; BLOCK_K 128 suits block-wise scales."""
+    return gemm_default_config(m, interpret=interpret)
 
 
 def launch_fp8_gemm(a, b, c, scale_a, scale_b, bias, scale_mode: int, *, config: dict | None = None,
-                    autotune: bool = False, capability: tuple[int, int] | None = None) -> None:
-    """c (M, N) <- scaled a @ b^T (+ bias). `config` forces tile sizes; `autotune` (GPU only) searches."""
+                    capability: tuple[int, int] | None = None) -> None:
+    """c (M, N) <- scaled a @ b^T (+ bias). `config` (one of `gpu_configs`, say) forces tile sizes;
+    None takes `fp8_gemm_config`'s."""
     m, k = a.shape
     n = b.shape[0]
     if m == 0 or n == 0:
@@ -105,10 +104,6 @@ def launch_fp8_gemm(a, b, c, scale_a, scale_b, bias, scale_mode: int, *, config:
         s_strides = (scale_a.stride(0), scale_a.stride(1), scale_b.stride(0), scale_b.stride(1))
     args = (a, b, c, scale_a, scale_b, bias if bias is not None else c, m, n, k,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), *s_strides)
-    if autotune and config is None and not interpreting():
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-        _autotuned()[grid](*args, SCALE_MODE=scale_mode, HAS_BIAS=bias is not None)
-        return
     cfg = dict(config or fp8_gemm_config(m, n, k, capability=capability))
     if scale_mode == SCALE_BLOCK and SCALE_BLOCK_SIZE % cfg["BLOCK_K"]:
         raise ValueError(f"BLOCK_K must divide {SCALE_BLOCK_SIZE} for block-wise scales: got {cfg['BLOCK_K']}")

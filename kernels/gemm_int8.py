@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import gemm_configs, gemm_default_config, gemm_tile, interpreting, lazy_autotune
+from .common import gemm_configs, gemm_default_config, gemm_tile
 
 
 @triton.jit
@@ -42,34 +42,29 @@ def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-def gpu_configs() -> list[triton.Config]:
+def gpu_configs() -> list[dict]:
     """Autotuning space on a GPU: 4 stages of 128x128x128 int8 tiles keep 96 KB in flight (fits sm_89's
-    99 KB); the 256-wide tiles only fit Hopper (the autotuner skips configs that run out of memory)."""
+    99 KB); the 256-wide tiles only fit Hopper (autotuning skips configs that run out of memory)."""
     return gemm_configs(((128, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
                          (128, 128, 64, 4, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (32, 64, 128, 4, 4)))
 
 
-def int8_gemm_config(m: int, n: int, k: int, *, capability: tuple[int, int] | None = None) -> dict:
-    """One config without autotuning: the interpreter's (small tiles, few loop steps) or a GPU default."""
-    return gemm_default_config(m)
+def int8_gemm_config(m: int, n: int, k: int, *, capability: tuple[int, int] | None = None,
+                     interpret: bool | None = None) -> dict:
+    """One config without autotuning: the interpreter's (small tiles, few loop steps; `interpret`, default
+    TRITON_INTERPRET=1) or a GPU default."""
+    return gemm_default_config(m, interpret=interpret)
 
 
-_autotuned = lazy_autotune(_int8_gemm_kernel, gpu_configs, ["M", "N", "K"])
-
-
-def launch_int8_gemm(a, b, c, scale_a, scale_b, bias, *, config: dict | None = None, autotune: bool = False,
+def launch_int8_gemm(a, b, c, scale_a, scale_b, bias, *, config: dict | None = None,
                      capability: tuple[int, int] | None = None) -> None:
-    """c (M, N) <- (a @ b^T) * scale_a * scale_b^T (+ bias)."""
+    """c (M, N) <- (a @ b^T) * scale_a * scale_b^T (+ bias); `config` None takes `int8_gemm_config`'s."""
     m, k = a.shape
     n = b.shape[0]
     if m == 0 or n == 0:
         return
     args = (a, b, c, scale_a, scale_b, bias if bias is not None else c, m, n, k, a.stride(0), a.stride(1),
             b.stride(0), b.stride(1), c.stride(0), c.stride(1), scale_a.stride(0), scale_b.stride(0))
-    if autotune and config is None and not interpreting():
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-        _autotuned()[grid](*args, HAS_BIAS=bias is not None)
-        return
     cfg = dict(config or int8_gemm_config(m, n, k, capability=capability))
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     _int8_gemm_kernel[grid](*args, HAS_BIAS=bias is not None, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],

@@ -28,11 +28,15 @@ Memory is O(sequence): the kernels never form the (seq_q, seq_k) matrix (the ref
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from pyscale.formulas import window_bounds
+from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
 from pyscale.reference import attention as ref
@@ -50,9 +54,44 @@ def _kernels():
     return kernels
 
 
+# Autotuning (pyscale.ops._autotune): one tunable per kernel, keyed by the problem with bucketed lengths.
+_KERNEL_MODULES = ("pyscale.kernels.attention", "pyscale.kernels.common")
+
+
+def tuning_key(dtype: torch.dtype, head_dim: int, causal: bool, windowed: bool, varlen: bool, max_seqlen_q: int,
+               max_seqlen_k: int, capability: tuple[int, int]) -> dict[str, Any]:
+    """The autotuning key of one attention launch (sequence lengths bucketed to powers of two)."""
+    return {"capability": list(capability), "dtype": str(dtype).removeprefix("torch."), "head_dim": head_dim,
+            "causal": bool(causal), "windowed": bool(windowed), "varlen": bool(varlen),
+            "seq_q": bucket(max_seqlen_q), "seq_k": bucket(max_seqlen_k)}
+
+
+FWD_TUNING = Tunable(
+    "attention.fwd", _KERNEL_MODULES,
+    default=lambda key, interpret: _kernels().fwd_config(key["head_dim"], tuple(key["capability"]), interpret),
+    space=lambda key: _kernels().fwd_candidates(key["head_dim"], tuple(key["capability"])))
+BWD_TUNING = Tunable(
+    "attention.bwd", _KERNEL_MODULES,
+    default=lambda key, interpret: _kernels().bwd_config(key["head_dim"], tuple(key["capability"]), interpret),
+    space=lambda key: _kernels().bwd_candidates(key["head_dim"], tuple(key["capability"])))
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else (0, 0)
+
+
+def _tuned_launch(tuning: Tunable, launch: Callable[..., Any], q: torch.Tensor, causal: bool, window_left: int,
+                  varlen: bool, max_q: int, max_k: int) -> Any:
+    """Launch with the config `tuning` chooses (timing `launch(config=...)` when it tunes)."""
+    key = tuning_key(q.dtype, q.shape[-1], causal, window_left >= 0, varlen, max_q, max_k, _capability(q.device))
+    config = tuning.choose(q.device, key, lambda cfg: launch(config=cfg), interpret=_kernels().interpreting())
+    return launch(config=config)
+
+
 def _fwd_triton(q, k, v, causal, scale, window_left, window_right):
-    return _kernels().attention_forward(q, k, v, causal=causal, scale=scale, window_left=window_left,
-                                        window_right=window_right)
+    launch = functools.partial(_kernels().attention_forward, q, k, v, causal=causal, scale=scale,
+                               window_left=window_left, window_right=window_right)
+    return _tuned_launch(FWD_TUNING, launch, q, causal, window_left, False, q.shape[1], k.shape[1])
 
 
 def _fwd_reference(q, k, v, causal, scale, window_left, window_right):
@@ -62,8 +101,9 @@ def _fwd_reference(q, k, v, causal, scale, window_left, window_right):
 
 
 def _bwd_triton(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse):
-    return _kernels().attention_backward(grad_out, q, k, v, out, lse, causal=causal, scale=scale,
-                                         window_left=window_left, window_right=window_right, dlse=grad_lse)
+    launch = functools.partial(_kernels().attention_backward, grad_out, q, k, v, out, lse, causal=causal,
+                               scale=scale, window_left=window_left, window_right=window_right, dlse=grad_lse)
+    return _tuned_launch(BWD_TUNING, launch, q, causal, window_left, False, q.shape[1], k.shape[1])
 
 
 def _bwd_reference(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse):
@@ -73,9 +113,10 @@ def _bwd_reference(grad_out, q, k, v, out, lse, causal, scale, window_left, wind
 
 
 def _varlen_fwd_triton(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_left, window_right):
-    return _kernels().attention_forward(q, k, v, causal=causal, scale=scale, window_left=window_left,
-                                        window_right=window_right, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                                        max_seqlen_q=max_q, max_seqlen_k=max_k)
+    launch = functools.partial(_kernels().attention_forward, q, k, v, causal=causal, scale=scale,
+                               window_left=window_left, window_right=window_right, cu_seqlens_q=cu_q,
+                               cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k)
+    return _tuned_launch(FWD_TUNING, launch, q, causal, window_left, True, max_q, max_k)
 
 
 def _varlen_fwd_reference(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_left, window_right):
@@ -86,10 +127,11 @@ def _varlen_fwd_reference(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, wind
 
 def _varlen_bwd_triton(grad_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, window_left,
                        window_right, grad_lse):
-    return _kernels().attention_backward(grad_out, q, k, v, out, lse, causal=causal, scale=scale,
-                                         window_left=window_left, window_right=window_right,
-                                         cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
-                                         max_seqlen_k=max_k, dlse=grad_lse)
+    launch = functools.partial(_kernels().attention_backward, grad_out, q, k, v, out, lse, causal=causal,
+                               scale=scale, window_left=window_left, window_right=window_right,
+                               cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
+                               dlse=grad_lse)
+    return _tuned_launch(BWD_TUNING, launch, q, causal, window_left, True, max_q, max_k)
 
 
 def _varlen_bwd_reference(grad_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, window_left,
@@ -270,20 +312,35 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     return (out, lse) if return_lse else out
 
 
-def _check_cu(name: str, cu: torch.Tensor, q: torch.Tensor, total: int) -> list[int]:
+def _check_cu(name: str, cu: torch.Tensor, q: torch.Tensor) -> None:
+    """What needs no values (no host sync, no graph break): dtype, rank, device, at least one entry."""
     check_tensor(name, cu, dtypes=(torch.int32,), ndim=1)
     if cu.device != q.device:
         raise ValueError(f"{name} must be on the device of q ({q.device}): got {cu.device}")
     if cu.numel() < 1:
         raise ValueError(f"{name} must have batch + 1 >= 1 entries: got an empty tensor")
-    values = cu.tolist()
-    if values[0] != 0:
-        raise ValueError(f"{name} must start at 0: got {values[0]}")
-    if any(b < a for a, b in zip(values, values[1:])):
-        raise ValueError(f"{name} must be non-decreasing (sequence lengths >= 0): got {values}")
-    if values[-1] != total:
-        raise ValueError(f"{name} must end at the number of packed tokens {total}: got {values[-1]}")
-    return values
+
+
+def _check_cu_values(name: str, cu: list[int], total: int) -> None:
+    if cu[0] != 0:
+        raise ValueError(f"{name} must start at 0: got {cu[0]}")
+    if any(b < a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"{name} must be non-decreasing (sequence lengths >= 0): got {cu}")
+    if cu[-1] != total:
+        raise ValueError(f"{name} must end at the number of packed tokens {total}: got {cu[-1]}")
+
+
+def _check_longest(name: str, bound: int, cu: list[int]) -> None:
+    longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
+    if bound < longest:
+        raise ValueError(f"{name} must be an int >= the longest sequence ({longest}): got {bound!r}")
+
+
+def _assert_cu_on_device(name: str, cu: torch.Tensor, total: int, max_name: str, bound: int) -> None:
+    lengths = cu[1:] - cu[:-1]
+    ok = (cu[0] == 0) & (cu[-1] == total) & (lengths >= 0).all() & (lengths <= bound).all()
+    torch._assert_async(ok, f"{name} must start at 0, be non-decreasing and end at the number of packed tokens "
+                            f"({total}), and {max_name} ({bound}) must be >= its longest sequence")
 
 
 def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -297,22 +354,38 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         k, v: (total_k, heads_kv, head_dim), q's dtype and device.
         cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) offsets: sequence b is rows cu[b]:cu[b + 1]; starts at
             0, non-decreasing (length-0 sequences allowed), ends at total_q / total_k.
-        max_seqlen_q, max_seqlen_k: int upper bounds on the sequence lengths (they size the launch grid).
+        max_seqlen_q, max_seqlen_k: int upper bounds on the sequence lengths (they size the launch grid), as
+            FlashAttention's varlen API takes them: the lengths are never read back on the host.
         causal, scale, window, return_lse: as `attention`, per sequence (bottom-right aligned per sequence).
     Returns:
         out (total_q, heads_q, head_dim) in q.dtype, and with return_lse the lse, fp32 (heads_q, total_q).
     FLOPs: as `attention`, summed over sequences; see `pyscale.formulas.attention_varlen_flops`.
-    The cu_seqlens checks read them on the host (one device sync).
+    No host sync: on a GPU the cu_seqlens checks are device-side asserts, so the call compiles with
+    `torch.compile(fullgraph=True)` and is capturable in a CUDA graph.
     """
     _check_qkv(q, k, v, 3)
-    cq = _check_cu("cu_seqlens_q", cu_seqlens_q, q, q.shape[0])
-    ck = _check_cu("cu_seqlens_k", cu_seqlens_k, q, k.shape[0])
-    if len(cq) != len(ck):
-        raise ValueError(f"cu_seqlens_k must have the length of cu_seqlens_q (batch + 1 = {len(cq)}): got {len(ck)}")
-    for name, bound, cu in (("max_seqlen_q", max_seqlen_q, cq), ("max_seqlen_k", max_seqlen_k, ck)):
-        longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
-        if isinstance(bound, bool) or not isinstance(bound, int) or bound < longest:
-            raise ValueError(f"{name} must be an int >= the longest sequence ({longest}): got {bound!r}")
+    _check_cu("cu_seqlens_q", cu_seqlens_q, q)
+    _check_cu("cu_seqlens_k", cu_seqlens_k, q)
+    for name, bound in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+            raise ValueError(f"{name} must be an int >= the longest sequence: got {bound!r}")
+    # The values: read where that is free (CPU tensors, eager) for errors that name the argument; else
+    # checked on the device (torch._assert_async), so a call neither syncs the host nor breaks a graph and
+    # a bad cu_seqlens still cannot send the kernels out of bounds.
+    on_host = cu_seqlens_q.device.type == "cpu" and not torch.compiler.is_compiling()
+    if on_host:
+        cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+        _check_cu_values("cu_seqlens_q", cq, q.shape[0])
+        _check_cu_values("cu_seqlens_k", ck, k.shape[0])
+    if cu_seqlens_k.numel() != cu_seqlens_q.numel():
+        raise ValueError(f"cu_seqlens_k must have the length of cu_seqlens_q (batch + 1 = {cu_seqlens_q.numel()}): "
+                         f"got {cu_seqlens_k.numel()}")
+    if on_host:
+        _check_longest("max_seqlen_q", max_seqlen_q, cq)
+        _check_longest("max_seqlen_k", max_seqlen_k, ck)
+    else:
+        _assert_cu_on_device("cu_seqlens_q", cu_seqlens_q, q.shape[0], "max_seqlen_q", max_seqlen_q)
+        _assert_cu_on_device("cu_seqlens_k", cu_seqlens_k, k.shape[0], "max_seqlen_k", max_seqlen_k)
     left, right = window_bounds(window)
     out, lse = attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                     bool(causal), _check_scale(scale, q.shape[-1]), left, right)

@@ -11,10 +11,12 @@ Bytes (`pyscale.formulas.gemm_int8_bytes`): a and b (1 byte per element), the sc
 
 from __future__ import annotations
 
-import os
+import functools
+from typing import Any
 
 import torch
 
+from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_bias, check_choice, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
 from pyscale.reference import gemm_int8 as ref
@@ -22,13 +24,34 @@ from pyscale.reference import gemm_int8 as ref
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def _triton(a, b, scale_a, scale_b, out_dtype, bias):
-    from pyscale.kernels import gemm_int8 as kernels
+def _kernels():
+    from pyscale.kernels import gemm_int8 as kernels  # lazily: importing pyscale.ops imports no triton
 
-    c = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
-    cap = torch.cuda.get_device_capability(a.device) if a.is_cuda else None
-    kernels.launch_int8_gemm(a, b, c, scale_a, scale_b, bias, capability=cap,
-                             autotune=a.is_cuda and os.environ.get("PYSCALE_AUTOTUNE", "1") != "0")
+    return kernels
+
+
+def tuning_key(m: int, n: int, k: int, out_dtype: torch.dtype, has_bias: bool,
+               capability: tuple[int, int]) -> dict[str, Any]:
+    """The autotuning key of one GEMM: M bucketed to a power of two; N and K (layer sizes) exact."""
+    return {"capability": list(capability), "out": str(out_dtype).removeprefix("torch."), "bias": has_bias,
+            "m": bucket(m), "n": n, "k": k}
+
+
+TUNING = Tunable(
+    "gemm_int8", ("pyscale.kernels.gemm_int8", "pyscale.kernels.common"),
+    default=lambda key, interpret: _kernels().int8_gemm_config(
+        key["m"], key["n"], key["k"], capability=tuple(key["capability"]), interpret=interpret),
+    space=lambda key: _kernels().gpu_configs())
+
+
+def _triton(a, b, scale_a, scale_b, out_dtype, bias):
+    kernels = _kernels()
+    m, n, k = a.shape[0], b.shape[0], a.shape[1]
+    c = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    cap = tuple(torch.cuda.get_device_capability(a.device)) if a.is_cuda else (0, 0)
+    launch = functools.partial(kernels.launch_int8_gemm, a, b, c, scale_a, scale_b, bias, capability=cap)
+    key = tuning_key(m, n, k, out_dtype, bias is not None, cap)
+    launch(config=TUNING.choose(a.device, key, lambda cfg: launch(config=cfg), interpret=kernels.interpreting()))
     return c
 
 

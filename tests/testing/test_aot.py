@@ -69,10 +69,10 @@ def test_spills_fail_only_specs_that_state_their_alignment(monkeypatch):
     aligned = dataclasses.replace(SCALE, label="aligned", divisible_by_16=("x_ptr", "y_ptr"))
     plain = dataclasses.replace(SCALE, label="plain")
 
-    def fake_compile(specs, archs):
-        return [aot.AotResult(s.describe(), a, True, 1024, 99 * 1024, 64, 0, 32) for s in specs for a in archs]
+    def fake_compile(pairs):
+        return [aot.AotResult(s.describe(), a, True, 1024, 99 * 1024, 64, 0, 32) for s, a in pairs]
 
-    monkeypatch.setattr(aot, "compile_kernels", fake_compile)
+    monkeypatch.setattr(aot, "compile_pairs", fake_compile)
     assert_compiles([plain], archs=("sm_90a",))
     with pytest.raises(AssertionError, match=r"aligned.*spills \(0 B local, 32 B stack\)"):
         assert_compiles([aligned, plain], archs=("sm_90a",))
