@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from pyscale._backend import triton_interpreting
 from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_bias, check_choice, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
@@ -90,7 +91,7 @@ def _triton(a, b, scale_a, scale_b, granularity, out_dtype, bias):
     launch = functools.partial(kernels.launch_fp8_gemm, a, b, c, scale_a, scale_b, bias, _MODES[granularity],
                                capability=cap)
     key = tuning_key(m, n, k, granularity, out_dtype, bias is not None, cap)
-    launch(config=TUNING.choose(a.device, key, lambda cfg: launch(config=cfg), interpret=kernels.interpreting()))
+    launch(config=TUNING.choose(a.device, key, lambda cfg: launch(config=cfg), interpret=triton_interpreting()))
     return c
 
 

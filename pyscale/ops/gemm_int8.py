@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from pyscale._backend import triton_interpreting
 from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_bias, check_choice, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
@@ -51,7 +52,7 @@ def _triton(a, b, scale_a, scale_b, out_dtype, bias):
     cap = tuple(torch.cuda.get_device_capability(a.device)) if a.is_cuda else (0, 0)
     launch = functools.partial(kernels.launch_int8_gemm, a, b, c, scale_a, scale_b, bias, capability=cap)
     key = tuning_key(m, n, k, out_dtype, bias is not None, cap)
-    launch(config=TUNING.choose(a.device, key, lambda cfg: launch(config=cfg), interpret=kernels.interpreting()))
+    launch(config=TUNING.choose(a.device, key, lambda cfg: launch(config=cfg), interpret=triton_interpreting()))
     return c
 
 
