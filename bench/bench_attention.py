@@ -1,6 +1,6 @@
 """Attention benchmarks: pyscale's FlashAttention-2 kernel against every SDPA backend (flash, efficient,
 cuDNN, math where its scores fit), forward, backward and forward+backward
-(cases: pyscale.benchmark_cases.attention; shapes: pyscale.benchmark_shapes.attention, incl. `grid`:
+(cases: pyscale.benchmark.cases.attention; shapes: pyscale.benchmark.shapes, incl. `grid`:
 head dim 64/128, MHA and GQA 8:1, causal and not, seq 512 -> 16k).
 
     pytest bench/bench_attention.py --shapes llama3-8b,grid --benchmark-json attention.json

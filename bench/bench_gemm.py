@@ -1,6 +1,6 @@
 """GEMM benchmarks: pyscale's FP8 / int8 / W4A16 GEMMs against bf16 torch.mm, torch._scaled_mm (tensor- and
 row-wise) and torch._int_mm on the layers of named models at decode and prefill M
-(cases: pyscale.benchmark_cases.gemm; shapes: pyscale.benchmark_shapes.gemm).
+(cases: pyscale.benchmark.cases.gemm; shapes: pyscale.benchmark.shapes).
 
     pytest bench/bench_gemm.py --shapes llama3-8b,llama3-70b --benchmark-json gemm.json
 

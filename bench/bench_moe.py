@@ -1,5 +1,5 @@
 """MoE layer benchmarks: pyscale.nn.MoE (forward, forward+backward) and its routing against a per-expert loop
-and a torch._grouped_mm layer (cases: pyscale.benchmark_cases.moe; shapes: pyscale.benchmark_shapes.moe).
+and a torch._grouped_mm layer (cases: pyscale.benchmark.cases.moe; shapes: pyscale.benchmark.shapes).
 
     pytest bench/bench_moe.py --shapes qwen3-moe,mixtral-8x7b,deepseek-v3 --benchmark-json moe.json
 

@@ -75,4 +75,15 @@ PYSCALE_HD float round_to_dtype(float x, int dtype) {
   return dtype == kFloat16 ? round_to_fp16(x) : (dtype == kBFloat16 ? round_to_bf16(x) : x);
 }
 
+// The smallest value of `dtype` not below x (x >= 0 and finite): a scale rounded this way never
+// shrinks the step, so no code is clipped. Past the largest finite value it is +inf.
+PYSCALE_HD float round_up_to_dtype(float x, int dtype) {
+  const float r = round_to_dtype(x, dtype);
+  if (!(r < x)) return r;
+  if (dtype == kBFloat16) return bits_float(float_bits(r) + 0x10000u);  // one bf16 ulp up
+  if (r >= 65504.0f) return bits_float(0x7f800000u);                      // past fp16's largest finite
+  if (r < 6.103515625e-05f) return r + 5.9604644775390625e-08f;             // fp16 subnormal ulp 2^-24
+  return bits_float(float_bits(r) + 0x2000u);                               // one fp16 ulp up
+}
+
 }  // namespace pyscale

@@ -35,7 +35,6 @@ from .attention_common import (  # noqa: F401  (block_d and seq_bucket are part 
     _key_ranges,
     _natural_lse,
     _seq_bounds,
-    autotune_enabled,
     block_d,
     capability_of,
     check_row_strides,
@@ -45,7 +44,6 @@ from .attention_common import (  # noqa: F401  (block_d and seq_bucket are part 
     layout,
     lse_shape,
     lse_strides,
-    pick,
     precision,
     seq_bucket,
     upcast,
@@ -259,13 +257,5 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, caus
             VARLEN=varlen, UPCAST=upcast(q.dtype), ROUND_BF16=upcast(q.dtype), PRECISION=precision(q.dtype),
             TMA=use_desc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    if config is None:
-        cap = capability_of(q.device)
-        if autotune_enabled(q.device):
-            key = ("fwd", cap, q.dtype, head_dim, varlen, causal, window_left >= 0, seq_bucket(max_q),
-                   seq_bucket(max_k))
-            config = pick(key, fwd_candidates(head_dim, cap, causal=causal, seqlen=max(max_q, max_k)), run)
-        else:
-            config = fwd_config(head_dim, cap, interpreting())
-    run(config)
+    run(config or fwd_config(head_dim, capability_of(q.device), interpreting()))
     return out, lse

@@ -40,7 +40,6 @@ from .attention_common import (
     _lse_log2,
     _query_ranges,
     _seq_bounds,
-    autotune_enabled,
     block_d,
     capability_of,
     check_row_strides,
@@ -49,7 +48,6 @@ from .attention_common import (
     last_contiguous,
     layout,
     lse_strides,
-    pick,
     precision,
     seq_bucket,
     upcast,
@@ -568,14 +566,5 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
             BLOCK_M2=cfg.block_m2, BLOCK_N2=cfg.block_n2, **flags, TMA=use_desc, num_warps=dq_warps,
             num_stages=dq_stages)
 
-    if config is None:
-        cap = capability_of(q.device)
-        if autotune_enabled(q.device):
-            key = ("bwd", variant, cap, q.dtype, head_dim, varlen, causal, window_left >= 0, seq_bucket(max_q),
-                   seq_bucket(max_k))
-            config = pick(key, bwd_candidates(head_dim, cap, variant=variant, causal=causal,
-                                              seqlen=max(max_q, max_k)), run)
-        else:
-            config = bwd_config(head_dim, cap, interpreting(), variant)
-    run(config)
+    run(config or bwd_config(head_dim, capability_of(q.device), interpreting(), variant))
     return dq, dk, dv

@@ -245,30 +245,3 @@ def ensure_allocator(device: torch.device) -> None:
         missing = True
     if missing:
         triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
-
-
-# ----------------------------------------------------------------------------- autotuning (GPU only)
-
-_TUNED: dict[tuple, object] = {}
-
-
-def autotune_enabled(device: torch.device) -> bool:
-    # The interpreter has no benchmarking driver; on a GPU, tuning is opt-in so a first call is cheap.
-    return device.type == "cuda" and not interpreting() and os.environ.get("PYSCALE_AUTOTUNE") == "1"
-
-
-def pick(key: tuple, candidates: list, run) -> object:
-    """Time each candidate config once per key (outputs are overwritten, never accumulated) and keep
-    the fastest; a candidate that fails to compile (e.g. out of shared memory) is skipped."""
-    if key in _TUNED:
-        return _TUNED[key]
-    best, best_ms = candidates[0], float("inf")
-    for cfg in candidates:
-        try:
-            ms = triton.testing.do_bench(lambda cfg=cfg: run(cfg), warmup=5, rep=20)
-        except Exception:  # an over-budget config is simply not a candidate
-            continue
-        if ms < best_ms:
-            best, best_ms = cfg, ms
-    _TUNED[key] = best
-    return best

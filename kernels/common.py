@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import triton
 import triton.language as tl
@@ -24,3 +25,41 @@ def grouped_pid(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M
     pid_m = first_m + (pid % width) % rows
     pid_n = (pid % width) // rows
     return pid_m, pid_n
+
+
+@triton.jit
+def gemm_tile(a_ptr, b_ptr, M, N, stride_am, stride_ak, stride_bn, stride_bk, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's tile of c (M, N) = a (M, K) @ b (N, K)^T in grouped order: row and column offsets, the
+    first K offsets, the row and column masks, and pointers to its first a tile and b^T tile (BLOCK_K, BLOCK_N)."""
+    pid = tl.program_id(0).to(tl.int64)
+    pid_m, pid_n = grouped_pid(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
+    return offs_m, offs_n, offs_k, offs_m < M, offs_n < N, a_ptrs, b_ptrs
+
+
+def gemm_configs(tiles: Sequence[tuple[int, int, int, int, int]]) -> list[dict]:
+    """An autotuning space (config dicts) from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tiles,
+    grouped by 8 row blocks (the GEMM kernels' `grouped_pid` order)."""
+    return [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
+            for bm, bn, bk, warps, stages in tiles]
+
+
+def gemm_default_config(m: int, *, interpret: bool | None = None) -> dict:
+    """The GEMM kernels' config without autotuning (1-byte operands, 128-deep K steps).
+
+    Interpreter: small tiles and one stage, since each program step costs ~1 ms regardless of size. GPU:
+    4 stages keep 3 tiles of 128x128 + 128x128 bytes in flight, 96 KB, inside sm_89's 99 KB; 64-row tiles
+    when M is small, which wastes fewer rows. `interpret` defaults to TRITON_INTERPRET=1 (the compile report
+    asks for GPU configs from inside an interpreted test run).
+    """
+    if interpreting() if interpret is None else interpret:
+        bm = 32 if m <= 32 else 64
+        return {"BLOCK_M": bm, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 4, "num_warps": 4, "num_stages": 1}
+    if m <= 64:
+        return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import grouped_pid, interpreting
+from .common import gemm_configs, gemm_default_config, gemm_tile
 
 SCALE_TENSOR, SCALE_ROW, SCALE_BLOCK = 0, 1, 2
 SCALE_BLOCK_SIZE = 128
@@ -35,15 +35,8 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                      SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    pid_m, pid_n = grouped_pid(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn  # b^T tile (BLOCK_K, BLOCK_N)
+    offs_m, offs_n, offs_k, mask_m, mask_n, a_ptrs, b_ptrs = gemm_tile(
+        a_ptr, b_ptr, M, N, stride_am, stride_ak, stride_bn, stride_bk, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     if SCALE_MODE == 2:
         sa_ptrs = sa_ptr + offs_m * stride_sam
         sb_ptrs = sb_ptr + (offs_n // 128) * stride_sbn
@@ -82,44 +75,25 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
 
 # ----------------------------------------------------------------------------- configs and launch
 
-def gpu_configs() -> list[triton.Config]:
+def gpu_configs() -> list[dict]:
     """Autotuning space on a GPU. BLOCK_K divides 128 in every config (block-wise scaling needs it).
     A 128x128x128 tile needs 32 KB per stage in flight (stages - 1 of them): 4 stages fit sm_89's 99 KB;
-    the 256-wide tiles only fit Hopper (the autotuner skips configs that run out of shared memory)."""
-    out = []
-    for bm, bn, bk, warps, stages in ((128, 128, 128, 8, 4), (128, 128, 128, 8, 3), (128, 256, 128, 8, 3),
-                                      (256, 128, 128, 8, 3), (128, 128, 64, 4, 4), (64, 128, 128, 4, 4),
-                                      (64, 64, 128, 4, 4), (32, 64, 128, 4, 4)):
-        out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                                 num_warps=warps, num_stages=stages))
-    return out
+    the 256-wide tiles only fit Hopper (autotuning skips configs that run out of shared memory)."""
+    return gemm_configs(((128, 128, 128, 8, 4), (128, 128, 128, 8, 3), (128, 256, 128, 8, 3), (256, 128, 128, 8, 3),
+                         (128, 128, 64, 4, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (32, 64, 128, 4, 4)))
 
 
-def fp8_gemm_config(m: int, n: int, k: int, *, capability: tuple[int, int] | None = None) -> dict:
-    """One config without autotuning: the interpreter's (small tiles, few loop steps) or a GPU default."""
-    if interpreting():
-        bm = 32 if m <= 32 else 64
-        return {"BLOCK_M": bm, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 4, "num_warps": 4, "num_stages": 1}
-    # 4 stages keep 3 tiles of 128x128 + 128x128 bytes in flight: 96 KB, inside sm_89's 99 KB
-    stages = 4
-    if m <= 64:
-        return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": stages}
-    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": stages}
-
-
-_tuned = None
-
-
-def _autotuned():
-    global _tuned
-    if _tuned is None:
-        _tuned = triton.autotune(configs=gpu_configs(), key=["M", "N", "K", "SCALE_MODE"])(_fp8_gemm_kernel)
-    return _tuned
+def fp8_gemm_config(m: int, n: int, k: int, *, capability: tuple[int, int] | None = None,
+                    interpret: bool | None = None) -> dict:
+    """One config without autotuning: the interpreter's (small tiles, few loop steps; `interpret`, default
+    TRITON_INTERPRET=1) or a GPU default; BLOCK_K 128 suits block-wise scales."""
+    return gemm_default_config(m, interpret=interpret)
 
 
 def launch_fp8_gemm(a, b, c, scale_a, scale_b, bias, scale_mode: int, *, config: dict | None = None,
-                    autotune: bool = False, capability: tuple[int, int] | None = None) -> None:
-    """c (M, N) <- scaled a @ b^T (+ bias). `config` forces tile sizes; `autotune` (GPU only) searches."""
+                    capability: tuple[int, int] | None = None) -> None:
+    """c (M, N) <- scaled a @ b^T (+ bias). `config` (one of `gpu_configs`, say) forces tile sizes;
+    None takes `fp8_gemm_config`'s."""
     m, k = a.shape
     n = b.shape[0]
     if m == 0 or n == 0:
@@ -130,10 +104,6 @@ def launch_fp8_gemm(a, b, c, scale_a, scale_b, bias, scale_mode: int, *, config:
         s_strides = (scale_a.stride(0), scale_a.stride(1), scale_b.stride(0), scale_b.stride(1))
     args = (a, b, c, scale_a, scale_b, bias if bias is not None else c, m, n, k,
             a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), *s_strides)
-    if autotune and config is None and not interpreting():
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-        _autotuned()[grid](*args, SCALE_MODE=scale_mode, HAS_BIAS=bias is not None)
-        return
     cfg = dict(config or fp8_gemm_config(m, n, k, capability=capability))
     if scale_mode == SCALE_BLOCK and SCALE_BLOCK_SIZE % cfg["BLOCK_K"]:
         raise ValueError(f"BLOCK_K must divide {SCALE_BLOCK_SIZE} for block-wise scales: got {cfg['BLOCK_K']}")

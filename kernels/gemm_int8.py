@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import grouped_pid, interpreting
+from .common import gemm_configs, gemm_default_config, gemm_tile
 
 
 @triton.jit
@@ -21,15 +21,8 @@ def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                       stride_sam, stride_sbn, HAS_BIAS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       GROUP_M: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    pid_m, pid_n = grouped_pid(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn  # b^T tile (BLOCK_K, BLOCK_N)
+    offs_m, offs_n, offs_k, mask_m, mask_n, a_ptrs, b_ptrs = gemm_tile(
+        a_ptr, b_ptr, M, N, stride_am, stride_ak, stride_bn, stride_bk, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
@@ -49,52 +42,29 @@ def _int8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-def gpu_configs() -> list[triton.Config]:
+def gpu_configs() -> list[dict]:
     """Autotuning space on a GPU: 4 stages of 128x128x128 int8 tiles keep 96 KB in flight (fits sm_89's
-    99 KB); the 256-wide tiles only fit Hopper (the autotuner skips configs that run out of memory)."""
-    out = []
-    for bm, bn, bk, warps, stages in ((128, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 256, 64, 8, 3),
-                                      (256, 128, 64, 8, 3), (128, 128, 64, 4, 4), (64, 128, 128, 4, 4),
-                                      (64, 64, 128, 4, 4), (32, 64, 128, 4, 4)):
-        out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                                 num_warps=warps, num_stages=stages))
-    return out
+    99 KB); the 256-wide tiles only fit Hopper (autotuning skips configs that run out of memory)."""
+    return gemm_configs(((128, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
+                         (128, 128, 64, 4, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (32, 64, 128, 4, 4)))
 
 
-def int8_gemm_config(m: int, n: int, k: int, *, capability: tuple[int, int] | None = None) -> dict:
-    """One config without autotuning: the interpreter's (small tiles, few loop steps) or a GPU default."""
-    if interpreting():
-        bm = 32 if m <= 32 else 64
-        return {"BLOCK_M": bm, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 4, "num_warps": 4, "num_stages": 1}
-    stages = 4  # 3 x (16 + 16) KB in flight: fits sm_89's 99 KB
-    if m <= 64:
-        return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": stages}
-    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": stages}
+def int8_gemm_config(m: int, n: int, k: int, *, capability: tuple[int, int] | None = None,
+                     interpret: bool | None = None) -> dict:
+    """One config without autotuning: the interpreter's (small tiles, few loop steps; `interpret`, default
+    TRITON_INTERPRET=1) or a GPU default."""
+    return gemm_default_config(m, interpret=interpret)
 
 
-_tuned = None
-
-
-def _autotuned():
-    global _tuned
-    if _tuned is None:
-        _tuned = triton.autotune(configs=gpu_configs(), key=["M", "N", "K"])(_int8_gemm_kernel)
-    return _tuned
-
-
-def launch_int8_gemm(a, b, c, scale_a, scale_b, bias, *, config: dict | None = None, autotune: bool = False,
+def launch_int8_gemm(a, b, c, scale_a, scale_b, bias, *, config: dict | None = None,
                      capability: tuple[int, int] | None = None) -> None:
-    """c (M, N) <- (a @ b^T) * scale_a * scale_b^T (+ bias)."""
+    """c (M, N) <- (a @ b^T) * scale_a * scale_b^T (+ bias); `config` None takes `int8_gemm_config`'s."""
     m, k = a.shape
     n = b.shape[0]
     if m == 0 or n == 0:
         return
     args = (a, b, c, scale_a, scale_b, bias if bias is not None else c, m, n, k, a.stride(0), a.stride(1),
             b.stride(0), b.stride(1), c.stride(0), c.stride(1), scale_a.stride(0), scale_b.stride(0))
-    if autotune and config is None and not interpreting():
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-        _autotuned()[grid](*args, HAS_BIAS=bias is not None)
-        return
     cfg = dict(config or int8_gemm_config(m, n, k, capability=capability))
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     _int8_gemm_kernel[grid](*args, HAS_BIAS=bias is not None, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],

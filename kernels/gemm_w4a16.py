@@ -92,14 +92,15 @@ def _w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, M, N, K, 
 # ----------------------------------------------------------------------------- configs and launch
 
 def w4a16_config(m: int, n: int, k: int, group_size: int, *, num_sms: int | None = None,
-                 capability: tuple[int, int] | None = None) -> dict:
+                 capability: tuple[int, int] | None = None, interpret: bool | None = None) -> dict:
     """Tile sizes, warps, stages and SPLIT_K for one problem (no autotuning: decode shapes are few and
     the right split follows from the machine size).
 
     Decode (M <= 16): BLOCK_M 16 (tl.dot's minimum), split K until there are about 2 programs per SM.
     Prefill: 128 x 128 tiles (64-row for M <= 64), BLOCK_K 64, no split.
+    Interpreter (`interpret`, default TRITON_INTERPRET=1): small tiles.
     """
-    if interpreting():
+    if interpreting() if interpret is None else interpret:
         block_k = 64
         if m <= 16:
             cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": block_k, "SPLIT_K": 1, "GROUP_M": 1}

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "backend", "extension_status"]
 
 _SUBMODULES = frozenset(
-    {"benchmark", "cli", "costmodel", "hw", "kernels", "models", "nn", "ops", "plan", "profile",
+    {"benchmark", "cli", "costmodel", "formulas", "hw", "kernels", "models", "nn", "ops", "plan", "profile",
      "reference", "scaling", "store", "testing"}
 )
 

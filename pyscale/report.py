@@ -40,9 +40,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def _device_section() -> tuple[Section, dict]:
-    from pyscale.commands.info import collect
+    from pyscale import sysinfo
 
-    info = collect()
+    info = sysinfo.collect()
     s = Section("Device")
     for dev in info["devices"]:
         spec = dev.get("spec")
@@ -57,13 +57,14 @@ def _device_section() -> tuple[Section, dict]:
 
 
 def _bench_section(store: Any, device: str, shapes: str, families: Sequence[str], progress: bool) -> Section:
-    from pyscale import benchmark, report_rows
+    from pyscale import benchmark
+    from pyscale.benchmark.rows import bench_rows
 
     s = Section(f"Benchmark ({shapes} shapes on {device})")
     cases = benchmark.plan_cases(families, shapes, device=device)
     summary = benchmark.sweep(cases, store=store, device=device, progress=progress, command="report",
                               arguments={"shapes": shapes, "families": list(families)})
-    rows = report_rows.bench_rows(summary.rows)
+    rows = bench_rows(summary.rows)
     if device == "cpu":
         s.lines.append("No GPU here: these are CPU timings of the reference / C++ / interpreter paths at tiny "
                        "shapes. They exercise the pipeline; they say nothing about GPU performance.")
@@ -148,12 +149,13 @@ def _law_section(law: str, data: str | None, out: Path) -> tuple[Section, Any]:
 
 def _profile_hardware(profile: Any) -> tuple[Any, str]:
     """Hardware priced by the fitted cost model, and where it came from; (None, why) when it cannot be."""
-    from pyscale.plan.step_model import hardware_for_profile
+    from pyscale.plan import choose_hardware
 
     if profile is None:
         return None, "no cost model was fitted (see Cost model), so the plan has no throughput or power"
     try:
-        hardware, options = hardware_for_profile(profile)
+        hardware = choose_hardware(profile=profile)
+        options = hardware.step_options
     except ValueError as exc:
         return None, f"the cost model cannot price a GPT training step ({exc}), so the plan has no throughput"
     source = (f"the cost model fitted above (`device_profile.json`, {profile.device_name}): one step priced as "

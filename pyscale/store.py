@@ -7,7 +7,9 @@
   uuid, versions, rank). Recording a case again supersedes the earlier row (kept, flagged), so `--resume`
   and retries see one current row per case and nothing measured is ever deleted. A failed attempt never
   hides a measured row: it is stored already superseded, behind the `ok` row that stays current.
-- An unavailable value is NULL plus a reason in `unavailable_reasons`, never 0.
+- One schema of measured values, `MeasuredValues`: the profiler's `Measurement` and the store's row
+  `MeasurementRecord` both extend it. An unavailable value is None with a `<name>_unavailable_reason`
+  in Python, and NULL with that reason in the `unavailable_reasons` column; never 0.
 - One writer per database file is the design (rank 0 or a Ray driver gathers rows); concurrent writers
   are still safe (SQLite locking + busy timeout), just serialised. WAL needs a local filesystem.
 Standard library only (pandas/pyarrow are imported lazily by the exporters).
@@ -24,7 +26,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
@@ -40,7 +42,71 @@ EXPLAINED_FIELDS = ("energy_j", "avg_power_w")
 # permutation does no FLOPs).
 REASONED_FIELDS = ("flops", "bytes", "idle_power_w", "sm_clock_mhz", "mem_clock_mhz", "temperature_c")
 
-MIGRATIONS: tuple[str, ...] = (
+
+def _device_id(conn: sqlite3.Connection, device: Mapping[str, Any]) -> int:
+    """The id of the devices row with this uuid and these versions, inserted (with `device`'s columns) when
+    there is none. Looked up first: the table's UNIQUE constraint lets rows with a NULL version repeat."""
+    found = conn.execute("SELECT id FROM devices WHERE uuid = ? AND driver_version IS ? AND cuda_version IS ? "
+                         "AND torch_version IS ? AND triton_version IS ? ORDER BY id LIMIT 1",
+                         (device["uuid"], device["driver_version"], device["cuda_version"], device["torch_version"],
+                          device["triton_version"])).fetchone()
+    if found is not None:
+        return int(found[0])
+    cur = conn.execute(f"INSERT INTO devices ({', '.join(device)}, created_at) "
+                       f"VALUES ({', '.join('?' * len(device))}, ?)", (*device.values(), time.time()))
+    return int(cur.lastrowid)
+
+
+def _migrate_v3_one_device_record(conn: sqlite3.Connection) -> None:
+    """v3: every measurement on the device record `pyscale.sysinfo.device_record` builds.
+
+    Before v3 the profiler and the benchmark built that record apart: the profiler named a CPU on a
+    machine with CUDA devices "cpu" (now "cpu-<host>", the host of the run that measured it), the
+    benchmark gave a CPU torch's CUDA version (a CPU row has none now), and the profiler named a CUDA
+    device without a uuid "cuda:<index>" (now its name, as the benchmark did). Rows move onto the device
+    as it is recorded now, with their case keys recomputed, so that --resume still matches them; where two
+    current rows become one case, one stays current (an ok row before a failure, then the newer).
+    """
+    devices = {row["id"]: dict(row) for row in conn.execute("SELECT * FROM devices")}
+    identity = ("kind", "name", "uuid", "compute_capability", "memory_bytes", "driver_version", "cuda_version",
+                "torch_version", "triton_version")
+
+    def as_recorded_now(dev: dict[str, Any], host: str | None) -> dict[str, Any]:
+        new = {k: dev[k] for k in identity}
+        if dev["kind"] == "cpu":
+            new["cuda_version"] = None
+            if dev["uuid"] == "cpu":
+                new["uuid"] = f"cpu-{host or platform.node()}"
+        elif dev["kind"] == "cuda" and dev["uuid"].startswith("cuda:"):
+            new["uuid"] = dev["name"]
+        return new
+
+    rows = conn.execute("SELECT m.id, m.device_id, m.op, m.backend, m.params, m.dtype, m.rank, r.hostname "
+                        "FROM measurements m LEFT JOIN runs r ON r.id = m.run_id").fetchall()
+    conn.execute("DROP INDEX measurements_current_case")  # keys may meet while they are rewritten
+    for row in rows:
+        dev = devices[row["device_id"]]
+        new = as_recorded_now(dev, row["hostname"])
+        if new == {k: dev[k] for k in identity}:
+            continue
+        key = case_key(row["op"], row["backend"], json.loads(row["params"]), row["dtype"], new["uuid"],
+                       DeviceRecord(**new).versions(), row["rank"])
+        conn.execute("UPDATE measurements SET device_id = ?, case_key = ? WHERE id = ?",
+                     (_device_id(conn, new), key, row["id"]))
+    for (key,) in conn.execute("SELECT case_key FROM measurements WHERE superseded = 0 GROUP BY case_key "
+                               "HAVING COUNT(*) > 1").fetchall():
+        (keep,) = conn.execute("SELECT id FROM measurements WHERE case_key = ? AND superseded = 0 "
+                               "ORDER BY status = 'ok' DESC, id DESC LIMIT 1", (key,)).fetchone()
+        conn.execute("UPDATE measurements SET superseded = 1 WHERE case_key = ? AND superseded = 0 AND id != ?",
+                     (key, keep))
+    conn.execute("CREATE UNIQUE INDEX measurements_current_case ON measurements (case_key) WHERE superseded = 0")
+    stale = [i for i, dev in devices.items() if as_recorded_now(dev, None) != {k: dev[k] for k in identity}]
+    conn.executemany("DELETE FROM devices WHERE id = ? AND id NOT IN (SELECT device_id FROM measurements)",
+                     [(i,) for i in stale])
+
+
+# Schema migrations in order: SQL scripts, or functions of the connection for what SQL cannot say.
+MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     # v1: devices, runs and timed measurements.
     """
     CREATE TABLE devices (
@@ -105,6 +171,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE measurements ADD COLUMN superseded INTEGER NOT NULL DEFAULT 0;
     CREATE UNIQUE INDEX measurements_current_case ON measurements (case_key) WHERE superseded = 0;
     """,
+    # v3: one device record for the profiler and the benchmark (case keys of the rows it moves recomputed).
+    _migrate_v3_one_device_record,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -151,9 +219,71 @@ class DeviceRecord:
                 "triton": self.triton_version}
 
 
+# Python name -> column, where the measurements table names a value differently.
+COLUMN_OF = {"time_s": "time_s_median"}
+# Why a value is unavailable (None while the value is there).
+Reason = str | None
+
+
+@dataclass(kw_only=True)
+class MeasuredValues:
+    """What one measurement holds, in SI units: the fields of the profiler's `Measurement` and of the
+    store's row alike. An absent value is None with its `<name>_unavailable_reason`, never 0."""
+
+    time_s: float | None = None  # median of one call (the column time_s_median)
+    time_s_p20: float | None = None
+    time_s_p80: float | None = None
+    repeats: int | None = None  # timed calls (None when nothing was timed)
+    flops: float | None = None  # per call, as executed
+    model_flops: float | None = None  # per call, PaLM convention
+    bytes: float | None = None
+    energy_j: float | None = None  # per call
+    avg_power_w: float | None = None  # over the energy window
+    idle_power_w: float | None = None
+    sm_clock_mhz: float | None = None
+    mem_clock_mhz: float | None = None
+    temperature_c: float | None = None
+    throttle_reasons: tuple[str, ...] | None = None  # NVML's reason names; () when none
+    time_s_unavailable_reason: Reason = None
+    flops_unavailable_reason: Reason = None
+    model_flops_unavailable_reason: Reason = None
+    bytes_unavailable_reason: Reason = None
+    energy_j_unavailable_reason: Reason = None
+    avg_power_w_unavailable_reason: Reason = None
+    idle_power_w_unavailable_reason: Reason = None
+    sm_clock_mhz_unavailable_reason: Reason = None
+    mem_clock_mhz_unavailable_reason: Reason = None
+    temperature_c_unavailable_reason: Reason = None
+    throttle_reasons_unavailable_reason: Reason = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def unavailable_reasons(self) -> dict[str, str]:
+        """{name: reason} of every absent value that has a reason (the store's `unavailable_reasons` column)."""
+        out = {}
+        for name in OPTIONAL_VALUES:
+            reason = getattr(self, f"{name}_unavailable_reason")
+            if getattr(self, name) is None and reason:
+                out[name] = reason
+        return out
+
+    def explain_missing(self, why: str) -> MeasuredValues:
+        """Give `why` as the reason of every absent value the store requires one for (an ok row's energy,
+        power, FLOPs, bytes, clocks and temperature) that has none yet; returns self (for chaining)."""
+        for name in EXPLAINED_FIELDS + REASONED_FIELDS:
+            if getattr(self, name) is None and not getattr(self, f"{name}_unavailable_reason"):
+                setattr(self, f"{name}_unavailable_reason", why)
+        return self
+
+
+_FIELDS = tuple(f.name for f in fields(MeasuredValues))
+# The measured values (columns of their own), and those of them that carry a reason when absent.
+VALUES = tuple(n for n in _FIELDS if not n.endswith("_unavailable_reason") and n != "extra")
+OPTIONAL_VALUES = tuple(n for n in VALUES if f"{n}_unavailable_reason" in _FIELDS)
+
+
 @dataclass
-class MeasurementRecord:
-    """One row of the measurements table. Times in seconds, energy in joules, power in watts (SI)."""
+class MeasurementRecord(MeasuredValues):
+    """One row of the measurements table: a case's identity and its measured values."""
 
     op: str
     backend: str
@@ -162,52 +292,38 @@ class MeasurementRecord:
     status: str = "ok"
     error: str | None = None
     rank: int = 0
-    time_s_median: float | None = None
-    time_s_p20: float | None = None
-    time_s_p80: float | None = None
-    repeats: int | None = None
-    flops: float | None = None
-    model_flops: float | None = None
-    bytes: float | None = None
-    energy_j: float | None = None
-    avg_power_w: float | None = None
-    idle_power_w: float | None = None
-    sm_clock_mhz: float | None = None
-    mem_clock_mhz: float | None = None
-    temperature_c: float | None = None
-    throttle_reasons: str | None = None
-    unavailable_reasons: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def explain_missing(self, why: str) -> MeasurementRecord:
-        """Give `why` as the reason of every absent field that has none yet; returns self (for chaining)."""
-        for name in EXPLAINED_FIELDS + REASONED_FIELDS:
-            if getattr(self, name) is None:
-                self.unavailable_reasons.setdefault(name, why)
-        return self
 
     def validate(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}: got {self.status!r}")
+        if self.throttle_reasons is not None and not isinstance(self.throttle_reasons, (tuple, list)):
+            raise ValueError(f"throttle_reasons must be a tuple of reason names: got {self.throttle_reasons!r}")
         if self.status != "ok":
             if not self.error:
                 raise ValueError(f"error must say what happened when status is {self.status!r}")
             return
-        if self.time_s_median is None or not self.time_s_median > 0 or not math.isfinite(self.time_s_median):
-            raise ValueError(f"time_s_median must be a positive finite time for an ok measurement: "
-                             f"got {self.time_s_median!r}")
+        if self.time_s is None or not self.time_s > 0 or not math.isfinite(self.time_s):
+            raise ValueError(f"time_s (stored as time_s_median) must be a positive finite time for an ok "
+                             f"measurement: got {self.time_s!r}")
         for name in EXPLAINED_FIELDS:
             value = getattr(self, name)
-            if value is None and not self.unavailable_reasons.get(name):
-                raise ValueError(f"{name} is None: give the reason in unavailable_reasons[{name!r}]")
             if value is not None and value == 0:
                 raise ValueError(f"{name} is 0: an unmeasured value is None with a reason, never 0")
-        for name in REASONED_FIELDS:
-            if getattr(self, name) is None and not self.unavailable_reasons.get(name):
-                raise ValueError(f"{name} is None: give the reason in unavailable_reasons[{name!r}]")
+        for name in EXPLAINED_FIELDS + REASONED_FIELDS:
+            if getattr(self, name) is None and not getattr(self, f"{name}_unavailable_reason"):
+                raise ValueError(f"{name} is None: give the reason in {name}_unavailable_reason")
 
-
-_MEASUREMENT_COLUMNS = tuple(f.name for f in fields(MeasurementRecord))
+    def columns(self) -> dict[str, Any]:
+        """The row's measurement columns (identity, values, reasons and extra, JSON-encoded where nested)."""
+        row: dict[str, Any] = {name: getattr(self, name) for name in ("op", "backend", "dtype", "status", "error",
+                                                                      "rank")}
+        row["params"] = _canonical_json(self.params)
+        row.update({COLUMN_OF.get(name, name): getattr(self, name) for name in VALUES})
+        if self.throttle_reasons is not None:  # a text column: the names comma-joined, "none" for none
+            row["throttle_reasons"] = ",".join(self.throttle_reasons) or "none"
+        row["unavailable_reasons"] = _canonical_json(self.unavailable_reasons())
+        row["extra"] = _canonical_json(self.extra)
+        return row
 
 
 @cache
@@ -282,25 +398,20 @@ class Store:
                 raise RuntimeError(f"{self.path} has schema v{version}, newer than this pyscale's "
                                    f"v{SCHEMA_VERSION}: upgrade pyscale")
             for target in range(version, SCHEMA_VERSION):
-                for statement in filter(str.strip, MIGRATIONS[target].split(";")):
-                    conn.execute(statement)
+                step = MIGRATIONS[target]
+                if callable(step):
+                    step(conn)
+                else:
+                    for statement in filter(str.strip, step.split(";")):
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {target + 1}")
 
     # ------------------------------------------------------------------ devices and runs
 
     def register_device(self, device: DeviceRecord) -> int:
         """The id of this device (with these versions), inserting it on first sight."""
-        row = asdict(device)
         with self.transaction() as conn:
-            conn.execute(
-                f"INSERT OR IGNORE INTO devices ({', '.join(row)}, created_at) "
-                f"VALUES ({', '.join('?' * len(row))}, ?)", (*row.values(), time.time()))
-            found = conn.execute(
-                "SELECT id FROM devices WHERE uuid = ? AND driver_version IS ? AND cuda_version IS ? "
-                "AND torch_version IS ? AND triton_version IS ?",
-                (device.uuid, device.driver_version, device.cuda_version, device.torch_version,
-                 device.triton_version)).fetchone()
-        return int(found["id"])
+            return _device_id(conn, asdict(device))
 
     def device(self, device_id: int) -> DeviceRecord:
         row = self._conn.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
@@ -336,10 +447,7 @@ class Store:
         m.validate()
         device = self.device(device_id)
         key = case_key(m.op, m.backend, m.params, m.dtype, device.uuid, device.versions(), m.rank)
-        row = {name: getattr(m, name) for name in _MEASUREMENT_COLUMNS}
-        row["params"] = _canonical_json(m.params)
-        row["unavailable_reasons"] = _canonical_json(m.unavailable_reasons)
-        row["extra"] = _canonical_json(m.extra)
+        row = m.columns()
         row.update(case_key=key, device_id=device_id, run_id=run_id, created_at=time.time())
         with self.transaction() as conn:
             current = conn.execute("SELECT status FROM measurements WHERE case_key = ? AND superseded = 0",

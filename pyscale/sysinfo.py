@@ -1,7 +1,9 @@
 """What this machine offers pyscale: the device, library versions and which backends can run.
 
 Every probe returns (available, reason) so `pyscale info` can say why something is missing. Importing
-this module imports nothing heavy; the probes import torch/triton/pynvml only when called.
+this module imports nothing heavy; the probes import torch/triton/pynvml only when called. It also
+builds the one device record that every measurement is stored against (`device_record`), and collects
+what `pyscale info` and the report show (`collect`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pyscale import _ext
+from pyscale.store import DeviceRecord
 
 RAPL_ROOT = Path("/sys/class/powercap")
 
@@ -96,6 +99,35 @@ def devices() -> list[DeviceInfo]:
 def cpu_device() -> DeviceInfo:
     """This machine's CPU as a device (its uuid names the host, so rows of two hosts never mix)."""
     return DeviceInfo("cpu", cpu_name(), None, f"cpu-{platform.node()}", None, _memory_bytes(), None)
+
+
+def device_record(kind: str = "cpu", index: int | None = None) -> DeviceRecord:
+    """The store's record of the device a measurement runs on, with the software versions it ran with.
+
+    kind: "cuda" (device `index`, default the current one) or "cpu". A CPU is named after its host and
+    has no CUDA version (CPU rows do not depend on the toolkit; torch's version names its build); a CUDA
+    device without a uuid is named by its model. Raises RuntimeError when a CUDA device is asked for and
+    torch sees none.
+    """
+    v = versions()
+    if kind == "cuda":
+        cuda = [d for d in devices() if d.kind == "cuda"]
+        if not cuda:
+            raise RuntimeError("device='cuda' was asked for, but torch sees no CUDA device")
+        if index is None:
+            import torch
+
+            index = torch.cuda.current_device()
+        dev = cuda[index]
+        return DeviceRecord(kind="cuda", name=dev.name, uuid=dev.uuid or dev.name,
+                            compute_capability=dev.compute_capability, memory_bytes=dev.memory_bytes,
+                            driver_version=dev.driver_version, cuda_version=v.get("torch_cuda"),
+                            torch_version=v.get("torch"), triton_version=v.get("triton"))
+    if kind != "cpu":
+        raise ValueError(f"kind must be 'cuda' or 'cpu': got {kind!r}")
+    dev = cpu_device()
+    return DeviceRecord(kind="cpu", name=dev.name, uuid=dev.uuid or dev.name, memory_bytes=dev.memory_bytes,
+                        torch_version=v.get("torch"), triton_version=v.get("triton"))
 
 
 def _memory_bytes() -> int | None:
@@ -218,3 +250,20 @@ def probes() -> list[Probe]:
 
 def as_dict(obj: Probe | DeviceInfo) -> dict:
     return asdict(obj)
+
+
+def collect() -> dict:
+    """What `pyscale info` shows, as one JSON-able dict: every device with its hw.py spec row (or why it
+    has none), the library versions and the backend probes."""
+    from pyscale import hw
+
+    entries = []
+    for dev in devices():
+        entry = as_dict(dev)
+        if dev.kind == "cuda":
+            entry["spec"] = hw.spec_to_dict(hw.lookup(dev.name))
+        else:
+            entry["spec"] = None
+            entry["spec_unavailable_reason"] = "CPU: pyscale keeps no peak-FLOP table for CPUs"
+        entries.append(entry)
+    return {"devices": entries, "versions": versions(), "backends": [as_dict(p) for p in probes()]}

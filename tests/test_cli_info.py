@@ -27,3 +27,23 @@ def test_info_table_and_python_m(tmp_path):
 def test_no_command_prints_help(capsys):
     assert cli.main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_the_library_never_imports_the_cli():
+    """`pyscale info` and the report share the library's collection (pyscale.sysinfo.collect); no module
+    outside the command layer imports pyscale.cli or pyscale.commands."""
+    import ast
+    from pathlib import Path
+
+    import pyscale
+
+    root = Path(pyscale.__file__).parent
+    library = [p for p in root.rglob("*.py")
+               if p.name not in ("cli.py", "__main__.py") and "commands" not in p.relative_to(root).parts]
+    assert len(library) > 40
+    for path in library:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad = [n for n in names if n == "pyscale.cli" or n.startswith("pyscale.commands")]
+            assert not bad, f"{path.relative_to(root)} imports {bad}"

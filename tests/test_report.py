@@ -27,13 +27,13 @@ def _synthetic_store(path, device: dict) -> None:
     device (the report fits the cost model of the device it runs on)."""
     from pyscale.store import DeviceRecord, MeasurementRecord, Store
 
-    reasons = {k: "synthetic row: not measured" for k in ("energy_j", "avg_power_w", "idle_power_w",
+    reasons = {f"{k}_unavailable_reason": "synthetic row: not measured" for k in ("energy_j", "avg_power_w", "idle_power_w",
                                                           "sm_clock_mhz", "mem_clock_mhz", "temperature_c")}
 
     def record(store, dev, op, backend, params, flops, nbytes):
         t = max(flops / 1e12, nbytes / 1e11) + 1e-5
-        store.record(MeasurementRecord(op=op, backend=backend, params=params, dtype="fp32", time_s_median=t,
-                                       flops=flops, bytes=nbytes, unavailable_reasons=dict(reasons)), device_id=dev)
+        store.record(MeasurementRecord(op=op, backend=backend, params=params, dtype="fp32", time_s=t,
+                                       flops=flops, bytes=nbytes, **reasons), device_id=dev)
 
     with Store(path) as store:
         dev = store.register_device(DeviceRecord(kind=device["kind"], name=device["name"], uuid="synthetic"))
@@ -50,10 +50,10 @@ def _synthetic_store(path, device: dict) -> None:
 
 
 def test_report_plan_is_priced_by_the_fitted_cost_model(tmp_path):
-    from pyscale.commands.info import collect
+    from pyscale import sysinfo
     from pyscale.report import run_main_job
 
-    device = collect()["devices"][0]
+    device = sysinfo.collect()["devices"][0]
     _synthetic_store(tmp_path / "syn.db", device)
     path = run_main_job(tmp_path / "rep", store_path=tmp_path / "syn.db", skip_bench=True, progress=False)
     text = path.read_text()

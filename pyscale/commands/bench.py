@@ -7,15 +7,17 @@ import json
 import sys
 from pathlib import Path
 
+from pyscale.benchmark.shapes import FAMILIES, MODELS, SHAPE_SETS
+
 HELP = "benchmark pyscale's ops and their baselines on this device into the store"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("family", nargs="?", default="all", choices=["attention", "gemm", "moe", "all"],
+    parser.add_argument("family", nargs="?", default="all", choices=[*FAMILIES, "all"],
                         help="op family to sweep (default: all)")
-    parser.add_argument("--shapes", default=None,
-                        help="shape set named after a model: quick, llama3-8b, llama3-70b, mixtral-8x7b, "
-                             "qwen3-moe, deepseek-v3 (default: llama3-8b on a GPU, quick on CPU)")
+    parser.add_argument("--shapes", default=None, choices=SHAPE_SETS, metavar="SHAPES",
+                        help=f"shape set named after a model: {', '.join(MODELS)}; or quick (tiny, every family), "
+                             "grid (attention's coverage sweep) (default: llama3-8b on a GPU, quick on CPU)")
     parser.add_argument("--quick", action="store_true", help="the tiny 'quick' shape set (what CPU runs use)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable), e.g. pyscale")
@@ -37,7 +39,8 @@ def _resolve_device(choice: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyscale import benchmark, report_rows
+    from pyscale import benchmark
+    from pyscale.benchmark.rows import bench_rows, export, print_bench_table
     from pyscale.store import Store
 
     device = _resolve_device(args.device)
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     executor = None
     if args.ray:
-        from pyscale.distributed import RayUnavailable, ray_executor
+        from pyscale.benchmark.distributed import RayUnavailable, ray_executor
 
         try:
             executor = ray_executor(None if args.ray == "auto" else args.ray, device=device)
@@ -64,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
                                   executor=executor, progress=not args.json,
                                   arguments={k: (str(v) if isinstance(v, Path) else v)
                                              for k, v in vars(args).items() if not k.startswith("_")})
-    rows = report_rows.bench_rows(summary.rows)
+    rows = bench_rows(summary.rows)
     if args.export:
-        report_rows.export(rows, args.export)
+        export(rows, args.export)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
-        report_rows.print_bench_table(rows, title=f"pyscale bench {', '.join(families)} [{shape_set}] on {device}")
+        print_bench_table(rows, title=f"pyscale bench {', '.join(families)} [{shape_set}] on {device}")
         print(f"run {summary.run_id}: {summary.measured} measured, {summary.failed} failed, "
               f"{summary.skipped} skipped (already in the store)")
     return 0 if summary.failed == 0 else 3

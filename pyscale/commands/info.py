@@ -12,32 +12,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
 
 
-def collect() -> dict:
-    from pyscale import hw, sysinfo
-
-    devices = []
-    for dev in sysinfo.devices():
-        entry = sysinfo.as_dict(dev)
-        if dev.kind == "cuda":
-            spec = hw.lookup(dev.name)
-            entry["spec"] = hw.spec_to_dict(spec)
-        else:
-            entry["spec"] = None
-            entry["spec_unavailable_reason"] = "CPU: pyscale keeps no peak-FLOP table for CPUs"
-        devices.append(entry)
-    return {
-        "devices": devices,
-        "versions": sysinfo.versions(),
-        "backends": [sysinfo.as_dict(p) for p in sysinfo.probes()],
-    }
-
-
 def _fmt(value: object) -> str:
     return "—" if value is None else str(value)
 
 
 def run(args: argparse.Namespace) -> int:
-    info = collect()
+    from pyscale import sysinfo
+
+    info = sysinfo.collect()
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return 0

@@ -66,64 +66,24 @@ def budget_of(args: argparse.Namespace):
     return Budget("loss", args.target_loss)
 
 
-def _fleet(args: argparse.Namespace) -> dict:
-    """The fleet and price options every hardware source takes."""
-    return {"n_devices": args.n_gpus, "dp_efficiency": args.dp_efficiency,
-            "price_per_device_hour": args.price_per_gpu_hour, "pue": args.pue}
-
-
-def _check_hardware_flags(args: argparse.Namespace) -> None:
-    """One hardware source at most, and no fleet flag without one: a flag is never silently ignored."""
-    if args.n_gpus < 1:
-        raise ValueError(f"--n-gpus must be >= 1: got {args.n_gpus}")
-    sources = [flag for flag, given in (("--mfu/--power-w", args.mfu is not None or args.power_w is not None),
-                                        ("--profile", args.profile is not None),
-                                        ("--store", args.store is not None)) if given]
-    if len(sources) > 1:
-        raise ValueError(f"{' and '.join(sources)} are alternative hardware sources: give one")
-    if sources or args.gpu:
-        return
-    given = {"--n-gpus": args.n_gpus != 1, "--dp-efficiency": args.dp_efficiency is not None,
-             "--price-per-gpu-hour": args.price_per_gpu_hour is not None, "--pue": args.pue is not None,
-             "--dtype": args.dtype is not None}
-    unused = [flag for flag, yes in given.items() if yes]
-    if unused:
-        raise ValueError(f"{', '.join(unused)} given without hardware to apply to: add --gpu NAME (with --mfu "
-                         "and --power-w), --profile or --store")
-
-
-def _from_profile(args: argparse.Namespace, profile):
-    from pyscale.plan.step_model import hardware_for_profile
-
-    return hardware_for_profile(profile, args.dtype, **_fleet(args))[0]
+# choose_hardware's parameters and the options (argparse dests) that give them: the flags are "--" + dest
+HARDWARE_OPTIONS = {"gpu": "gpu", "mfu": "mfu", "power_w": "power_w", "profile": "profile", "store": "store",
+                    "n_devices": "n_gpus", "dp_efficiency": "dp_efficiency", "dtype": "dtype",
+                    "price_per_device_hour": "price_per_gpu_hour", "pue": "pue"}
+FLAGS = {param: "--" + dest.replace("_", "-") for param, dest in HARDWARE_OPTIONS.items()}
 
 
 def hardware_of(args: argparse.Namespace):
-    from pyscale.plan import hardware
+    from pyscale.plan import choose_hardware
 
-    _check_hardware_flags(args)
-    dtype = args.dtype or "bf16"
-    if args.mfu is not None or args.power_w is not None:
-        if not args.gpu:
-            raise ValueError("--mfu/--power-w need --gpu NAME (to know the peak)")
-        return hardware.from_user(args.gpu, mfu=args.mfu, power_w=args.power_w, dtype=dtype, **_fleet(args))
-    if args.profile is not None:
-        from pyscale.costmodel import DeviceProfile
+    return choose_hardware(**{param: getattr(args, dest) for param, dest in HARDWARE_OPTIONS.items()})
 
-        return _from_profile(args, DeviceProfile.from_json(args.profile))
-    if args.store is not None:
-        from pyscale.plan.measured import hardware_from_store
 
-        return hardware_from_store(args.store, device_name=args.gpu, dtype=dtype, **_fleet(args))
-    if args.gpu:
-        from pyscale.costmodel import load_shipped_profile
+def error_line(exc: ValueError) -> str:
+    """An error in the command line's words: parameters the library names become this command's flags."""
+    from pyscale.plan import ParameterError
 
-        profile = load_shipped_profile(args.gpu)
-        if profile is not None:
-            return _from_profile(args, profile)
-        # no throughput: a time, energy or cost budget then fails naming --mfu, --profile and --store
-        return hardware.from_user(args.gpu, dtype=dtype, **_fleet(args))
-    return None
+    return exc.rephrase(FLAGS) if isinstance(exc, ParameterError) else str(exc)
 
 
 def _plots(args: argparse.Namespace, result, hardware) -> None:
@@ -152,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         if args.plot:
             _plots(args, result, hardware)
     except ValueError as exc:
-        print(f"pyscale plan: {exc}", file=sys.stderr)
+        print(f"pyscale plan: {error_line(exc)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))

@@ -15,6 +15,7 @@ Conventions
   and reproduces Llama-1's d_ff of 11008 / 13824 / 22016 for d_model 4096 / 5120 / 8192.
 * non-embedding N = total − embedding − lm_head (Kaplan et al. 2020 exclude both embedding
   matrices). Norm weights and the MoE router are non-embedding parameters.
+* The FLOP formulas themselves live in ``pyscale.formulas``; this module chooses their N.
 * Model FLOPs (DESIGN.md §6, PaLM appendix B): ``6·N + 12·L·H·Q·T`` per token, with N the *active*
   parameters minus the input embedding table. PaLM's N is its parameter count with tied
   embeddings, whose single V·d matrix is used as the output projection (a matmul); the input
@@ -33,6 +34,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from pyscale import formulas
 
 FlopConvention = Literal["palm", "6N", "kaplan"]
 
@@ -252,11 +255,12 @@ class GPTConfig:
         T = self._seq(seq_len)
         c = self.param_counts()
         if convention == "palm":
-            return 6 * (c.active - c.embedding) + 12 * self.n_layers * self.n_heads * self.head_dim * T  # type: ignore[operator]
+            return formulas.palm_model_flops_per_token(c.active - c.embedding, self.n_layers, self.n_heads,
+                                                       self.head_dim, T)  # type: ignore[arg-type]
         if convention == "6N":
-            return 6 * self.n_active_params(embeddings)
+            return formulas.training_flops_per_token(self.n_active_params(embeddings))
         if convention == "kaplan":
-            return 6 * c.active_non_embedding + 6 * self.n_layers * T * self.d_attn
+            return formulas.kaplan_flops_per_token(c.active_non_embedding, self.n_layers, self.d_attn, T)
         raise ValueError(f"convention must be 'palm', '6N' or 'kaplan': got {convention!r}")
 
     def model_flops_per_token(self, seq_len: int | None = None) -> int:
@@ -282,14 +286,16 @@ class GPTConfig:
         """
         T = self._seq(seq_len)
         c = self.param_counts()
-        linear_params = c.active - c.embedding - c.norms
-        linear_fwd = 2 * linear_params
-        hq = self.n_heads * self.head_dim  # type: ignore[operator]
-        # per token: 4·H·Q·pairs/T; causal pairs/T = (T+1)/2, kept in integers
-        attn_fwd = self.n_layers * (2 * hq * (T + 1) if causal else 4 * hq * T)
+        linear_fwd = formulas.matmul_flops_per_token(c.active - c.embedding - c.norms)
+        # one sequence's attention per layer, divided by its T tokens: exact in integers (causal pairs
+        # T·(T+1)/2 times an even factor)
+        pairs = formulas.attention_pairs(T, T, causal=causal)
+        heads, dim = self.n_heads, self.head_dim
+        attn_fwd = self.n_layers * formulas.attention_forward_flops(pairs, heads, dim) // T  # type: ignore[arg-type]
         if backward:
             linear_bwd = 2 * linear_fwd
-            attn_bwd = attn_fwd * 5 // 2 if recompute_attention else 2 * attn_fwd
+            attn_bwd = self.n_layers * formulas.attention_backward_flops(
+                pairs, heads, dim, recompute=recompute_attention) // T  # type: ignore[arg-type]
         else:
             linear_bwd = attn_bwd = 0
         fwd, bwd = linear_fwd + attn_fwd, linear_bwd + attn_bwd

@@ -9,7 +9,8 @@ from pyscale.nn.attention import Attention
 from pyscale.nn.float8_linear import Float8Linear
 from pyscale.nn.moe import MoE, MoEAux
 from pyscale.nn.qat_linear import QATLinear
-from pyscale.nn.quant_linear import QuantLinear, quantize_model
+from pyscale.nn.quant_linear import QuantLinear
+from pyscale.nn.quantize_model import QuantizationSummary, quantize_model
 
 __all__ = [
     "Attention",
@@ -18,5 +19,6 @@ __all__ = [
     "MoEAux",
     "QATLinear",
     "QuantLinear",
+    "QuantizationSummary",
     "quantize_model",
 ]

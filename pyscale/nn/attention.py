@@ -48,7 +48,7 @@ class Attention(nn.Module):
     Forward: x (batch, seq, d_model) and optional positions (seq,) or (batch, seq) int (default
     0..seq-1) -> (batch, seq, d_model).
     FLOPs per forward: 2 * batch * seq * d_model * head_dim * (2 n_heads + 2 n_kv_heads) for the
-    projections plus pyscale.ops.attention.attention_flops for the attention itself.
+    projections plus pyscale.formulas.attention_flops for the attention itself.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, *, head_dim: int | None = None,

@@ -14,6 +14,7 @@ from numbers import Real
 import torch
 from torch import nn
 
+from pyscale.formulas import moe_layer_model_flops
 from pyscale.ops._checks import check_choice, check_int
 from pyscale.ops.grouped_gemm import grouped_gemm
 from pyscale.ops.moe_align import exact_capacity_factor, moe_align, moe_block_size
@@ -130,7 +131,7 @@ class MoE(nn.Module):
 
     def flops_per_token(self) -> int:
         """Model FLOPs per token of the forward: router 2·d·E + experts 2·k·3·d·d_ff."""
-        return 2 * self.d_model * self.n_experts + 2 * self.top_k * 3 * self.d_model * self.d_ff
+        return moe_layer_model_flops(1, self.d_model, self.d_ff, self.n_experts, self.top_k)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
         if x.shape[-1] != self.d_model:

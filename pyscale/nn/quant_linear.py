@@ -1,4 +1,4 @@
-"""QuantLinear: an inference nn.Linear replacement with quantised weights, and `quantize_model`.
+"""QuantLinear: an inference nn.Linear replacement with quantised weights (`quantize_model` converts a model).
 
 Schemes (weights quantised once at construction, activations on the fly in forward):
   "fp8-tensor"    e4m3 weights and activations, one scale each (tensor-wise)           gemm_fp8
@@ -8,12 +8,13 @@ Schemes (weights quantised once at construction, activations on the fly in forwa
   "w4a16-g32" / "w4a16-g64" / "w4a16-g128" (+ "-asym")  int4 group-wise weights, 16-bit activations
 Buffers (all in state_dict): fp8/int8 `weight` (N, K) + `weight_scale` fp32; w4a16 `qweight` uint8
 (N, K/2) + `scales` (N, K/g) in the module dtype (+ `zeros` uint8 for -asym); `bias` (N,) or None.
-Module dtype casts (`.half()`, `.to(dtype)`) leave these buffers alone; device moves apply.
+Module dtype casts (`.half()`, `.to(dtype)`) leave these buffers alone; device moves and `to_empty` apply
+(so a layer built on the meta device materialises with `to_empty` + `load_state_dict`).
+The weights are frozen, but the input has a gradient, dx = dy . dequant(W) (QLoRA-style adapters train
+on a quantised base); the fp8/int8 activation quantisation is passed straight through.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -41,6 +42,27 @@ def check_scheme(scheme: str, in_features: int) -> None:
         if in_features % g:
             raise ValueError(f"in_features must be a multiple of the group size {g} for {scheme!r}: "
                              f"got {in_features}")
+
+
+def is_conv1d_style(module: nn.Module) -> bool:
+    """True for a Conv1D-style linear (transformers' GPT-2 Conv1D): y = x @ weight + bias, with the
+    weight stored transposed, (in_features, out_features = module.nf)."""
+    w = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2
+            and getattr(module, "nf", None) == w.shape[1])
+
+
+def linear_parts(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (out_features, in_features), bias or None) of an nn.Linear or a Conv1D-style linear.
+
+    The Conv1D weight is returned as a transposed view. Anything else raises ValueError naming its type.
+    """
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    if is_conv1d_style(module):
+        return module.weight.t(), module.bias
+    raise ValueError(f"linear must be an nn.Linear or a Conv1D-style linear (weight stored (in, out) with "
+                     f"an `nf` attribute): got {type(module).__module__}.{type(module).__qualname__}")
 
 
 class QuantLinear(nn.Module):
@@ -80,17 +102,18 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(n, dtype=dtype, device=device) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, scheme: str, *, dtype: torch.dtype | None = None) -> QuantLinear:
-        """Quantise an nn.Linear's weights with `scheme`. dtype defaults to the linear's dtype when that
-        is float16/bfloat16, else bfloat16."""
-        w = linear.weight.detach()
+    def from_linear(cls, linear: nn.Module, scheme: str, *, dtype: torch.dtype | None = None) -> QuantLinear:
+        """Quantise the weights of an nn.Linear, or of a Conv1D-style linear (GPT-2's, weight stored
+        (in, out)), with `scheme`. dtype defaults to the weight's dtype when that is float16/bfloat16,
+        else bfloat16. Any other module raises ValueError."""
+        weight, bias = linear_parts(linear)
+        w = weight.detach()
         if dtype is None:
             dtype = w.dtype if w.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
-        mod = cls(linear.in_features, linear.out_features, scheme, linear.bias is not None, dtype=dtype,
-                  device=w.device)
+        mod = cls(w.shape[1], w.shape[0], scheme, bias is not None, dtype=dtype, device=w.device)
         mod.load_quantized_weight(w)
-        if linear.bias is not None:
-            mod.bias.copy_(linear.bias.detach().to(dtype))
+        if bias is not None:
+            mod.bias.copy_(bias.detach().to(dtype))
         return mod
 
     @torch.no_grad()
@@ -109,43 +132,46 @@ class QuantLinear(nn.Module):
             self.weight_scale.copy_(s)
         else:
             g, symmetric = _w4a16_params(self.scheme)
-            packed = ops.int4_quantize(weight.to(self.dtype).contiguous(), g, symmetric=symmetric)
+            # the weight keeps its own precision: the codes are chosen against scales in self.dtype, as
+            # fake_quantize(..., scale_dtype=self.dtype) chooses them during QAT
+            w = weight if weight.dtype in (torch.float32, torch.float16, torch.bfloat16) else weight.float()
+            packed = ops.int4_quantize(w.contiguous(), g, symmetric=symmetric, scale_dtype=self.dtype)
             self.qweight.copy_(packed.qweight)
             self.scales.copy_(packed.scales)
             if not symmetric:
                 self.zeros.copy_(packed.zeros)
 
+    def _quantized_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(weight codes, weight scales, zero points or None, bias or None), whatever the scheme."""
+        if self.scheme.startswith("w4a16"):
+            return self.qweight, self.scales, self.zeros, self.bias
+        return self.weight, self.weight_scale, None, self.bias
+
     def dequantized_weight(self) -> torch.Tensor:
         """The weight this module multiplies by, (out_features, in_features) fp32."""
-        if self.scheme.startswith("fp8"):
-            return ops.dequantize(self.weight, self.weight_scale, _FP8_WEIGHT[self.scheme])
-        if self.scheme == "int8":
-            return ops.dequantize(self.weight, self.weight_scale, "row")
-        return ops.int4_dequantize(self.qweight, self.scales, self.zeros, group_size=self.group_size).float()
+        codes, scale, zeros, _ = self._quantized_tensors()
+        return _dequantized(self.scheme, getattr(self, "group_size", 0), codes, scale, zeros)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.scheme.startswith("fp8"):
-            qx, sx = ops.quantize_fp8(x2, _FP8_ACT[self.scheme])
-            bias = self.bias.to(x.dtype) if self.bias is not None else None
-            y = ops.gemm_fp8(qx, self.weight, sx, self.weight_scale, out_dtype=x.dtype, bias=bias)
-        elif self.scheme == "int8":
-            qx, sx = ops.quantize_int8(x2)
-            bias = self.bias.to(x.dtype) if self.bias is not None else None
-            y = ops.gemm_int8(qx, self.weight, sx, self.weight_scale, out_dtype=x.dtype, bias=bias)
+        args = (self.scheme, getattr(self, "group_size", 0), self.dtype, *self._quantized_tensors())
+        if torch.is_grad_enabled() and x2.requires_grad:
+            y = _FrozenQuantLinear.apply(x2, *args)
         else:
-            y = ops.gemm_w4a16(x2.to(self.dtype), self.qweight, self.scales, self.zeros,
-                               group_size=self.group_size, bias=self.bias).to(x.dtype)
+            y = _quantized_matmul(x2, *args)
         return y.reshape(*lead, self.out_features)
 
     def _apply(self, fn, recurse=True):
-        # Device moves apply; dtype casts (.half(), .to(torch.float32), ...) do not: fp8 codes, fp32
-        # scales and the int4 format would be corrupted, and torch counts float8 as floating point.
+        # Device moves and to_empty apply; dtype casts (.half(), .to(torch.float32), ...) do not: fp8 codes,
+        # fp32 scales and the int4 format would be corrupted, and torch counts float8 as floating point.
         for name, buf in self._buffers.items():
-            if buf is not None:
-                target = fn(torch.empty(0, dtype=buf.dtype, device=buf.device)).device
-                self._buffers[name] = buf.to(device=target)
+            if buf is None:
+                continue
+            out = fn(buf)
+            if out.dtype != buf.dtype:  # a cast: keep the dtype, take only the device
+                out = (torch.empty_like(buf, device=out.device) if buf.is_meta else buf.to(device=out.device))
+            self._buffers[name] = out
         return self
 
     def extra_repr(self) -> str:
@@ -153,31 +179,48 @@ class QuantLinear(nn.Module):
                 f"bias={self.bias is not None}, dtype={self.dtype}")
 
 
-def quantize_model(model: nn.Module, scheme: str,
-                   filter: Callable[[str, nn.Linear], bool] | None = None,
-                   *, dtype: torch.dtype | None = None) -> nn.Module:
-    """Replace every nn.Linear of `model` (in place) by QuantLinear.from_linear(linear, scheme).
+def _quantized_matmul(x2: torch.Tensor, scheme: str, group_size: int, dtype: torch.dtype, codes: torch.Tensor,
+                      scale: torch.Tensor, zeros: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """x2 (M, K) -> (M, N) in x2.dtype through the scheme's quantised GEMM."""
+    if scheme.startswith("fp8"):
+        qx, sx = ops.quantize_fp8(x2, _FP8_ACT[scheme])
+        bias = bias.to(x2.dtype) if bias is not None else None
+        return ops.gemm_fp8(qx, codes, sx, scale, out_dtype=x2.dtype, bias=bias)
+    if scheme == "int8":
+        qx, sx = ops.quantize_int8(x2)
+        bias = bias.to(x2.dtype) if bias is not None else None
+        return ops.gemm_int8(qx, codes, sx, scale, out_dtype=x2.dtype, bias=bias)
+    return ops.gemm_w4a16(x2.to(dtype), codes, scale, zeros, group_size=group_size, bias=bias).to(x2.dtype)
 
-    Args:
-        model: any module; it is modified and returned.
-        scheme: one of SCHEMES.
-        filter: called with (qualified name, linear); only layers for which it returns True are replaced
-                (default: all). A selected layer the scheme cannot hold raises ValueError naming it.
-        dtype: activation dtype of the new layers (default as QuantLinear.from_linear).
+
+def _dequantized(scheme: str, group_size: int, codes: torch.Tensor, scale: torch.Tensor,
+                 zeros: torch.Tensor | None) -> torch.Tensor:
+    """The (N, K) weight the scheme's GEMM multiplies by, fp32 (int4: rounded to the scale dtype first,
+    as the W4A16 kernel rounds it)."""
+    if scheme.startswith("fp8"):
+        return ops.dequantize(codes, scale, _FP8_WEIGHT[scheme])
+    if scheme == "int8":
+        return ops.dequantize(codes, scale, "row")
+    return ops.int4_dequantize(codes, scale, zeros, group_size=group_size).float()
+
+
+class _FrozenQuantLinear(torch.autograd.Function):
+    """Forward through the quantised GEMM; backward dx = dy . dequant(W) only.
+
+    The weights are frozen buffers (no gradient), and the activation quantisation of fp8/int8 is passed
+    straight through, so adapters (LoRA-style) train on a quantised base model. The backward GEMM runs in
+    dy's dtype on the dequantised weight: no kernel multiplies by a transposed int4/fp8/int8 weight.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}: got {scheme!r}")
-    targets = [(name, mod) for name, mod in model.named_modules()
-               if type(mod) is nn.Linear and (filter is None or filter(name, mod))]
-    for name, linear in targets:  # check every layer before replacing any
-        try:
-            check_scheme(scheme, linear.in_features)
-        except ValueError as exc:
-            raise ValueError(f"layer {name!r} cannot be quantised: {exc}") from None
-    for name, linear in targets:
-        new = QuantLinear.from_linear(linear, scheme, dtype=dtype)
-        if name == "":
-            return new
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    return model
+
+    @staticmethod
+    def forward(ctx, x2, scheme, group_size, dtype, codes, scale, zeros, bias):
+        ctx.scheme, ctx.group_size = scheme, group_size
+        ctx.save_for_backward(codes, scale, zeros)
+        return _quantized_matmul(x2, scheme, group_size, dtype, codes, scale, zeros, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        codes, scale, zeros = ctx.saved_tensors
+        w = _dequantized(ctx.scheme, ctx.group_size, codes, scale, zeros)
+        grad_x = grad_out @ w.to(grad_out.dtype)
+        return grad_x, None, None, None, None, None, None, None

@@ -6,6 +6,7 @@ see pyscale.ops._dispatch and `pyscale.backend(...)`.
 
 from __future__ import annotations
 
+from pyscale.ops._autotune import autotuning
 from pyscale.ops._dispatch import BackendError, select_backend
 from pyscale.ops.attention import attention, attention_varlen
 from pyscale.ops.fake_quant import fake_quantize
@@ -19,10 +20,12 @@ from pyscale.ops.moe_aux import load_balancing_loss, router_z_loss, update_exper
 from pyscale.ops.moe_combine import moe_combine
 from pyscale.ops.moe_route import moe_route
 from pyscale.ops.quantize import QuantizedTensor, dequantize, quantize_fp8, quantize_int8
+from pyscale.ops.sdpa import scaled_dot_product_attention
 
 __all__ = [
     "BackendError",
     "attention",
+    "autotuning",
     "attention_varlen",
     "Int4Weight",
     "MoEAlignment",
@@ -46,6 +49,7 @@ __all__ = [
     "quantize_fp8",
     "quantize_int8",
     "router_z_loss",
+    "scaled_dot_product_attention",
     "select_backend",
     "update_expert_bias",
 ]

@@ -41,6 +41,16 @@ def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}: got {value!r}")
 
 
+def check_group_scales(scales: torch.Tensor, zeros: torch.Tensor | None, n: int, k: int, group_size: int) -> None:
+    """Group-wise int4 scales (N, K/group_size) and optional uint8 zero points of the same shape (DESIGN.md §8)."""
+    if tuple(scales.shape) != (n, k // group_size):
+        raise ValueError(f"scales must have shape (N, K/group_size) = {(n, k // group_size)}: got {tuple(scales.shape)}")
+    if zeros is not None:
+        check_tensor("zeros", zeros, dtypes=(torch.uint8,), ndim=2)
+        if zeros.shape != scales.shape:
+            raise ValueError(f"zeros must have the shape of scales {tuple(scales.shape)}: got {tuple(zeros.shape)}")
+
+
 def check_bias(bias: torch.Tensor | None, n: int, dtypes: Iterable[torch.dtype]) -> None:
     """An optional (N,) bias of one of `dtypes` (the GEMM ops' epilogue bias)."""
     if bias is None:

@@ -5,6 +5,7 @@ in the interpreter when TRITON_INTERPRET=1, else the C++ code of `_C`, else the 
 The `cuda` backend also runs when `_C` was built without CUDA, for ops registered with
 `register_runtime_cuda`: their kernels are compiled at first use by CuPy's NVRTC (pyscale.cuda_runtime).
 A forced backend (PYSCALE_BACKEND or `pyscale.backend(...)`) that cannot run raises, never falls back.
+Triton launches in the interpreter run with GPU-like float casts (pyscale.ops._interpreter).
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def dispatch(op: str, device: torch.device, implementations: Mapping[str, Callab
     """Run `op` on the backend `select_backend` picks, inside an NVTX range when PYSCALE_NVTX=1."""
     name = select_backend(op, device, implementations)
     fn = implementations[name]
+    if name == "triton" and device.type == "cpu":  # the interpreter: cast floats as a GPU does
+        from pyscale.ops._interpreter import gpu_like_casts
+
+        with gpu_like_casts():
+            return fn(*args, **kwargs)
     if device.type == "cuda" and os.environ.get("PYSCALE_NVTX") == "1":
         with torch.cuda.nvtx.range(f"pyscale.{op}[{name}]"):
             return fn(*args, **kwargs)

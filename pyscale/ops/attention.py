@@ -16,8 +16,13 @@ Custom ops (always returning (out, lse); the backward is its own op so FLOP coun
         cu_seqlens_k, max_seqlen_q, max_seqlen_k after v (after lse for the backward).
 lse is differentiable too (e.g. for a z-loss): its gradient enters the backward as grad_lse.
 
-FLOPs (DESIGN section 6), with P = number of allowed (query, key) pairs per head, counted exactly
-(causal and window included) and summed over the batch:
+Kernels (pyscale.kernels.attention, attention_bwd): PYSCALE_ATTN_BWD=split (default: a dK/dV and a dQ
+kernel) or fused (one launch) picks the backward; PYSCALE_ATTN_TMA=1 loads through tensor descriptors on
+sm_90+. Both choices are part of the autotuning key (pyscale.ops._autotune), so each tunes its own configs.
+
+FLOPs (DESIGN section 6; `pyscale.formulas.attention_flops`, which the profiler uses for these ops), with
+P = number of allowed (query, key) pairs per head, counted exactly (causal and window included) and summed
+over the batch:
     executed forward  = 4 * P * heads_q * head_dim        (QK^T and PV, 2 FLOPs per multiply-add)
     executed backward = 10 * P * heads_q * head_dim       (QK^T recomputed, dV, dP, dQ, dK: 2.5x)
     model forward     = 4 * seq_q * seq_k * heads_q * head_dim per sequence (no causal discount)
@@ -27,12 +32,15 @@ Memory is O(sequence): the kernels never form the (seq_q, seq_k) matrix (the ref
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
+from pyscale.formulas import window_bounds
+from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
 from pyscale.reference import attention as ref
@@ -50,9 +58,73 @@ def _kernels():
     return kernels
 
 
+# Autotuning (pyscale.ops._autotune): one tunable per pass, keyed by the problem with bucketed lengths, the
+# load path (pointer or TMA) and, for the backward, the variant (split or fused), since each runs other kernels.
+_KERNEL_MODULES = ("pyscale.kernels.attention", "pyscale.kernels.attention_bwd", "pyscale.kernels.attention_common",
+                   "pyscale.kernels.common")
+
+
+def tuning_key(dtype: torch.dtype, head_dim: int, causal: bool, windowed: bool, varlen: bool, max_seqlen_q: int,
+               max_seqlen_k: int, capability: tuple[int, int], *, tma: bool = False,
+               variant: str | None = None) -> dict[str, Any]:
+    """The autotuning key of one attention launch (sequence lengths bucketed to powers of two); `variant`
+    (the backward's "split" or "fused") only for the backward."""
+    key = {"capability": list(capability), "dtype": str(dtype).removeprefix("torch."), "head_dim": head_dim,
+           "causal": bool(causal), "windowed": bool(windowed), "varlen": bool(varlen),
+           "seq_q": bucket(max_seqlen_q), "seq_k": bucket(max_seqlen_k), "tma": bool(tma)}
+    if variant is not None:
+        key["variant"] = variant
+    return key
+
+
+def _seqlen(key: Mapping[str, Any]) -> int:
+    return max(key["seq_q"], key["seq_k"])
+
+
+FWD_TUNING = Tunable(
+    "attention.fwd", _KERNEL_MODULES,
+    default=lambda key, interpret: _kernels().fwd_config(key["head_dim"], tuple(key["capability"]), interpret),
+    space=lambda key: _kernels().fwd_candidates(key["head_dim"], tuple(key["capability"]), causal=key["causal"],
+                                                seqlen=_seqlen(key)))
+BWD_TUNING = Tunable(
+    "attention.bwd", _KERNEL_MODULES,
+    default=lambda key, interpret: _kernels().bwd_config(key["head_dim"], tuple(key["capability"]), interpret,
+                                                         key["variant"]),
+    space=lambda key: _kernels().bwd_candidates(key["head_dim"], tuple(key["capability"]), variant=key["variant"],
+                                                causal=key["causal"], seqlen=_seqlen(key)))
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else (0, 0)
+
+
+def _tuned_launch(tuning: Tunable, launch: Callable[..., Any], q: torch.Tensor, causal: bool, window_left: int,
+                  varlen: bool, max_q: int, max_k: int, **kernel_choice: Any) -> Any:
+    """Launch with the config `tuning` chooses (timing `launch(config=...)` when it tunes). `kernel_choice`
+    (tma, variant) is part of the key and passed to the launcher."""
+    key = tuning_key(q.dtype, q.shape[-1], causal, window_left >= 0, varlen, max_q, max_k, _capability(q.device),
+                     **kernel_choice)
+    launch = functools.partial(launch, **kernel_choice)
+    config = tuning.choose(q.device, key, lambda cfg: launch(config=cfg), interpret=_kernels().interpreting())
+    return launch(config=config)
+
+
+def _fwd_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, Any]:
+    """The forward's load path: TMA when PYSCALE_ATTN_TMA=1 on sm_90+ and the tensors allow it."""
+    return {"tma": _kernels().use_tma(None, q, k, v)}
+
+
+def _bwd_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad_out: torch.Tensor) -> dict[str, Any]:
+    """The backward's variant (PYSCALE_ATTN_BWD, default split) and load path (TMA: split only)."""
+    variant = _kernels().bwd_variant()
+    return {"variant": variant, "tma": variant == "split" and _kernels().use_tma(None, q, k, v, grad_out)}
+
+
 def _fwd_triton(q, k, v, causal, scale, window_left, window_right):
-    return _kernels().attention_forward(q, k, v, causal=causal, scale=scale, window_left=window_left,
-                                        window_right=window_right)
+    launch = functools.partial(_kernels().attention_forward, q, k, v, causal=causal, scale=scale,
+                               window_left=window_left, window_right=window_right)
+    return _tuned_launch(FWD_TUNING, launch, q, causal, window_left, False, q.shape[1], k.shape[1],
+                         **_fwd_choice(q, k, v))
 
 
 def _fwd_reference(q, k, v, causal, scale, window_left, window_right):
@@ -62,8 +134,10 @@ def _fwd_reference(q, k, v, causal, scale, window_left, window_right):
 
 
 def _bwd_triton(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse):
-    return _kernels().attention_backward(grad_out, q, k, v, out, lse, causal=causal, scale=scale,
-                                         window_left=window_left, window_right=window_right, dlse=grad_lse)
+    launch = functools.partial(_kernels().attention_backward, grad_out, q, k, v, out, lse, causal=causal,
+                               scale=scale, window_left=window_left, window_right=window_right, dlse=grad_lse)
+    return _tuned_launch(BWD_TUNING, launch, q, causal, window_left, False, q.shape[1], k.shape[1],
+                         **_bwd_choice(q, k, v, grad_out))
 
 
 def _bwd_reference(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse):
@@ -73,9 +147,10 @@ def _bwd_reference(grad_out, q, k, v, out, lse, causal, scale, window_left, wind
 
 
 def _varlen_fwd_triton(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_left, window_right):
-    return _kernels().attention_forward(q, k, v, causal=causal, scale=scale, window_left=window_left,
-                                        window_right=window_right, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                                        max_seqlen_q=max_q, max_seqlen_k=max_k)
+    launch = functools.partial(_kernels().attention_forward, q, k, v, causal=causal, scale=scale,
+                               window_left=window_left, window_right=window_right, cu_seqlens_q=cu_q,
+                               cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k)
+    return _tuned_launch(FWD_TUNING, launch, q, causal, window_left, True, max_q, max_k, **_fwd_choice(q, k, v))
 
 
 def _varlen_fwd_reference(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_left, window_right):
@@ -86,10 +161,12 @@ def _varlen_fwd_reference(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, wind
 
 def _varlen_bwd_triton(grad_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, window_left,
                        window_right, grad_lse):
-    return _kernels().attention_backward(grad_out, q, k, v, out, lse, causal=causal, scale=scale,
-                                         window_left=window_left, window_right=window_right,
-                                         cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q,
-                                         max_seqlen_k=max_k, dlse=grad_lse)
+    launch = functools.partial(_kernels().attention_backward, grad_out, q, k, v, out, lse, causal=causal,
+                               scale=scale, window_left=window_left, window_right=window_right,
+                               cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
+                               dlse=grad_lse)
+    return _tuned_launch(BWD_TUNING, launch, q, causal, window_left, True, max_q, max_k,
+                         **_bwd_choice(q, k, v, grad_out))
 
 
 def _varlen_bwd_reference(grad_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, window_left,
@@ -211,18 +288,6 @@ def _check_head_dim(head_dim: int) -> None:
                          f"128, 256): got {head_dim}")
 
 
-def _check_window(window: object) -> tuple[int, int]:
-    if window is None:
-        return -1, -1
-    if (not isinstance(window, (tuple, list)) or len(window) != 2
-            or not all(isinstance(w, int) and not isinstance(w, bool) for w in window)):
-        raise TypeError(f"window must be None or a pair of ints (left, right): got {window!r}")
-    left, right = window
-    if left < -1 or right < -1:
-        raise ValueError(f"window must hold sizes >= 0, or -1 for unbounded: got {tuple(window)}")
-    return int(left), int(right)
-
-
 def _check_scale(scale: float | None, head_dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
@@ -270,31 +335,47 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         out (batch, seq_q, heads_q, head_dim) in q.dtype, and with return_lse the natural-log lse,
         fp32 (batch, heads_q, seq_q) (-inf on rows with nothing to attend to, whose output is 0).
     FLOPs: executed 4 * pairs * heads_q * head_dim forward, 2.5x that backward; model (PaLM)
-        4 * batch * seq_q * seq_k * heads_q * head_dim forward, 2x backward. See `attention_flops`.
+        4 * batch * seq_q * seq_k * heads_q * head_dim forward, 2x backward. See
+        `pyscale.formulas.attention_flops`.
     Only the head dim needs unit stride; other layouts are read in place (else copied).
     """
     _check_qkv(q, k, v, 4)
     if k.shape[0] != q.shape[0]:
         raise ValueError(f"k must have the batch size of q: got {k.shape[0]} vs {q.shape[0]}")
-    left, right = _check_window(window)
+    left, right = window_bounds(window)
     out, lse = attention_fwd(q, k, v, bool(causal), _check_scale(scale, q.shape[-1]), left, right)
     return (out, lse) if return_lse else out
 
 
-def _check_cu(name: str, cu: torch.Tensor, q: torch.Tensor, total: int) -> list[int]:
+def _check_cu(name: str, cu: torch.Tensor, q: torch.Tensor) -> None:
+    """What needs no values (no host sync, no graph break): dtype, rank, device, at least one entry."""
     check_tensor(name, cu, dtypes=(torch.int32,), ndim=1)
     if cu.device != q.device:
         raise ValueError(f"{name} must be on the device of q ({q.device}): got {cu.device}")
     if cu.numel() < 1:
         raise ValueError(f"{name} must have batch + 1 >= 1 entries: got an empty tensor")
-    values = cu.tolist()
-    if values[0] != 0:
-        raise ValueError(f"{name} must start at 0: got {values[0]}")
-    if any(b < a for a, b in zip(values, values[1:])):
-        raise ValueError(f"{name} must be non-decreasing (sequence lengths >= 0): got {values}")
-    if values[-1] != total:
-        raise ValueError(f"{name} must end at the number of packed tokens {total}: got {values[-1]}")
-    return values
+
+
+def _check_cu_values(name: str, cu: list[int], total: int) -> None:
+    if cu[0] != 0:
+        raise ValueError(f"{name} must start at 0: got {cu[0]}")
+    if any(b < a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"{name} must be non-decreasing (sequence lengths >= 0): got {cu}")
+    if cu[-1] != total:
+        raise ValueError(f"{name} must end at the number of packed tokens {total}: got {cu[-1]}")
+
+
+def _check_longest(name: str, bound: int, cu: list[int]) -> None:
+    longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
+    if bound < longest:
+        raise ValueError(f"{name} must be an int >= the longest sequence ({longest}): got {bound!r}")
+
+
+def _assert_cu_on_device(name: str, cu: torch.Tensor, total: int, max_name: str, bound: int) -> None:
+    lengths = cu[1:] - cu[:-1]
+    ok = (cu[0] == 0) & (cu[-1] == total) & (lengths >= 0).all() & (lengths <= bound).all()
+    torch._assert_async(ok, f"{name} must start at 0, be non-decreasing and end at the number of packed tokens "
+                            f"({total}), and {max_name} ({bound}) must be >= its longest sequence")
 
 
 def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -308,156 +389,39 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         k, v: (total_k, heads_kv, head_dim), q's dtype and device.
         cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) offsets: sequence b is rows cu[b]:cu[b + 1]; starts at
             0, non-decreasing (length-0 sequences allowed), ends at total_q / total_k.
-        max_seqlen_q, max_seqlen_k: int upper bounds on the sequence lengths (they size the launch grid).
+        max_seqlen_q, max_seqlen_k: int upper bounds on the sequence lengths (they size the launch grid), as
+            FlashAttention's varlen API takes them: the lengths are never read back on the host.
         causal, scale, window, return_lse: as `attention`, per sequence (bottom-right aligned per sequence).
     Returns:
         out (total_q, heads_q, head_dim) in q.dtype, and with return_lse the lse, fp32 (heads_q, total_q).
-    FLOPs: as `attention`, summed over sequences; see `attention_varlen_flops`.
-    The cu_seqlens checks read them on the host (one device sync).
+    FLOPs: as `attention`, summed over sequences; see `pyscale.formulas.attention_varlen_flops`.
+    No host sync: on a GPU the cu_seqlens checks are device-side asserts, so the call compiles with
+    `torch.compile(fullgraph=True)` and is capturable in a CUDA graph.
     """
     _check_qkv(q, k, v, 3)
-    cq = _check_cu("cu_seqlens_q", cu_seqlens_q, q, q.shape[0])
-    ck = _check_cu("cu_seqlens_k", cu_seqlens_k, q, k.shape[0])
-    if len(cq) != len(ck):
-        raise ValueError(f"cu_seqlens_k must have the length of cu_seqlens_q (batch + 1 = {len(cq)}): got {len(ck)}")
-    for name, bound, cu in (("max_seqlen_q", max_seqlen_q, cq), ("max_seqlen_k", max_seqlen_k, ck)):
-        longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
-        if isinstance(bound, bool) or not isinstance(bound, int) or bound < longest:
-            raise ValueError(f"{name} must be an int >= the longest sequence ({longest}): got {bound!r}")
-    left, right = _check_window(window)
+    _check_cu("cu_seqlens_q", cu_seqlens_q, q)
+    _check_cu("cu_seqlens_k", cu_seqlens_k, q)
+    for name, bound in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+            raise ValueError(f"{name} must be an int >= the longest sequence: got {bound!r}")
+    # The values: read where that is free (CPU tensors, eager) for errors that name the argument; else
+    # checked on the device (torch._assert_async), so a call neither syncs the host nor breaks a graph and
+    # a bad cu_seqlens still cannot send the kernels out of bounds.
+    on_host = cu_seqlens_q.device.type == "cpu" and not torch.compiler.is_compiling()
+    if on_host:
+        cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+        _check_cu_values("cu_seqlens_q", cq, q.shape[0])
+        _check_cu_values("cu_seqlens_k", ck, k.shape[0])
+    if cu_seqlens_k.numel() != cu_seqlens_q.numel():
+        raise ValueError(f"cu_seqlens_k must have the length of cu_seqlens_q (batch + 1 = {cu_seqlens_q.numel()}): "
+                         f"got {cu_seqlens_k.numel()}")
+    if on_host:
+        _check_longest("max_seqlen_q", max_seqlen_q, cq)
+        _check_longest("max_seqlen_k", max_seqlen_k, ck)
+    else:
+        _assert_cu_on_device("cu_seqlens_q", cu_seqlens_q, q.shape[0], "max_seqlen_q", max_seqlen_q)
+        _assert_cu_on_device("cu_seqlens_k", cu_seqlens_k, k.shape[0], "max_seqlen_k", max_seqlen_k)
+    left, right = window_bounds(window)
     out, lse = attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                     bool(causal), _check_scale(scale, q.shape[-1]), left, right)
     return (out, lse) if return_lse else out
-
-
-# ----------------------------------------------------------------------------- FLOPs
-
-class AttentionFlops(NamedTuple):
-    executed: int  # what the kernels run: allowed pairs counted exactly, backward with its recompute
-    model: int  # PaLM MFU convention: every (query, key) pair, backward = 2x forward
-
-
-def attention_pairs(seq_q: int, seq_k: int, *, causal: bool = False, window: tuple[int, int] | None = None) -> int:
-    """Number of allowed (query, key) pairs of one head of one sequence under the causal/window mask."""
-    if seq_q <= 0 or seq_k <= 0:
-        return 0
-    left, right = _check_window(window)
-    i = torch.arange(seq_q, dtype=torch.int64)
-    off = seq_k - seq_q
-    lo = (i + off - left).clamp(min=0) if left >= 0 else torch.zeros_like(i)
-    if causal:
-        right = 0 if right < 0 else min(right, 0)
-    hi = (i + off + right).clamp(max=seq_k - 1) if right >= 0 else torch.full_like(i, seq_k - 1)
-    return int((hi - lo + 1).clamp(min=0).sum())
-
-
-_PASS_FACTORS = {"fwd": (4, 4), "bwd": (10, 8), "fwd+bwd": (14, 12)}  # (executed, model) per pair*head*dim
-
-
-def _pass_factors(pass_: str) -> tuple[int, int]:
-    if pass_ not in _PASS_FACTORS:
-        raise ValueError(f"pass_ must be one of {', '.join(_PASS_FACTORS)}: got {pass_!r}")
-    return _PASS_FACTORS[pass_]
-
-
-def attention_flops(batch: int, seq_q: int, seq_k: int, heads_q: int, head_dim: int, *, causal: bool = False,
-                    window: tuple[int, int] | None = None, pass_: str = "fwd") -> AttentionFlops:
-    """FLOPs of `attention` on (batch, seq_q, heads_q, head_dim) queries and seq_k keys.
-
-    executed = c_e * pairs * batch * heads_q * head_dim with c_e = 4 (fwd), 10 (bwd: QK^T recompute, dV,
-    dP, dQ, dK), 14 (fwd+bwd); model = c_m * batch * seq_q * seq_k * heads_q * head_dim with c_m = 4, 8, 12.
-    """
-    ce, cm = _pass_factors(pass_)
-    pairs = attention_pairs(seq_q, seq_k, causal=causal, window=window)
-    return AttentionFlops(ce * pairs * batch * heads_q * head_dim, cm * batch * seq_q * seq_k * heads_q * head_dim)
-
-
-def attention_varlen_flops(seqlens_q: Sequence[int], seqlens_k: Sequence[int], heads_q: int, head_dim: int, *,
-                           causal: bool = False, window: tuple[int, int] | None = None,
-                           pass_: str = "fwd") -> AttentionFlops:
-    """`attention_flops` summed over packed sequences with the given lengths."""
-    ce, cm = _pass_factors(pass_)
-    pairs = sum(attention_pairs(a, b, causal=causal, window=window) for a, b in zip(seqlens_q, seqlens_k))
-    dense = sum(a * b for a, b in zip(seqlens_q, seqlens_k))
-    return AttentionFlops(ce * pairs * heads_q * head_dim, cm * dense * heads_q * head_dim)
-
-
-def _bind(names: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    bound = dict(zip(names, args))
-    bound.update(kwargs)
-    return bound
-
-
-def _window_of(a: Mapping[str, Any]) -> tuple[int, int]:
-    return (int(a["window_left"]), int(a["window_right"]))
-
-
-Formula = Callable[[Sequence[Any], Mapping[str, Any], Any], int]
-
-
-def _fixed_flops(pass_: str, names: Sequence[str], kind: str = "executed") -> Formula:
-    def flops(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any = None) -> int:
-        a = _bind(names, args, kwargs)
-        q, k = a["q"], a["k"]
-        f = attention_flops(q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3], causal=bool(a["causal"]),
-                            window=_window_of(a), pass_=pass_)
-        return getattr(f, kind)
-    return flops
-
-
-def _varlen_flops(pass_: str, names: Sequence[str], kind: str = "executed") -> Formula:
-    def flops(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any = None) -> int:
-        a = _bind(names, args, kwargs)
-        q, cq, ck = a["q"], a["cu_seqlens_q"].tolist(), a["cu_seqlens_k"].tolist()
-        lens_q = [y - x for x, y in zip(cq, cq[1:])]
-        lens_k = [y - x for x, y in zip(ck, ck[1:])]
-        f = attention_varlen_flops(lens_q, lens_k, q.shape[1], q.shape[2], causal=bool(a["causal"]),
-                                   window=_window_of(a), pass_=pass_)
-        return getattr(f, kind)
-    return flops
-
-
-def _nbytes(t: Any) -> int:
-    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
-
-
-def _bytes(names: Sequence[str], reads: Sequence[str], backward: bool) -> Formula:
-    """Compulsory traffic: each input read once, each output written once; the backward also writes and
-    reads delta (one fp32 per query row, the size of lse)."""
-    def nbytes(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any = None) -> int:
-        a = _bind(names, args, kwargs)
-        total = sum(_nbytes(a.get(n)) for n in reads) + sum(_nbytes(t) for t in (out or ()))
-        return total + (2 * _nbytes(a["lse"]) if backward else 0)
-    return nbytes
-
-
-_FWD_ARGS = ("q", "k", "v", "causal", "scale", "window_left", "window_right")
-_BWD_ARGS = ("grad_out", "q", "k", "v", "out", "lse", "causal", "scale", "window_left", "window_right",
-             "grad_lse")
-_VFWD_ARGS = ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k", "causal", "scale",
-              "window_left", "window_right")
-_VBWD_ARGS = ("grad_out", "q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q",
-              "max_seqlen_k", "causal", "scale", "window_left", "window_right", "grad_lse")
-
-#: Executed FLOPs of each custom op from its call: fn(args, kwargs, out) -> int (pyscale.profile.flops).
-FLOP_FORMULAS: dict[str, Formula] = {
-    "pyscale::attention_fwd": _fixed_flops("fwd", _FWD_ARGS),
-    "pyscale::attention_bwd": _fixed_flops("bwd", _BWD_ARGS),
-    "pyscale::attention_varlen_fwd": _varlen_flops("fwd", _VFWD_ARGS),
-    "pyscale::attention_varlen_bwd": _varlen_flops("bwd", _VBWD_ARGS),
-}
-#: Model FLOPs (PaLM: every pair, backward = 2x forward) of each custom op.
-MODEL_FLOP_FORMULAS: dict[str, Formula] = {
-    "pyscale::attention_fwd": _fixed_flops("fwd", _FWD_ARGS, "model"),
-    "pyscale::attention_bwd": _fixed_flops("bwd", _BWD_ARGS, "model"),
-    "pyscale::attention_varlen_fwd": _varlen_flops("fwd", _VFWD_ARGS, "model"),
-    "pyscale::attention_varlen_bwd": _varlen_flops("bwd", _VBWD_ARGS, "model"),
-}
-#: Compulsory bytes moved by each custom op (the kernels never write the (seq_q, seq_k) matrix).
-BYTE_FORMULAS: dict[str, Formula] = {
-    "pyscale::attention_fwd": _bytes(_FWD_ARGS, ("q", "k", "v"), False),
-    "pyscale::attention_bwd": _bytes(_BWD_ARGS, ("grad_out", "q", "k", "v", "out", "lse", "grad_lse"), True),
-    "pyscale::attention_varlen_fwd": _bytes(_VFWD_ARGS, ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k"), False),
-    "pyscale::attention_varlen_bwd": _bytes(_VBWD_ARGS, ("grad_out", "q", "k", "v", "out", "lse", "cu_seqlens_q",
-                                                         "cu_seqlens_k", "grad_lse"), True),
-}

@@ -1,7 +1,9 @@
 """Fake quantisation for quantisation-aware training: `fake_quantize(x, scheme)`.
 
-Forward: quantise and dequantise in x's dtype with the same quantisers (and formats) the inference
-kernels use, so a QAT model sees exactly the weights QuantLinear will hold. Backward: the straight-through
+Forward: quantise and dequantise with the same quantisers (and formats) the inference kernels use, so a
+QAT model sees exactly the weights QuantLinear will hold. int4 scales are rounded to `scale_dtype` (the
+deployment dtype; default x's dtype) and the weights dequantised in it, as the W4A16 kernel does; int8 and
+FP8 scales are fp32, as deployed. Backward: the straight-through
 estimator, d fake_quantize(x) / dx = identity. (Every scheme scales by the group's absmax or min/max, so
 nothing is clipped and the clipped-STE variant would be the same.)
 
@@ -19,21 +21,17 @@ Bytes: x read, the result written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
 from pyscale.ops._checks import check_choice, check_tensor
 from pyscale.ops._dispatch import dispatch
-from pyscale.ops.quantize import io_bytes
 from pyscale.reference import fake_quant as ref
 
 SCHEMES = ref.SCHEMES
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _composed(x: torch.Tensor, scheme: str) -> torch.Tensor:
+def _composed(x: torch.Tensor, scheme: str, scale_dtype: torch.dtype | None) -> torch.Tensor:
     """The op built from pyscale's own quantisers, each choosing its backend."""
     from pyscale.ops import int4 as int4_ops
     from pyscale.ops import quantize as q_ops
@@ -41,7 +39,7 @@ def _composed(x: torch.Tensor, scheme: str) -> torch.Tensor:
     x2 = ref.rows_view(x, scheme).contiguous()
     if scheme.startswith("int4"):
         g, symmetric = ref.parse_int4(scheme)
-        w = int4_ops._int4_quantize_op(x2, g, symmetric)
+        w = int4_ops._int4_quantize_op(x2, g, symmetric, scale_dtype)
         zeros = None if symmetric else w[2]
         out = int4_ops._int4_dequantize_op(w[0], w[1], zeros, g)
     elif scheme.startswith("int8"):
@@ -59,14 +57,14 @@ _OTHER_IMPLS = {"triton": _composed, "reference": ref.fake_quantize}
 
 
 @torch.library.custom_op("pyscale::fake_quantize", mutates_args=())
-def _fake_quantize_op(x: torch.Tensor, scheme: str) -> torch.Tensor:
+def _fake_quantize_op(x: torch.Tensor, scheme: str, scale_dtype: torch.dtype | None = None) -> torch.Tensor:
     impls = _INT4_IMPLS if scheme.startswith("int4") else _OTHER_IMPLS
-    return dispatch("fake_quantize", x.device, impls, x, scheme)
+    return dispatch("fake_quantize", x.device, impls, x, scheme, scale_dtype)
 
 
 @_fake_quantize_op.register_fake
-def _(x, scheme):
-    return torch.empty_like(x)
+def _(x, scheme, scale_dtype=None):
+    return x.new_empty(x.shape)  # contiguous, as every backend returns
 
 
 def _setup(ctx, inputs, output):
@@ -74,37 +72,36 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
-    return grad, None  # straight-through estimator
+    return grad, None, None  # straight-through estimator
 
 
 _fake_quantize_op.register_autograd(_backward, setup_context=_setup)
 
 
-def fake_quantize(x: torch.Tensor, scheme: str) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, scheme: str, *, scale_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Quantise-dequantise x with a straight-through gradient.
 
     Args:
         x: float32/float16/bfloat16 tensor (..., K); int4 schemes need K divisible by the group size,
            "int8-channel" at least 1-D.
         scheme: one of SCHEMES (module docstring).
+        scale_dtype: int4 schemes: float16/bfloat16/float32, the dtype the deployed scales are stored in
+           (default x.dtype); other schemes have fp32 scales and take None or torch.float32.
     Returns:
         Tensor of x's shape and dtype holding dequant(quant(x)); its gradient passes straight through.
     FLOPs: 0 (elementwise); the matmul that consumes the result is counted by its own op.
     """
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     check_choice("scheme", scheme, SCHEMES)
+    if scale_dtype is not None:
+        allowed = FLOAT_DTYPES if scheme.startswith("int4") else (torch.float32,)
+        if scale_dtype not in allowed:
+            raise ValueError(f"scale_dtype must be one of {', '.join(map(str, allowed))} (or None) for "
+                             f"{scheme!r}: got {scale_dtype}")
     if scheme.startswith("int4"):
         g, _ = ref.parse_int4(scheme)
         k = x.shape[-1] if x.dim() else 1
         if k % g:
             raise ValueError(f"x must have a last dimension divisible by the group size of {scheme!r}: "
                              f"got {k}, group size {g}")
-    return _fake_quantize_op(x, scheme)
-
-
-def _flops(args: tuple, kwargs: dict, out: Any) -> int:
-    return 0
-
-
-FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::fake_quantize": _flops}
-BYTE_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::fake_quantize": io_bytes}
+    return _fake_quantize_op(x, scheme, scale_dtype)

@@ -8,34 +8,31 @@ gemm_fp8: c = (a * scale_a) @ (b * scale_b)^T (+ bias), fp32 accumulation, scale
 (when K <= 128 and N > 1, a (N, 1) scale_b means row-wise and a (ceil(N/128), 1) one block-wise).
 Backends: `triton` (CUDA with compute capability >= 8.9, or CPU in the interpreter) and `reference`.
 
-FLOPs (executed and model): 2 M N K, the products only. The scaling (2 M N, or 3 M N ceil(K/128)
-block-wise) and a bias are elementwise and, as for aten's `_scaled_mm` in pyscale.profile.flops, not
-counted, so TFLOP/s compare directly with cuBLAS.
-Bytes: a and b (1 byte per element), the scales (4 bytes each), the bias, and c.
+FLOPs (executed and model; `pyscale.formulas.gemm_flops`): 2 M N K, the products only. The scaling (2 M N,
+or 3 M N ceil(K/128) block-wise) and a bias are elementwise and, as for aten's `_scaled_mm` in
+pyscale.profile.flops, not counted, so TFLOP/s compare directly with cuBLAS.
+Bytes (`pyscale.formulas.gemm_fp8_bytes`): a and b (1 byte per element), the scales (4 bytes each), the
+bias, and c.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from pyscale._backend import triton_interpreting
+from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_bias, check_choice, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
-from pyscale.ops.quantize import io_bytes, quantize_fp8
+from pyscale.ops.quantize import quantize_fp8
 from pyscale.reference import gemm_fp8 as ref
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 FP8_MIN_CAPABILITY = (8, 9)
 _MODES = {"tensor": 0, "row": 1, "block": 2}
-
-
-def autotune_enabled() -> bool:
-    """Autotune Triton GEMMs on a GPU unless PYSCALE_AUTOTUNE=0 (then the config functions decide)."""
-    return os.environ.get("PYSCALE_AUTOTUNE", "1") != "0"
 
 
 def check_fp8_device(name: str, device: torch.device) -> None:
@@ -66,14 +63,35 @@ def scale_granularity(m: int, n: int, k: int, scale_a: torch.Tensor, scale_b: to
 
 # ---------------------------------------------------------------- backends
 
-def _triton(a, b, scale_a, scale_b, granularity, out_dtype, bias):
-    from pyscale.kernels import gemm_fp8 as kernels
+def _kernels():
+    from pyscale.kernels import gemm_fp8 as kernels  # lazily: importing pyscale.ops imports no triton
 
-    m, n = a.shape[0], b.shape[0]
+    return kernels
+
+
+def tuning_key(m: int, n: int, k: int, granularity: str, out_dtype: torch.dtype, has_bias: bool,
+               capability: tuple[int, int]) -> dict[str, Any]:
+    """The autotuning key of one GEMM: M bucketed to a power of two; N and K (layer sizes) exact."""
+    return {"capability": list(capability), "granularity": granularity, "out": str(out_dtype).removeprefix("torch."),
+            "bias": has_bias, "m": bucket(m), "n": n, "k": k}
+
+
+TUNING = Tunable(
+    "gemm_fp8", ("pyscale.kernels.gemm_fp8", "pyscale.kernels.common"),
+    default=lambda key, interpret: _kernels().fp8_gemm_config(
+        key["m"], key["n"], key["k"], capability=tuple(key["capability"]), interpret=interpret),
+    space=lambda key: _kernels().gpu_configs())
+
+
+def _triton(a, b, scale_a, scale_b, granularity, out_dtype, bias):
+    kernels = _kernels()
+    m, n, k = a.shape[0], b.shape[0], a.shape[1]
     c = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    cap = torch.cuda.get_device_capability(a.device) if a.is_cuda else None
-    kernels.launch_fp8_gemm(a, b, c, scale_a, scale_b, bias, _MODES[granularity],
-                            autotune=a.is_cuda and autotune_enabled(), capability=cap)
+    cap = tuple(torch.cuda.get_device_capability(a.device)) if a.is_cuda else (0, 0)
+    launch = functools.partial(kernels.launch_fp8_gemm, a, b, c, scale_a, scale_b, bias, _MODES[granularity],
+                               capability=cap)
+    key = tuning_key(m, n, k, granularity, out_dtype, bias is not None, cap)
+    launch(config=TUNING.choose(a.device, key, lambda cfg: launch(config=cfg), interpret=triton_interpreting()))
     return c
 
 
@@ -179,16 +197,3 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     lead = x.shape[:-1]
     y = _Fp8Linear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
     return y.reshape(*lead, weight.shape[0])
-
-
-# ---------------------------------------------------------------- formulas
-
-def gemm_fp8_flops(args: tuple, kwargs: dict, out: Any) -> int:
-    """FLOPs of pyscale::gemm_fp8(a, b, scale_a, scale_b, granularity, out_dtype, bias): 2 M N K."""
-    m, k = args[0].shape
-    return 2 * m * args[1].shape[0] * k
-
-
-FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_fp8": gemm_fp8_flops}
-MODEL_FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_fp8": gemm_fp8_flops}
-BYTE_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_fp8": io_bytes}

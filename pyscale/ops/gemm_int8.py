@@ -4,34 +4,55 @@ Format (DESIGN.md section 8): a (M, K) int8 activations with per-token scales (M
 weights with per-output-channel scales (N, 1) fp32; both symmetric (`pyscale.ops.quantize_int8`).
 Backends: `triton` (CUDA, or CPU in the interpreter) and `reference`.
 
-FLOPs (executed and model): 2 M N K integer operations; the scaling epilogue and bias are elementwise
-and, as for aten's `_int_mm`/`addmm` in pyscale.profile.flops, not counted.
-Bytes: a and b (1 byte per element), the scales, the bias, and c.
+FLOPs (executed and model; `pyscale.formulas.gemm_flops`): 2 M N K integer operations; the scaling
+epilogue and bias are elementwise and, as for aten's `_int_mm`/`addmm` in pyscale.profile.flops, not counted.
+Bytes (`pyscale.formulas.gemm_int8_bytes`): a and b (1 byte per element), the scales, the bias, and c.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+import functools
 from typing import Any
 
 import torch
 
+from pyscale._backend import triton_interpreting
+from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_bias, check_choice, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
-from pyscale.ops.quantize import io_bytes
 from pyscale.reference import gemm_int8 as ref
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def _triton(a, b, scale_a, scale_b, out_dtype, bias):
-    from pyscale.kernels import gemm_int8 as kernels
+def _kernels():
+    from pyscale.kernels import gemm_int8 as kernels  # lazily: importing pyscale.ops imports no triton
 
-    c = torch.empty((a.shape[0], b.shape[0]), dtype=out_dtype, device=a.device)
-    cap = torch.cuda.get_device_capability(a.device) if a.is_cuda else None
-    kernels.launch_int8_gemm(a, b, c, scale_a, scale_b, bias, capability=cap,
-                             autotune=a.is_cuda and os.environ.get("PYSCALE_AUTOTUNE", "1") != "0")
+    return kernels
+
+
+def tuning_key(m: int, n: int, k: int, out_dtype: torch.dtype, has_bias: bool,
+               capability: tuple[int, int]) -> dict[str, Any]:
+    """The autotuning key of one GEMM: M bucketed to a power of two; N and K (layer sizes) exact."""
+    return {"capability": list(capability), "out": str(out_dtype).removeprefix("torch."), "bias": has_bias,
+            "m": bucket(m), "n": n, "k": k}
+
+
+TUNING = Tunable(
+    "gemm_int8", ("pyscale.kernels.gemm_int8", "pyscale.kernels.common"),
+    default=lambda key, interpret: _kernels().int8_gemm_config(
+        key["m"], key["n"], key["k"], capability=tuple(key["capability"]), interpret=interpret),
+    space=lambda key: _kernels().gpu_configs())
+
+
+def _triton(a, b, scale_a, scale_b, out_dtype, bias):
+    kernels = _kernels()
+    m, n, k = a.shape[0], b.shape[0], a.shape[1]
+    c = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    cap = tuple(torch.cuda.get_device_capability(a.device)) if a.is_cuda else (0, 0)
+    launch = functools.partial(kernels.launch_int8_gemm, a, b, c, scale_a, scale_b, bias, capability=cap)
+    key = tuning_key(m, n, k, out_dtype, bias is not None, cap)
+    launch(config=TUNING.choose(a.device, key, lambda cfg: launch(config=cfg), interpret=triton_interpreting()))
     return c
 
 
@@ -79,14 +100,3 @@ def gemm_int8(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: 
     if bias is not None:
         bias = bias.contiguous()  # the kernels index the bias with unit stride
     return _gemm_int8_op(a, b, scale_a, scale_b, out_dtype, bias)
-
-
-def gemm_int8_flops(args: tuple, kwargs: dict, out: Any) -> int:
-    """FLOPs of pyscale::gemm_int8(a, b, scale_a, scale_b, out_dtype, bias): 2 M N K."""
-    m, k = args[0].shape
-    return 2 * m * args[1].shape[0] * k
-
-
-FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_int8": gemm_int8_flops}
-MODEL_FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_int8": gemm_int8_flops}
-BYTE_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_int8": io_bytes}

@@ -5,22 +5,20 @@ of DESIGN.md section 8 (`pyscale.ops.int4_quantize` makes it): qweight uint8 (N,
 k; scales (N, K/g) in x's dtype; zeros uint8 (N, K/g) or None (symmetric, codes stored as q + 8).
 Backends: `triton` (CUDA, or CPU in the interpreter; split-K GEMV for M <= 16, tiles above) and `reference`.
 
-FLOPs (executed and model): 2 M N K, the products. The in-register dequantisation (a subtract and a
-multiply per weight, redone by each of the ceil(M / BLOCK_M) row tiles) is elementwise and not counted,
-as in pyscale.profile.flops; for decode shapes the kernel is bound by the bytes below anyway.
-Bytes: x, qweight (K/2 per row), scales, zeros, bias and out; for M <= 16 the weights dominate.
+FLOPs (executed and model; `pyscale.formulas.gemm_flops`): 2 M N K, the products. The in-register
+dequantisation (a subtract and a multiply per weight, redone by each of the ceil(M / BLOCK_M) row tiles) is
+elementwise and not counted, as in pyscale.profile.flops; for decode shapes the kernel is bound by the bytes
+below anyway.
+Bytes (`pyscale.formulas.gemm_w4a16_bytes`): x, qweight (K/2 per row), scales, zeros, bias and out; for
+M <= 16 the weights dominate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
-from pyscale.ops._checks import check_bias, check_choice, check_same_device, check_tensor
+from pyscale.ops._checks import check_bias, check_choice, check_group_scales, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
-from pyscale.ops.quantize import io_bytes
 from pyscale.reference import gemm_w4a16 as ref
 
 GROUP_SIZES = (32, 64, 128)
@@ -97,25 +95,9 @@ def gemm_w4a16(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if k % group_size:
         raise ValueError(f"group_size must divide K: got K={k}, group_size={group_size}")
     check_tensor("scales", scales, dtypes=(x.dtype,), ndim=2)
-    if tuple(scales.shape) != (n, k // group_size):
-        raise ValueError(f"scales must have shape (N, K/group_size) = {(n, k // group_size)}: got {tuple(scales.shape)}")
-    if zeros is not None:
-        check_tensor("zeros", zeros, dtypes=(torch.uint8,), ndim=2)
-        if zeros.shape != scales.shape:
-            raise ValueError(f"zeros must have the shape of scales {tuple(scales.shape)}: got {tuple(zeros.shape)}")
+    check_group_scales(scales, zeros, n, k, group_size)
     check_bias(bias, n, (x.dtype,))
     check_same_device(x=x, qweight=qweight, scales=scales, zeros=zeros, bias=bias)
     if bias is not None:
         bias = bias.contiguous()  # the kernels index the bias with unit stride
     return _gemm_w4a16_op(x, qweight, scales, zeros, group_size, bias)
-
-
-def gemm_w4a16_flops(args: tuple, kwargs: dict, out: Any) -> int:
-    """FLOPs of pyscale::gemm_w4a16(x, qweight, scales, zeros, group_size, bias): 2 M N K."""
-    m, k = args[0].shape
-    return 2 * m * args[1].shape[0] * k
-
-
-FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_w4a16": gemm_w4a16_flops}
-MODEL_FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_w4a16": gemm_w4a16_flops}
-BYTE_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {"pyscale::gemm_w4a16": io_bytes}

@@ -16,30 +16,34 @@ tokens by a deterministic gather-sum when gathering; dW[e] = dOut_e^T @ A_e (Swi
 one kernel).
 
 Backends: `triton` (CUDA; CPU in the interpreter), `reference` (a per-expert loop).
-FLOPs, executed (FLOP_FORMULAS; padded rows included since the kernel computes them): forward 2·n_pad·N·K
-per weight (SwiGLU: 2 weights, + 4·n_pad·N for the activation); backward 2× forward for the GEMMs (dA and
-dW), + 8·n_pad·N for the SwiGLU backward. Model (MODEL_FLOP_FORMULAS, active parameters): the same GEMMs
-over the T·k routed slots instead of n_pad rows, without the elementwise SwiGLU (PaLM's convention, as
+FLOPs (`pyscale.formulas.grouped_gemm_flops`), executed (padded rows included since the kernel computes
+them): forward 2·n_pad·N·K per weight (SwiGLU: 2 weights, + 4·n_pad·N for the activation); backward 2×
+forward for the GEMMs (dA and dW), + 8·n_pad·N for the SwiGLU backward. Model (active parameters): the same
+GEMMs over the T·k routed slots instead of n_pad rows, without the elementwise SwiGLU (PaLM's convention, as
 pyscale.profile.flops); slots a capacity limit drops still count, as the layer's nominal work.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
 from pyscale.ops._checks import check_choice, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
 from pyscale.ops.moe_align import MoEAlignment
-from pyscale.reference import moe as ref
+from pyscale.reference import grouped_gemm as ref
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ACTIVATIONS = ("none", "swiglu")
 
 
 def _kernels():
-    from pyscale.kernels import moe as k
+    from pyscale.kernels import grouped_gemm as k
+
+    return k
+
+
+def _combine_kernels():
+    from pyscale.kernels import moe_combine as k
 
     return k
 
@@ -111,7 +115,7 @@ def _bwd_triton(grad_out, a, w, w2, preact, sorted_ids, expert_ids, n_pad, offse
         grad_out, w, w2, sorted_ids, expert_ids, n_pad, gather_k=0, align=align, mode=mode, transpose_w=True,
         preact=preact if swiglu else None, num_slots=num_slots, config=cfg)
     if gather_k > 0:
-        grad_a = kern.combine(grad_rows, None, slot_pos, gather_k, a.dtype)
+        grad_a = _combine_kernels().combine(grad_rows, None, slot_pos, gather_k, a.dtype)  # a plain sum per token
     else:
         grad_a = grad_rows
     cfg_w = _config(n, k, num_slots, e, a.dtype, a.device, align, "dw", mode)
@@ -140,8 +144,9 @@ def _grouped_gemm_backward_op(grad_out: torch.Tensor, a: torch.Tensor, w: torch.
 
 @_grouped_gemm_backward_op.register_fake
 def _(grad_out, a, w, w2, preact, sorted_ids, expert_ids, n_pad, offsets, slot_pos, gather_k, align, activation):
-    return torch.empty_like(a), torch.empty_like(w), (torch.empty_like(w2) if activation == "swiglu"
-                                                      else w.new_empty((0,)))
+    # contiguous, as every backend returns them whatever the inputs' strides
+    return a.new_empty(a.shape), w.new_empty(w.shape), (w2.new_empty(w2.shape) if activation == "swiglu"
+                                                        else w.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -178,7 +183,7 @@ def grouped_gemm(a: torch.Tensor, w: torch.Tensor, alignment: MoEAlignment, *, g
         activation: None or "swiglu" (silu(A w^T) * (A w2^T), fused in the kernel epilogue).
     Returns:
         (rows, N) in a.dtype, in alignment order; padding rows are 0.
-    FLOPs: see the module docstring (FLOP_FORMULAS and MODEL_FLOP_FORMULAS["pyscale::grouped_gemm"]).
+    FLOPs: see the module docstring (`pyscale.formulas.grouped_gemm_flops`).
     """
     act = "none" if activation is None else activation
     check_choice("activation", act, ACTIVATIONS)
@@ -218,42 +223,3 @@ def grouped_gemm(a: torch.Tensor, w: torch.Tensor, alignment: MoEAlignment, *, g
     out, _ = _grouped_gemm_op(a, w, w2, alignment.sorted_ids, alignment.expert_ids, alignment.n_pad,
                               alignment.offsets, alignment.slot_pos, alignment.top_k if gather else 0, bs, act, save)
     return out
-
-
-def _gemm_flops(rows: int, w: torch.Tensor, activation: str) -> int:
-    """The GEMMs of one forward over `rows` rows: 2·rows·N·K per weight (SwiGLU has two)."""
-    _, n, k = w.shape
-    return (2 if activation == "swiglu" else 1) * 2 * rows * n * k
-
-
-def _padded_rows(n_pad: torch.Tensor) -> int:
-    return int(n_pad.reshape(-1)[0])  # a device sync on GPU: counting passes are not timed
-
-
-def _fwd_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    w, n_pad, activation = args[1], args[5], args[10]
-    rows = _padded_rows(n_pad)
-    act = 4 * rows * w.shape[1] if activation == "swiglu" else 0
-    return _gemm_flops(rows, w, activation) + act
-
-
-def _bwd_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    w, n_pad, activation = args[2], args[7], args[12]
-    rows = _padded_rows(n_pad)
-    act = 8 * rows * w.shape[1] if activation == "swiglu" else 0
-    return 2 * _gemm_flops(rows, w, activation) + act  # dA and dW each cost one forward
-
-
-def _fwd_model_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    w, slot_pos, activation = args[1], args[7], args[10]
-    return _gemm_flops(slot_pos.shape[0], w, activation)  # T·k routed slots: no padding, no host sync
-
-
-def _bwd_model_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    w, slot_pos, activation = args[2], args[9], args[12]
-    return 2 * _gemm_flops(slot_pos.shape[0], w, activation)
-
-
-FLOP_FORMULAS = {"pyscale::grouped_gemm": _fwd_flops, "pyscale::grouped_gemm_backward": _bwd_flops}
-MODEL_FLOP_FORMULAS = {"pyscale::grouped_gemm": _fwd_model_flops,
-                       "pyscale::grouped_gemm_backward": _bwd_model_flops}

@@ -1,10 +1,13 @@
 """int4 group-wise quantisation, packing and dequantisation (the W4A16 interchange format).
 
 Format (DESIGN.md section 8): weights (N, K) = (out_features, in_features); groups of g in {32, 64, 128}
-along K. Symmetric: q = clamp(rne(w / s), -8, 7) with s = absmax / 7, stored as q + 8. Asymmetric:
-q = clamp(rne(w / s) + z, 0, 15) with s = (max - min) / 15 and z = clamp(rne(-min / s), 0, 15).
+along K. Symmetric: q = clamp(rne(w / s), -8, 7) with s = absmax / 7, stored as q + 8. Asymmetric, over
+the range extended to include 0 (min' = min(min, 0), max' = max(max, 0)): q = clamp(rne(w / s) + z, 0, 15)
+with s = (max' - min') / 15 and z = clamp(rne(-min' / s), 0, 15). The scale is rounded up to its dtype
+and the codes computed with it as stored, so |w - deq| <= s / 2; a constant group c (all-zero included)
+is stored as s = |c|, q - z = sign(c), and dequantises to c exactly.
 Packed as uint8 (N, K/2): low nibble = even k, high nibble = odd k. Scales (N, K/g) in the weight
-dtype; zero points (N, K/g) uint8, or None when symmetric. Dequantised w = (q - z) * s.
+dtype (or `scale_dtype`); zero points (N, K/g) uint8, or None when symmetric. Dequantised w = (q - z) * s.
 
 Backends: `cuda` (CUDA tensors), `cpp` (CPU), `reference`; all three are bit-identical. The `cuda` kernels
 come from `_C` when it was built with nvcc, else from the same header compiled by CuPy's NVRTC at first use.
@@ -19,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from pyscale import _ext, cuda_runtime
-from pyscale.ops._checks import check_choice, check_tensor
+from pyscale.ops._checks import check_choice, check_group_scales, check_tensor
 from pyscale.ops._dispatch import cuda_stream_of, dispatch, register_runtime_cuda
 from pyscale.ops._interop import as_torch
 from pyscale.reference import int4 as ref
@@ -73,68 +76,81 @@ def _check_group(k: int, group_size: int, what: str) -> None:
 
 # ---------------------------------------------------------------- quantize
 
-def _quantize_native(w: torch.Tensor, group_size: int, symmetric: bool, device_kind: str):
+def _quantize_native(w: torch.Tensor, group_size: int, symmetric: bool, scale_dtype: torch.dtype,
+                     device_kind: str):
     n, k = w.shape
     w32 = w.float().contiguous()
     packed = torch.empty((n, k // 2), dtype=torch.uint8, device=w.device)
     scales = torch.empty((n, k // group_size), dtype=torch.float32, device=w.device)
     zeros = torch.empty((n, 0 if symmetric else k // group_size), dtype=torch.uint8, device=w.device)
     zp = 0 if symmetric else zeros.data_ptr()
-    args = (w32.data_ptr(), n, k, group_size, symmetric, _ROUND_CODE[w.dtype], packed.data_ptr(),
+    args = (w32.data_ptr(), n, k, group_size, symmetric, _ROUND_CODE[scale_dtype], packed.data_ptr(),
             scales.data_ptr(), zp)
     if device_kind == "cuda":
         with cuda_stream_of(w) as stream:
             _cuda_ext().int4_quantize_cuda(*args, stream)
     else:
         _ext.extension().int4_quantize_cpu(*args)
-    return packed, scales.to(w.dtype), zeros
+    return packed, scales.to(scale_dtype), zeros
 
 
-def _quantize_reference(w: torch.Tensor, group_size: int, symmetric: bool):
-    packed, scales, zeros = ref.int4_quantize(w, group_size, symmetric)
+def _quantize_reference(w: torch.Tensor, group_size: int, symmetric: bool, scale_dtype: torch.dtype):
+    packed, scales, zeros = ref.int4_quantize(w, group_size, symmetric, scale_dtype)
     if zeros is None:
         zeros = torch.empty((w.shape[0], 0), dtype=torch.uint8, device=w.device)
     return packed, scales, zeros
 
 
 _QUANTIZE = {
-    "cuda": lambda w, g, s: _quantize_native(w, g, s, "cuda"),
-    "cpp": lambda w, g, s: _quantize_native(w, g, s, "cpu"),
+    "cuda": lambda w, g, s, d: _quantize_native(w, g, s, d, "cuda"),
+    "cpp": lambda w, g, s, d: _quantize_native(w, g, s, d, "cpu"),
     "reference": _quantize_reference,
 }
 
 
 @torch.library.custom_op("pyscale::int4_quantize", mutates_args=())
-def _int4_quantize_op(w: torch.Tensor, group_size: int, symmetric: bool
+def _int4_quantize_op(w: torch.Tensor, group_size: int, symmetric: bool, scale_dtype: torch.dtype | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return dispatch("int4_quantize", w.device, _QUANTIZE, w, group_size, symmetric)
+    scale_dtype = w.dtype if scale_dtype is None else scale_dtype
+    return dispatch("int4_quantize", w.device, _QUANTIZE, w, group_size, symmetric, scale_dtype)
 
 
 @_int4_quantize_op.register_fake
-def _(w, group_size, symmetric):
+def _(w, group_size, symmetric, scale_dtype=None):
     n, k = w.shape
-    return (w.new_empty((n, k // 2), dtype=torch.uint8), w.new_empty((n, k // group_size)),
+    scale_dtype = w.dtype if scale_dtype is None else scale_dtype
+    return (w.new_empty((n, k // 2), dtype=torch.uint8), w.new_empty((n, k // group_size), dtype=scale_dtype),
             w.new_empty((n, 0 if symmetric else k // group_size), dtype=torch.uint8))
 
 
-def int4_quantize(w: torch.Tensor, group_size: int = 128, *, symmetric: bool = True) -> Int4Weight:
+def int4_quantize(w: torch.Tensor, group_size: int = 128, *, symmetric: bool = True,
+                  scale_dtype: torch.dtype | None = None) -> Int4Weight:
     """Quantise weights group-wise to int4.
 
     Args:
         w: (N, K) float32/float16/bfloat16 weights, finite; K even and divisible by group_size.
         group_size: 32, 64 or 128 weights per scale, along K.
-        symmetric: absmax scaling with codes stored as q + 8 (zeros None); else min/max with zero points.
+        symmetric: absmax scaling with codes stored as q + 8 (zeros None); else min/max (extended to
+            include 0) with zero points.
+        scale_dtype: dtype the scales are stored (and rounded) in, float32/float16/bfloat16; default w.dtype.
+            The codes are chosen against the scales as stored, so quantising fp32 weights with the
+            deployment dtype's scales gives exactly the codes a deployed layer holds.
     Returns:
-        Int4Weight(qweight uint8 (N, K/2), scales (N, K/g) in w.dtype, zeros uint8 (N, K/g) or None).
+        Int4Weight(qweight uint8 (N, K/2), scales (N, K/g) in scale_dtype, zeros uint8 (N, K/g) or None).
     """
     w = as_torch(w, "w")
     check_tensor("w", w, dtypes=FLOAT_DTYPES, ndim=2)
     if w.shape[1] % 2:
         raise ValueError(f"w must have an even number of columns K for int4 packing: got K={w.shape[1]}")
     _check_group(w.shape[1], group_size, "w")
-    if w.numel() and not bool(torch.isfinite(w).all()):
+    if scale_dtype is not None:
+        check_choice("scale_dtype", scale_dtype, FLOAT_DTYPES)
+    if w.numel() and w.device.type != "meta" and not bool(torch.isfinite(w).all()):
         raise ValueError("w must be finite: it contains NaN or Inf")
-    packed, scales, zeros = _int4_quantize_op(w, group_size, symmetric)
+    packed, scales, zeros = _int4_quantize_op(w, group_size, symmetric, scale_dtype)
+    if scales.numel() and scales.device.type != "meta" and not bool(torch.isfinite(scales).all()):
+        raise ValueError(f"w has a range too large for {scales.dtype} scales (a scale overflowed): "
+                         f"max |w| = {float(w.abs().max()):g}")
     return Int4Weight(packed, scales, None if symmetric else zeros)
 
 
@@ -250,12 +266,7 @@ def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     check_tensor("scales", scales, dtypes=FLOAT_DTYPES, ndim=2)
     n, k = qweight.shape[0], qweight.shape[1] * 2
     _check_group(k, group_size, "qweight holds K = 2 * qweight.shape[1]")
-    if tuple(scales.shape) != (n, k // group_size):
-        raise ValueError(f"scales must have shape (N, K/group_size) = {(n, k // group_size)}: got {tuple(scales.shape)}")
-    if zeros is not None:
-        check_tensor("zeros", zeros, dtypes=(torch.uint8,), ndim=2)
-        if zeros.shape != scales.shape:
-            raise ValueError(f"zeros must have the shape of scales {tuple(scales.shape)}: got {tuple(zeros.shape)}")
+    check_group_scales(scales, zeros, n, k, group_size)
     for name, t in (("scales", scales), ("zeros", zeros)):
         if t is not None and t.device != qweight.device:
             raise ValueError(f"{name} must be on the device of qweight ({qweight.device}): got {t.device}")

@@ -24,14 +24,15 @@ import math
 from decimal import Decimal
 from fractions import Fraction
 from numbers import Real
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from pyscale import _ext
+from pyscale.formulas import moe_align_rows
 from pyscale.ops._checks import check_tensor
 from pyscale.ops._dispatch import cuda_stream_of, dispatch
-from pyscale.reference import moe as ref
+from pyscale.reference import moe_align as ref
 
 MAX_EXPERTS = 4096  # the CUDA path keeps one int32 counter per expert in shared memory
 
@@ -51,13 +52,9 @@ class MoEAlignment(NamedTuple):
     n_experts: int
 
 
-def upper_bound_rows(slots: int, n_experts: int, block_size: int) -> int:
-    return slots + n_experts * (block_size - 1)
-
-
 def _empty_outputs(topk_ids: torch.Tensor, n_experts: int, block_size: int) -> tuple[torch.Tensor, ...]:
     slots = topk_ids.numel()
-    rows = upper_bound_rows(slots, n_experts, block_size)
+    rows = moe_align_rows(slots, n_experts, block_size)
     new = lambda n: topk_ids.new_empty((n,), dtype=torch.int32)
     return (new(rows), new(-(-rows // block_size)), new(1), new(slots), new(n_experts + 1), new(n_experts), new(1))
 
@@ -150,7 +147,7 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capaci
     Returns:
         MoEAlignment(sorted_ids, expert_ids, n_pad, slot_pos, offsets, tokens_per_expert, dropped, block_size,
         top_k, n_experts); shapes and meaning in the module docstring.
-    FLOPs: 0 (FLOP_FORMULAS["pyscale::moe_align"]).
+    FLOPs: 0 (bytes: `pyscale.formulas.moe_align_bytes`).
     """
     check_tensor("topk_ids", topk_ids, ndim=2)
     if topk_ids.dtype.is_floating_point or topk_ids.dtype.is_complex or topk_ids.dtype == torch.bool:
@@ -163,7 +160,7 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capaci
     t, k = topk_ids.shape
     if k < 1 or k > n_experts:
         raise ValueError(f"topk_ids must have 1..n_experts = 1..{n_experts} columns (top_k): got {k}")
-    if upper_bound_rows(t * k, n_experts, block_size) >= 2**31:
+    if moe_align_rows(t * k, n_experts, block_size) >= 2**31:
         raise ValueError(f"T * k + E * (block_size - 1) must stay below 2**31 (int32 layout): got T={t}, k={k}")
     capacity = -1
     if capacity_factor is not None:
@@ -179,13 +176,6 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capaci
 def moe_block_size(tokens: int, top_k: int, n_experts: int, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.bfloat16) -> int:
     """The row-block size the grouped GEMM will use for this routing (pass it to moe_align)."""
-    from pyscale.kernels import moe as kern
+    from pyscale.kernels import grouped_gemm as kern
 
     return kern.grouped_gemm_config(1, 1, tokens * top_k / max(n_experts, 1), dtype)["BLOCK_M"]
-
-
-def _align_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    return 0
-
-
-FLOP_FORMULAS = {"pyscale::moe_align": _align_flops}

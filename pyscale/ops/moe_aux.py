@@ -7,12 +7,12 @@
 - DeepSeek-V3's auxiliary-loss-free balancing: after each step, bias_i += rate · sign(mean load − load_i);
   the bias enters `moe_route(bias=...)`, selection only.
 
-FLOPs: load balancing ≈ 4·T·E (scores and their mean) + 2·E; z-loss ≈ 4·T·E (logsumexp) + 2·T.
+FLOPs (`pyscale.formulas.load_balancing_loss_flops`, `router_z_loss_flops`): load balancing ≈ 4·T·E (scores
+and their mean) + 2·E; z-loss ≈ 4·T·E (logsumexp) + 2·T. These are plain PyTorch, not custom ops: the profiler
+sees their elementwise aten ops, which count no FLOPs.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
@@ -76,17 +76,3 @@ def update_expert_bias(bias: torch.Tensor, tokens_per_expert: torch.Tensor, rate
     load = tokens_per_expert.float().to(bias.device)
     bias.add_(rate * torch.sign(load.mean() - load).to(bias.dtype))
     return bias
-
-
-def _lb_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    t, e = args[0].shape
-    return 4 * t * e + 2 * e
-
-
-def _z_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    t, e = args[0].shape
-    return 4 * t * e + 2 * t
-
-
-# Plain-PyTorch functions (no custom op); keyed by function name for the profiler.
-FLOP_FORMULAS = {"pyscale.ops.load_balancing_loss": _lb_flops, "pyscale.ops.router_z_loss": _z_flops}

@@ -7,25 +7,24 @@ A gather-sum per token (fp32 accumulation), so it is deterministic -- no scatter
 grad_weights[s] = <grad_out[t], y[r]> for the slot s = t·k + j that row r holds (0 for dropped slots).
 
 Backends: `triton` (CUDA; CPU in the interpreter), `reference`.
-FLOPs: forward 2·T·k·D; backward 3·T·k·D (the scaled copy and the dot products).
+FLOPs (`pyscale.formulas.moe_combine_flops`): forward 2·T·k·D; backward 3·T·k·D (the scaled copy and the
+dot products).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
 from pyscale.ops._checks import check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
 from pyscale.ops.moe_align import MoEAlignment
-from pyscale.reference import moe as ref
+from pyscale.reference import moe_combine as ref
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _kernels():
-    from pyscale.kernels import moe as k
+    from pyscale.kernels import moe_combine as k
 
     return k
 
@@ -55,16 +54,7 @@ def _combine_bwd_triton(grad_out, y, weights, sorted_ids, top_k):
 
 
 def _combine_bwd_reference(grad_out, y, weights, sorted_ids, top_k):
-    slots = weights.numel()
-    sid = sorted_ids.long()
-    ok = sid < slots
-    tok = torch.where(ok, sid // top_k, 0)
-    go = grad_out.float()[tok] * ok[:, None]
-    w = weights.float().reshape(-1)[torch.where(ok, sid, 0)] * ok
-    grad_y = (w[:, None] * go).to(y.dtype)
-    grad_w = torch.zeros(slots, dtype=torch.float32, device=y.device)
-    grad_w[sid[ok]] = (go * y.float()).sum(dim=1)[ok]
-    return grad_y, grad_w.reshape(weights.shape)
+    return ref.moe_combine_backward(grad_out, y, weights, sorted_ids, top_k)
 
 
 @torch.library.custom_op("pyscale::moe_combine_backward", mutates_args=())
@@ -77,7 +67,7 @@ def _moe_combine_backward_op(grad_out: torch.Tensor, y: torch.Tensor, weights: t
 
 @_moe_combine_backward_op.register_fake
 def _(grad_out, y, weights, sorted_ids, top_k):
-    return torch.empty_like(y), torch.empty_like(weights, dtype=torch.float32)
+    return y.new_empty(y.shape), weights.new_empty(weights.shape, dtype=torch.float32)  # contiguous, as computed
 
 
 def _setup_context(ctx, inputs, output):
@@ -104,7 +94,7 @@ def moe_combine(y: torch.Tensor, topk_weights: torch.Tensor, alignment: MoEAlign
         alignment: the MoEAlignment the rows of y follow.
     Returns:
         (T, D) in y.dtype: Σ_j topk_weights[t, j] · y[row of slot t·k + j], dropped slots contributing 0.
-    FLOPs: 2·T·k·D (FLOP_FORMULAS["pyscale::moe_combine"]).
+    FLOPs: 2·T·k·D (`pyscale.formulas.moe_combine_flops`).
     """
     check_tensor("y", y, dtypes=FLOAT_DTYPES, ndim=2)
     check_tensor("topk_weights", topk_weights, dtypes=(torch.float32,), ndim=2)
@@ -119,16 +109,3 @@ def moe_combine(y: torch.Tensor, topk_weights: torch.Tensor, alignment: MoEAlign
                          f"got {tuple(topk_weights.shape)}")
     check_same_device(y=y, topk_weights=topk_weights, slot_pos=alignment.slot_pos)
     return _moe_combine_op(y, topk_weights, alignment.slot_pos, alignment.sorted_ids, alignment.top_k)
-
-
-def _combine_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    y, slot_pos = args[0], args[2]
-    return 2 * slot_pos.shape[0] * y.shape[1]
-
-
-def _combine_bwd_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    y, weights = args[1], args[2]
-    return 3 * weights.numel() * y.shape[1]
-
-
-FLOP_FORMULAS = {"pyscale::moe_combine": _combine_flops, "pyscale::moe_combine_backward": _combine_bwd_flops}

@@ -8,26 +8,24 @@ experts) whose two best keys sum highest. Ties go to the lower expert id. The ke
 weights, divided by their sum when `renormalize`.
 
 Backends: `triton` (CUDA, and CPU in the interpreter), `reference`.
-FLOPs (executed, routing overhead): 5·T·E for scoring (exp, sum, divide, compare, select) plus 2·T·E·k for
+FLOPs (executed, routing overhead; `pyscale.formulas.moe_route_flops`): 5·T·E for scoring (exp, sum, divide, compare, select) plus 2·T·E·k for
 the k max/argmax passes, plus T·k for renormalisation; the backward 4·T·E + 2·T·E·k.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from pyscale.ops._checks import check_choice, check_int, check_same_device, check_tensor
 from pyscale.ops._dispatch import dispatch
-from pyscale.reference import moe as ref
+from pyscale.reference import moe_route as ref
 
 SCORINGS = ("softmax", "sigmoid")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _kernels():
-    from pyscale.kernels import moe as k
+    from pyscale.kernels import moe_route as k
 
     return k
 
@@ -77,7 +75,7 @@ def _moe_route_backward_op(grad_w: torch.Tensor, logits: torch.Tensor, weights: 
 
 @_moe_route_backward_op.register_fake
 def _(grad_w, logits, weights, ids, scoring, renormalize):
-    return torch.empty_like(logits)
+    return logits.new_empty(logits.shape)  # contiguous, as computed
 
 
 def _setup_context(ctx, inputs, output):
@@ -134,7 +132,7 @@ def moe_route(logits: torch.Tensor, top_k: int, *, scoring: str = "softmax", ren
         check_values: reject NaN logits (reads the tensor: a device sync on CUDA; skipped under torch.compile).
     Returns:
         topk_weights fp32 (T, k), topk_ids int32 (T, k); column j is the j-th best expert.
-    FLOPs: see the module docstring (FLOP_FORMULAS["pyscale::moe_route"]).
+    FLOPs: see the module docstring (`pyscale.formulas.moe_route_flops`).
     """
     check_tensor("logits", logits, dtypes=FLOAT_DTYPES, ndim=2)
     t, e = logits.shape
@@ -154,18 +152,3 @@ def moe_route(logits: torch.Tensor, top_k: int, *, scoring: str = "softmax", ren
         raise ValueError("logits must not contain NaN (the router produced NaN: check its input and weights)")
     return _moe_route_op(logits, top_k, scoring, renormalize, n_group or 1, topk_group or 1,
                          bias.detach() if bias is not None else None)
-
-
-def _route_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    logits, top_k = args[0], args[1]
-    t, e = logits.shape
-    return 5 * t * e + 2 * t * e * top_k + t * top_k
-
-
-def _route_bwd_flops(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
-    t, e = args[1].shape
-    top_k = args[3].shape[1]
-    return 4 * t * e + 2 * t * e * top_k
-
-
-FLOP_FORMULAS = {"pyscale::moe_route": _route_flops, "pyscale::moe_route_backward": _route_bwd_flops}

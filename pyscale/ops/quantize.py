@@ -8,13 +8,12 @@ store FP8 on, uses torch's casts) and `reference`. int4 group-wise quantisation 
 
 FLOPs: 0 -- elementwise work is not counted (as for aten elementwise ops in pyscale.profile.flops and for
 int4_quantize). Bytes: x read once per pass (twice for FP8 tensor-wise: absmax, then quantise), q and the
-scales written; BYTE_FORMULAS counts the compulsory traffic (every input and output once).
+scales written; `pyscale.formulas` counts the compulsory traffic (every input and output once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -38,22 +37,6 @@ def scale_shape(granularity: str, m: int, k: int) -> tuple[int, ...]:
     block128x128 (ceil(m/128), ceil(k/128))."""
     check_choice("granularity", granularity, GRANULARITIES)
     return ref.scale_shape(granularity, m, k)
-
-
-def tensor_bytes(*values: Any) -> int:
-    """Total bytes of the tensors among `values` (lists and tuples searched one level deep)."""
-    total = 0
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            total += v.numel() * v.element_size()
-        elif isinstance(v, (list, tuple)):
-            total += sum(t.numel() * t.element_size() for t in v if isinstance(t, torch.Tensor))
-    return total
-
-
-def io_bytes(args: tuple, kwargs: dict, out: Any) -> int:
-    """Compulsory traffic of an op: every tensor argument read once and every output written once."""
-    return tensor_bytes(*args, *kwargs.values(), out)
 
 
 # ---------------------------------------------------------------- backends
@@ -168,17 +151,3 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, granularity: str = "row",
     if tuple(scale.shape) != expected:
         raise ValueError(f"scale must have shape {expected} for {granularity} granularity: got {tuple(scale.shape)}")
     return ref.dequantize(q, scale, granularity).to(dtype)
-
-
-def _elementwise_flops(args: tuple, kwargs: dict, out: Any) -> int:
-    return 0
-
-
-FLOP_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {
-    "pyscale::quantize_fp8": _elementwise_flops,
-    "pyscale::quantize_int8": _elementwise_flops,
-}
-BYTE_FORMULAS: dict[str, Callable[[tuple, dict, Any], int]] = {
-    "pyscale::quantize_fp8": io_bytes,
-    "pyscale::quantize_int8": io_bytes,
-}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyscale import hw
-from pyscale.plan.hardware import Hardware, from_measurements
+from pyscale.plan.hardware import Hardware, ParameterError, from_measurements
 from pyscale.store import Store
 
 STEP_OP = "gpt_step"  # what `pyscale profile --model gpt` stores
@@ -26,7 +26,8 @@ def measured_points(store: Store, device_name: str | None = None) -> tuple[str, 
         raise ValueError(f"store: no measured {STEP_OP} rows{where}; run `pyscale profile --model gpt ...` first")
     names = {r["device_name"] for r in rows}
     if len(names) > 1:
-        raise ValueError(f"store: steps from several devices ({', '.join(sorted(names))}): pass --gpu to pick one")
+        raise ParameterError(f"store: steps from several devices ({', '.join(sorted(names))}): pass gpu= to pick one",
+                             "gpu")
     points = [{"n_params": float(r["params"]["n_params"]),
                "model_flops_per_s": r["model_flops"] / r["time_s_median"],
                "avg_power_w": r.get("avg_power_w")} for r in rows if "n_params" in r["params"]]

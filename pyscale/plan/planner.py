@@ -39,7 +39,33 @@ GRID_POINTS = 241
 
 
 @dataclass
+class PlanCost:
+    """What the planned run costs on its hardware. A figure that cannot be priced is None, with the reason
+    in Plan.unavailable; every source is also stated in Plan.assumptions."""
+
+    device: str | None = None
+    n_devices: int = 1
+    throughput_flops_per_s: float | None = None  # achieved model FLOP/s of the whole fleet
+    throughput_source: str = "no hardware given"
+    mfu: float | None = None
+    time_s: float | None = None  # wall-clock
+    gpu_hours: float | None = None  # time x n_devices
+    energy_kwh: float | None = None  # GPU energy of the fleet
+    facility_energy_kwh: float | None = None  # GPU energy x PUE
+    cost_dollars: float | None = None
+
+
+def _cost_attribute(name: str) -> property:
+    """A read-only Plan attribute that reads Plan.cost: the flat names README and to_dict() use."""
+    return property(lambda plan: getattr(plan.cost, name), doc=f"Plan.cost.{name}")
+
+
+@dataclass
 class Plan:
+    """A training run within a budget: the law's optimum, a concrete architecture with its exact size and
+    tokens, batch and memory, and in `cost` what it takes on the hardware. The cost figures also read as
+    flat attributes (`p.time_s`), as in `to_dict()`."""
+
     objective: str
     budget: Budget
     law: str
@@ -62,23 +88,31 @@ class Plan:
     batch: BatchChoice
     steps: int
     memory: MemoryFit
-    device: str | None
-    n_devices: int
-    throughput_flops_per_s: float | None
-    throughput_source: str
-    mfu: float | None
-    time_s: float | None
-    gpu_hours: float | None
-    energy_kwh: float | None
-    facility_energy_kwh: float | None
-    cost_dollars: float | None
+    cost: PlanCost  # device, throughput, time, energy and money
     inference_tokens: float
     assumptions: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
     flops_optimal: dict[str, float] | None = None  # the FLOPs-optimal point at the same compute, for comparison
 
+    device = _cost_attribute("device")
+    n_devices = _cost_attribute("n_devices")
+    throughput_flops_per_s = _cost_attribute("throughput_flops_per_s")
+    throughput_source = _cost_attribute("throughput_source")
+    mfu = _cost_attribute("mfu")
+    time_s = _cost_attribute("time_s")
+    gpu_hours = _cost_attribute("gpu_hours")
+    energy_kwh = _cost_attribute("energy_kwh")
+    facility_energy_kwh = _cost_attribute("facility_energy_kwh")
+    cost_dollars = _cost_attribute("cost_dollars")
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """Flat JSON-ready fields: the cost block's keys stand where `cost` does (the --json format)."""
+        d: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if key == "cost":
+                d.update(value)
+            else:
+                d[key] = value
         d["budget"] = {"kind": self.budget.kind, "value": self.budget.value, "text": self.budget.describe()}
         d["config"] = self.config.to_dict()
         return d
@@ -181,13 +215,7 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
     """Plan a training run within `budget` (see module docstring). Every assumption lands in Plan.assumptions."""
     budget = Budget.parse(budget) if isinstance(budget, str) else budget
     lc = law if isinstance(law, LawChoice) else choose_law(law)
-    if objective is None:
-        objective = "flops" if budget.kind == "loss" else _BUDGET_OBJECTIVE[budget.kind]
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}: got {objective!r}")
-    if budget.kind != "loss" and _BUDGET_OBJECTIVE[budget.kind] != objective:
-        raise ValueError(f"objective {objective!r} does not match a budget in {budget.kind}; the budget's unit "
-                         f"is the objective ({_BUDGET_OBJECTIVE[budget.kind]!r})")
+    objective = _objective_of(budget, objective)
     if inference_tokens < 0:
         raise ValueError(f"inference_tokens must be >= 0: got {inference_tokens}")
     k = lc.flops_per_param_token
@@ -216,11 +244,9 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
             if target is not None:
                 raise ValueError(f"budget: target loss {target:g} is not reachable under {lc.name} "
                                  f"(its irreducible loss is E = {lc.params.get('E', float('nan')):.4g})")
-            raise ValueError(f"budget: {budget.describe()} is below what the smallest model pyscale builds "
-                             f"(~{n_min:.3g} parameters) needs for {MIN_TOKENS_PER_PARAM:g} token per parameter")
+            raise _too_small(budget, n_min)
     if d_star < MIN_TOKENS_PER_PARAM * n_star or n_star < n_min:
-        raise ValueError(f"budget: {budget.describe()} is below what the smallest model pyscale builds "
-                         f"(~{n_min:.3g} parameters) needs for {MIN_TOKENS_PER_PARAM:g} token per parameter")
+        raise _too_small(budget, n_min)
 
     # A concrete architecture near N* (the law's N: active parameters), then the tokens the budget affords
     # for exactly that model.
@@ -258,55 +284,82 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
     assumptions.append(f"batch: {batch.assumption}")
     steps = max(1, math.ceil(tokens / batch.tokens))
 
-    unavailable: dict[str, str] = {}
     memory = fit_memory(config, capacity_bytes=None if hardware is None else hardware.memory_bytes,
                         n_devices=per_step_multiple, recompute=recompute)
     assumptions.append(f"memory: {memory.reason} (bf16 mixed-precision Adam, 16 B/param of model state; "
                        "activation estimate after Korthikanti et al. 2022)")
-    throughput = mfu = time_s = gpu_hours = energy_kwh = facility_kwh = cost = None
-    throughput_source = "no hardware given"
-    if hardware is None:
-        for key in ("time_s", "energy_kwh", "cost_dollars"):
-            unavailable[key] = "no hardware given (use --gpu with --mfu/--power-w, or a measured profile)"
-    else:
-        assumptions.append(f"hardware: {hardware.n_devices} x {hardware.device_name}, data-parallel efficiency "
-                           f"{hardware.dp_efficiency:g} ({hardware.dp_efficiency_source})")
-        if hardware.flops_source is None:
-            unavailable["time_s"] = "no throughput: give --mfu, --profile (a fitted cost model) or --store"
-        else:
-            throughput, throughput_source = hardware.throughput(config)
-            mfu = hardware.mfu(config)
-            time_s = model_flops / throughput
-            gpu_hours = time_s * hardware.n_devices / 3600
-            assumptions.append(f"throughput: {throughput_source}")
-            watts, power_source = hardware.power(config)
-            if watts is None:
-                unavailable["energy_kwh"] = power_source
-            else:
-                energy_kwh = watts * hardware.n_devices * time_s / 3.6e6
-                assumptions.append(f"power: {power_source}")
-                if hardware.pue is not None:
-                    facility_kwh = energy_kwh * hardware.pue
-                    assumptions.append(f"facility energy = GPU energy x PUE {hardware.pue:g} (user-given)")
-                else:
-                    unavailable["facility_energy_kwh"] = "no PUE given (--pue)"
-            if hardware.price_per_device_hour is not None:
-                cost = gpu_hours * hardware.price_per_device_hour
-                assumptions.append(f"price: ${hardware.price_per_device_hour:g} per GPU-hour (user-given)")
-            else:
-                unavailable["cost_dollars"] = "no price given (--price-per-gpu-hour)"
+    cost, cost_assumptions, unavailable = _price(hardware, config, model_flops)
+    assumptions += cost_assumptions
     flops_opt = None
     training_flops = k * n_law * tokens
     if objective != "flops" and lc.law.name == "chinchilla":
         ref = compute_optimal(lc.law, training_flops, params=lc.params, flops_per_param_token=k)
         flops_opt = {"N": float(ref.N[0]), "D": float(ref.D[0]), "loss": float(ref.loss[0])}
-    return Plan(objective, budget, lc.name, lc.source, lc.n_convention, f"C = {k:g}·N·D", n_star, d_star, config,
-                int(config.n_params()), int(config.n_params(embeddings=False)), int(config.n_active_params()),
-                tokens, tokens / n_law,
-                training_flops, model_flops, loss, interval, interval_source, batch, steps, memory,
-                None if hardware is None else hardware.device_name, per_step_multiple, throughput,
-                throughput_source, mfu, time_s, gpu_hours, energy_kwh, facility_kwh, cost, inference_tokens,
-                assumptions, unavailable, flops_opt)
+    return Plan(objective=objective, budget=budget, law=lc.name, law_source=lc.source, n_convention=lc.n_convention,
+                flops_convention=f"C = {k:g}·N·D", n_params_optimal=n_star, tokens_optimal=d_star, config=config,
+                n_params=int(config.n_params()), n_params_non_embedding=int(config.n_params(embeddings=False)),
+                n_params_active=int(config.n_active_params()), tokens=tokens, tokens_per_param=tokens / n_law,
+                training_flops=training_flops, model_flops=model_flops, predicted_loss=loss,
+                loss_interval=interval, loss_interval_source=interval_source, batch=batch, steps=steps,
+                memory=memory, cost=cost, inference_tokens=inference_tokens, assumptions=assumptions,
+                unavailable=unavailable, flops_optimal=flops_opt)
+
+
+def _objective_of(budget: Budget, objective: str | None) -> str:
+    """The objective a budget implies (a target loss: `objective`, default flops); a mismatch is an error."""
+    if objective is None:
+        objective = "flops" if budget.kind == "loss" else _BUDGET_OBJECTIVE[budget.kind]
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}: got {objective!r}")
+    if budget.kind != "loss" and _BUDGET_OBJECTIVE[budget.kind] != objective:
+        raise ValueError(f"objective {objective!r} does not match a budget in {budget.kind}; the budget's unit "
+                         f"is the objective ({_BUDGET_OBJECTIVE[budget.kind]!r})")
+    return objective
+
+
+def _too_small(budget: Budget, n_min: float) -> ValueError:
+    return ValueError(f"budget: {budget.describe()} is below what the smallest model pyscale builds "
+                      f"(~{n_min:.3g} parameters) needs for {MIN_TOKENS_PER_PARAM:g} token per parameter")
+
+
+def _price(hardware: Hardware | None, config: GPTConfig, model_flops: float
+           ) -> tuple[PlanCost, list[str], dict[str, str]]:
+    """The cost block of a plan training `config` for `model_flops`, the assumptions it rests on, and why
+    each figure it cannot give is unavailable."""
+    assumptions: list[str] = []
+    unavailable: dict[str, str] = {}
+    if hardware is None:
+        for key in ("time_s", "energy_kwh", "cost_dollars"):
+            unavailable[key] = "no hardware given (use --gpu with --mfu/--power-w, or a measured profile)"
+        return PlanCost(), assumptions, unavailable
+    cost = PlanCost(device=hardware.device_name, n_devices=hardware.n_devices)
+    assumptions.append(f"hardware: {hardware.n_devices} x {hardware.device_name}, data-parallel efficiency "
+                       f"{hardware.dp_efficiency:g} ({hardware.dp_efficiency_source})")
+    if hardware.flops_source is None:
+        unavailable["time_s"] = "no throughput: give --mfu, --profile (a fitted cost model) or --store"
+        return cost, assumptions, unavailable
+    cost.throughput_flops_per_s, cost.throughput_source = hardware.throughput(config)
+    cost.mfu = hardware.mfu(config)
+    cost.time_s = model_flops / cost.throughput_flops_per_s
+    cost.gpu_hours = cost.time_s * hardware.n_devices / 3600
+    assumptions.append(f"throughput: {cost.throughput_source}")
+    watts, power_source = hardware.power(config)
+    if watts is None:
+        unavailable["energy_kwh"] = power_source
+    else:
+        cost.energy_kwh = watts * hardware.n_devices * cost.time_s / 3.6e6
+        assumptions.append(f"power: {power_source}")
+        if hardware.pue is not None:
+            cost.facility_energy_kwh = cost.energy_kwh * hardware.pue
+            assumptions.append(f"facility energy = GPU energy x PUE {hardware.pue:g} (user-given)")
+        else:
+            unavailable["facility_energy_kwh"] = "no PUE given (--pue)"
+    if hardware.price_per_device_hour is not None:
+        cost.cost_dollars = cost.gpu_hours * hardware.price_per_device_hour
+        assumptions.append(f"price: ${hardware.price_per_device_hour:g} per GPU-hour (user-given)")
+    else:
+        unavailable["cost_dollars"] = "no price given (--price-per-gpu-hour)"
+    return cost, assumptions, unavailable
 
 
 def _architecture_assumption(config: GPTConfig, embeddings: bool) -> str:

@@ -13,6 +13,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+from pyscale import formulas
 from pyscale.costmodel.model_level import OpCall, StepPrediction, predict_step
 from pyscale.plan.hardware import Hardware
 
@@ -20,8 +21,8 @@ _ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 def _gemm(m: int, n: int, k: int, dtype: str, count: int, backend: str | None, op: str) -> OpCall:
-    size = _ITEMSIZE[dtype]
-    return OpCall(op, dtype, 2.0 * m * n * k, float((m * k + n * k + m * n) * size), count, backend,
+    nbytes = formulas.gemm_bytes(m, n, k, _ITEMSIZE[dtype])
+    return OpCall(op, dtype, float(formulas.gemm_flops(m, n, k)), float(nbytes), count, backend,
                   {"m": m, "n": n, "k": k})
 
 
@@ -55,14 +56,15 @@ def gpt_op_breakdown(config: Any, micro_batch: int, *, dtype: str = "bf16", gemm
         for n, k in ((2 * config.d_ff, d), (d, config.d_ff)):
             calls += _linear_calls(t, n, k, dtype, L, gemm_backend, gemm_op)
     calls += _linear_calls(t, config.vocab_size, d, dtype, 1, gemm_backend, gemm_op)  # LM head
-    pairs = micro_batch * s * (s + 1) // 2  # causal, query-key pairs counted exactly
-    size = _ITEMSIZE[dtype]
-    qkvo = float(t * (2 * config.d_attn + 2 * config.d_kv) * size)
     feats = {"batch": micro_batch, "heads": config.n_heads, "seq_q": s, "seq_k": s, "head_dim": config.head_dim,
              "causal": True}
-    fwd = 4.0 * pairs * config.n_heads * config.head_dim
-    calls.append(OpCall(attention_fwd_op, dtype, fwd, qkvo, L, attention_backend, feats))
-    calls.append(OpCall(attention_bwd_op, dtype, 2.5 * fwd, 2 * qkvo, L, attention_backend, feats))
+    for op, pass_ in ((attention_fwd_op, "fwd"), (attention_bwd_op, "bwd")):
+        # causal, query-key pairs counted exactly; the bytes those of pyscale's fused kernels
+        flops = formulas.attention_flops(micro_batch, s, s, config.n_heads, config.head_dim, causal=True,
+                                         pass_=pass_).executed
+        nbytes = formulas.attention_bytes(micro_batch, s, s, config.n_heads, config.n_kv_heads, config.head_dim,
+                                          _ITEMSIZE[dtype], pass_=pass_)
+        calls.append(OpCall(op, dtype, float(flops), float(nbytes), L, attention_backend, feats))
     return calls
 
 
@@ -102,8 +104,11 @@ def hardware_from_profile(profile: Any, *, micro_batch: int = 1, peak_flops_per_
             return None, f"cost model has no energy model: {pred.unavailable_reasons.get('energy_j')}"
         return pred.energy_j / pred.time_s, f"energy model of {profile.device_name} (energy roofline)"
 
-    return Hardware(profile.device_name, n_devices, dp_efficiency, "user-given" if dp_efficiency else "",
-                    peak_flops_per_s, dtype, memory_bytes, price_per_device_hour, pue, flops, power)
+    return Hardware(device_name=profile.device_name, n_devices=n_devices, dp_efficiency=dp_efficiency,
+                    dp_efficiency_source="user-given" if dp_efficiency else "", peak_flops_per_s=peak_flops_per_s,
+                    dtype=dtype, memory_bytes=memory_bytes, price_per_device_hour=price_per_device_hour, pue=pue,
+                    flops_source=flops, power_source=power,
+                    step_options={"dtype": dtype, "micro_batch": micro_batch, **breakdown})
 
 
 STEP_DTYPES = ("bf16", "fp16", "fp32")  # training dtypes, most usual first
@@ -150,9 +155,9 @@ def step_options(profile: Any, dtype: str | None = None) -> dict[str, str]:
                      f"{sorted({(o, d) for o, d, _ in have})}")
 
 
-def hardware_for_profile(profile: Any, dtype: str | None = None, **fleet: Any) -> tuple[Hardware, dict[str, str]]:
-    """`hardware_from_profile` in the step options the profile models (`step_options`), with the device's
-    peak and memory from hw.py where it knows the device; returns the hardware and those options.
+def hardware_for_profile(profile: Any, dtype: str | None = None, **fleet: Any) -> Hardware:
+    """`hardware_from_profile` in the step options the profile models (`step_options`, recorded in the
+    hardware's `step_options`), with the device's peak and memory from hw.py where it knows the device.
 
     fleet: n_devices, dp_efficiency, price_per_device_hour, pue. A ValueError names what is missing."""
     from pyscale import hw
@@ -160,10 +165,8 @@ def hardware_for_profile(profile: Any, dtype: str | None = None, **fleet: Any) -
     options = step_options(profile, dtype)
     spec = hw.lookup(profile.device_name)
     known = isinstance(spec, hw.GPUSpec)
-    hardware = hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, options["dtype"]) if known
-                                     else None, memory_bytes=spec.memory_bytes if known else None, **options,
-                                     **fleet)
-    return hardware, options
+    return hardware_from_profile(profile, peak_flops_per_s=hw.peak_flops(spec, options["dtype"]) if known
+                                 else None, memory_bytes=spec.memory_bytes if known else None, **options, **fleet)
 
 
 def validate_against_store(profile: Any, rows: Sequence[dict[str, Any]], **breakdown: Any) -> list[dict[str, Any]]:

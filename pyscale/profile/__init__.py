@@ -6,7 +6,7 @@
 Submodules load lazily so the meters (`pyscale.profile.power`) work without torch:
 `flops` (dispatch-level counting), `timing` (CUDA events / host timer), `power` (NVML, RAPL, null
 meters, native sampler), `profiler` (windows -> Measurement -> store rows).
-Layering: imports hw, store, sysinfo and _ext only -- never an op or a model.
+Layering: imports hw, store, sysinfo, formulas and _ext only -- never an op or a model.
 """
 
 from __future__ import annotations

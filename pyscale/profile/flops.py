@@ -7,9 +7,11 @@ dispatcher below autograd, so the backward pass is counted op by op like the for
   `_grouped_mm` / `_scaled_grouped_mm` -- 2 FLOPs per multiply-add; bias additions are not counted.
 - every SDPA backend, forward and backward: flash, efficient (mem-efficient), cuDNN, the CPU flash kernel,
   the low-level `_flash_attention_*` / `_efficient_attention_*`; the math backend decomposes into bmm.
-- custom ops through a registry: `register_flop_formula(op, executed=..., model=..., bytes=...)`, plus the
-  module-level dicts `FLOP_FORMULAS`, `MODEL_FLOP_FORMULAS`, `BYTE_FORMULAS` of every *already imported*
-  `pyscale.ops.*` module (this module never imports an op). Formulas take `(args, kwargs, out)`.
+- custom ops through the registry of `pyscale.formulas`: pyscale's own ops are listed there, and users add
+  theirs with `register_flop_formula(op, executed=..., model=..., bytes=...)` (re-exported here). Formulas
+  take `(args, kwargs, out)`. The module-level dicts `FLOP_FORMULAS`, `MODEL_FLOP_FORMULAS`,
+  `BYTE_FORMULAS` of an *already imported* `pyscale.ops.*` module are still read for one release, with a
+  DeprecationWarning (this module never imports an op).
   A custom op (any namespace but aten/prim) with no formula is listed in `FlopCounts.uncounted_ops`.
 
 Two FLOP numbers (DESIGN.md §6):
@@ -21,7 +23,7 @@ Two FLOP numbers (DESIGN.md §6):
 Elementwise work (norms, softmax, activations, rotary, optimizer updates) costs no FLOPs here, as in
 PaLM's formula and in `torch.utils.flop_counter`. `bytes` is an estimate for every op that moves data:
 the sizes of its tensor inputs plus its tensor outputs, each operand counted once per use (no cache
-model); views and allocations move nothing.
+model; `pyscale.formulas.tensor_bytes`); views and allocations move nothing.
 
 Differences from `torch.utils.flop_counter.FlopCounterMode` (torch 2.13), all tested:
 - it has no formula for `_scaled_dot_product_flash_attention_for_cpu` (+ backward), `_int_mm`,
@@ -54,7 +56,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-Formula = Callable[[tuple, dict, Any], float]
+from pyscale import formulas
+from pyscale.formulas import Formula, OpFormulas, register_flop_formula, unregister_flop_formula
+
+__all__ = ["FlopCounter", "FlopCounts", "ModuleCounts", "PhaseCounts", "count_flops", "register_flop_formula",
+           "unregister_flop_formula"]
 
 FORWARD = "forward"
 BACKWARD = "backward"
@@ -63,51 +69,28 @@ GLOBAL = "Global"  # "outside any module": the step total (torch's ModuleTracker
 
 # --------------------------------------------------------------------------- registry
 
-@dataclass(frozen=True)
-class FormulaSet:
-    executed: Formula
-    model: Formula | None = None
-    bytes: Formula | None = None
+_LEGACY_TABLES = (("FLOP_FORMULAS", "executed"), ("MODEL_FLOP_FORMULAS", "model"), ("BYTE_FORMULAS", "bytes"))
 
 
-_REGISTRY: dict[str, FormulaSet] = {}
-
-
-def register_flop_formula(op_name: str, executed: Formula, model: Formula | None = None,
-                          bytes: Formula | None = None) -> None:  # noqa: A002 - the documented keyword
-    """Register the FLOP formulas of a custom op, e.g. `"pyscale::attention"`.
-
-    Each formula is `fn(args, kwargs, out) -> number` on the op's dispatched arguments and result.
-    `model` defaults to `executed`; `bytes` defaults to the generic inputs-plus-outputs estimate.
-    """
-    if "::" not in op_name:
-        raise ValueError(f"op_name must be qualified as 'namespace::name': got {op_name!r}")
-    if not callable(executed):
-        raise ValueError(f"executed must be a callable (args, kwargs, out) -> flops: got {executed!r}")
-    _REGISTRY[op_name] = FormulaSet(executed, model, bytes)
-
-
-def unregister_flop_formula(op_name: str) -> None:
-    _REGISTRY.pop(op_name, None)
-
-
-def _discovered_formulas() -> dict[str, FormulaSet]:
-    """Formulas from the FLOP_FORMULAS/MODEL_FLOP_FORMULAS/BYTE_FORMULAS dicts of imported pyscale.ops.*."""
+def _legacy_formulas() -> dict[str, OpFormulas]:
+    """Formulas from the FLOP_FORMULAS/MODEL_FLOP_FORMULAS/BYTE_FORMULAS dicts of imported pyscale.ops.*
+    modules: the hook of the previous release, read for one more with a DeprecationWarning."""
     found: dict[str, dict[str, Formula]] = {}
     for name, module in list(sys.modules.items()):
         if module is None or not (name == "pyscale.ops" or name.startswith("pyscale.ops.")):
             continue
-        for attr, slot in (("FLOP_FORMULAS", "executed"), ("MODEL_FLOP_FORMULAS", "model"),
-                           ("BYTE_FORMULAS", "bytes")):
-            table = getattr(module, attr, None)
-            if isinstance(table, Mapping):
-                for op, fn in table.items():
-                    found.setdefault(str(op), {})[slot] = fn
-    out = {}
-    for op, slots in found.items():
-        if "executed" in slots:
-            out[op] = FormulaSet(slots["executed"], slots.get("model"), slots.get("bytes"))
-    return out
+        tables = [attr for attr, _ in _LEGACY_TABLES if isinstance(getattr(module, attr, None), Mapping)]
+        if not tables:
+            continue
+        warnings.warn(f"{name} declares {', '.join(tables)}: FLOP formula tables in op modules are deprecated "
+                      f"and will not be read after this release; register the formulas with "
+                      f"pyscale.formulas.register_flop_formula(op, executed=..., model=..., bytes=...)",
+                      DeprecationWarning, stacklevel=4)
+        for attr, slot in _LEGACY_TABLES:
+            for op, fn in (getattr(module, attr, None) or {}).items():
+                found.setdefault(str(op), {})[slot] = fn
+    return {op: OpFormulas(slots["executed"], slots.get("model"), slots.get("bytes"))
+            for op, slots in found.items() if "executed" in slots}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -136,34 +119,6 @@ def _bind(func: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
     return bound
 
 
-def causal_pairs(seq_q: int, seq_k: int, offset: int) -> int:
-    """Attended (query, key) pairs when query row i sees keys j <= i + offset (0 <= j < seq_k).
-
-    offset 0 is top-left alignment (torch's `is_causal`), seq_k - seq_q bottom-right (flash-attn, pyscale).
-    """
-    if seq_q <= 0 or seq_k <= 0:
-        return 0
-    first = max(0, -offset)  # first row that sees at least one key
-    full_from = min(seq_q, max(first, seq_k - offset - 1))  # first row that sees all seq_k keys
-    partial = 0
-    if full_from > first:
-        # rows first..full_from-1 see (i + offset + 1) keys: an arithmetic series
-        lo, hi = first + offset + 1, full_from - 1 + offset + 1
-        partial = (lo + hi) * (full_from - first) // 2
-    return partial + (seq_q - full_from) * seq_k
-
-
-def _pairs(seq_q: int, seq_k: int, causal: str | None) -> int:
-    if causal is None:
-        return seq_q * seq_k
-    return causal_pairs(seq_q, seq_k, 0 if causal == "top_left" else seq_k - seq_q)
-
-
-def _varlen_lengths(cu: Any) -> list[int]:
-    values = [int(v) for v in cu.tolist()]  # a device sync on GPU: counting passes are not timed
-    return [b - a for a, b in zip(values[:-1], values[1:])]
-
-
 @dataclass(frozen=True)
 class _Attn:
     """Sizes of one attention call: batch*heads_q, the per-sequence (Sq, Sk) list, head dims."""
@@ -174,15 +129,12 @@ class _Attn:
     d_v: int
     causal: str | None
 
-    def pairs(self, exact: bool) -> int:
-        return sum(_pairs(sq, sk, self.causal if exact else None) for sq, sk in self.seqs)
-
-    def forward(self, exact: bool) -> int:
-        return 2 * self.bh * self.pairs(exact) * (self.d_qk + self.d_v)
-
-    def backward(self, exact: bool, recompute: bool) -> int:
-        # dV = Pᵀ·dO, dP = dO·Vᵀ, dQ = dS·K, dK = dSᵀ·Q, (+ S = Q·Kᵀ recomputed by fused kernels)
-        return 2 * self.bh * self.pairs(exact) * ((3 if recompute else 2) * self.d_qk + 2 * self.d_v)
+    def flops(self, backward: bool) -> formulas.AttentionFlops:
+        """Executed (attended pairs, fused backward with its Q·Kᵀ recompute) and model (all pairs) FLOPs."""
+        return formulas.attention_sequences_flops(self.seqs, self.bh, self.d_qk, self.d_v,
+                                                  causal=self.causal is not None,
+                                                  align=self.causal or "bottom_right",
+                                                  pass_="bwd" if backward else "fwd")
 
 
 def _attn_bhsd(q: Any, k: Any, v: Any, causal: str | None) -> _Attn:
@@ -196,7 +148,7 @@ def _attn_bshd(q: Any, k: Any, v: Any, causal: str | None, cu_q: Any = None, cu_
     qs, vs = _shape(q), _shape(v)
     h, d, dv = qs[-2], qs[-1], vs[-1]
     if cu_q is not None and cu_k is not None:
-        return _Attn(h, tuple(zip(_varlen_lengths(cu_q), _varlen_lengths(cu_k))), d, dv, causal)
+        return _Attn(h, tuple(zip(formulas.seqlens(cu_q), formulas.seqlens(cu_k))), d, dv, causal)
     return _Attn(qs[0] * h, ((qs[1], _shape(k)[1]),), d, dv, causal)
 
 
@@ -241,67 +193,41 @@ SDPA_OPS = frozenset({
 })
 
 
-def _conv_flops(x_shape: tuple[int, ...], w_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                transposed: bool) -> int:
-    # Each weight element meets every position of the "small" side (output, or input when transposed).
-    spatial = x_shape[2:] if transposed else out_shape[2:]
-    return 2 * x_shape[0] * _prod(spatial) * _prod(w_shape)
-
-
-def _grouped_mm_flops(a: Any, b: Any) -> int:
-    sa, sb = _shape(a), _shape(b)
-    if len(sa) == 2 and len(sb) == 2:  # groups along K (weight-gradient form): (M, ΣK) x (ΣK, N)
-        return 2 * sa[0] * sb[1] * sa[1]
-    # (ΣM, K) x (G, K, N), (G, M, K) x (G, K, N), (G, M, K) x (K, ΣN): every output element has K products
-    if len(sa) == 2:
-        return 2 * sa[0] * sb[-1] * sa[1]
-    if len(sb) == 2:
-        return 2 * sa[-2] * sb[-1] * sa[-1]
-    return 2 * sa[0] * sa[1] * sb[-1] * sa[2]
-
-
 def aten_flops(func: Any, args: tuple, kwargs: dict, out: Any) -> tuple[int, int] | None:
     """(executed, model) FLOPs of an aten op we count, else None. Model == executed except attention."""
     name = func.overloadpacket.__name__
     if name in ("mm", "_int_mm", "_scaled_mm"):
         m, k = _shape(args[0])
-        n = _shape(args[1])[1]
-        f = 2 * m * n * k
+        f = formulas.gemm_flops(m, _shape(args[1])[1], k)
     elif name == "addmm":
         m, k = _shape(args[1])
-        f = 2 * m * _shape(args[2])[1] * k
+        f = formulas.gemm_flops(m, _shape(args[2])[1], k)
     elif name == "bmm":
         b, m, k = _shape(args[0])
-        f = 2 * b * m * _shape(args[1])[2] * k
+        f = formulas.batched_gemm_flops(b, m, _shape(args[1])[2], k)
     elif name == "baddbmm":
         b, m, k = _shape(args[1])
-        f = 2 * b * m * _shape(args[2])[2] * k
+        f = formulas.batched_gemm_flops(b, m, _shape(args[2])[2], k)
     elif name == "linear":
         x, w = _shape(args[0]), _shape(args[1])
-        f = 2 * _prod(x[:-1]) * w[0] * w[1]
+        f = formulas.gemm_flops(_prod(x[:-1]), w[0], w[1])
     elif name in ("_grouped_mm", "_scaled_grouped_mm"):
-        f = _grouped_mm_flops(args[0], args[1])
+        f = formulas.grouped_mm_flops(_shape(args[0]), _shape(args[1]))
     elif name in ("convolution", "_convolution"):
         a = _bind(func, args, kwargs)
-        f = _conv_flops(_shape(a["input"]), _shape(a["weight"]), _shape(out), bool(a["transposed"]))
+        f = formulas.conv_flops(_shape(a["input"]), _shape(a["weight"]), _shape(out), bool(a["transposed"]))
     elif name == "convolution_backward":
         a = _bind(func, args, kwargs)
         x, w, g = _shape(a["input"]), _shape(a["weight"]), _shape(a["grad_output"])
-        one = _conv_flops(x, w, g, bool(a["transposed"]))
+        one = formulas.conv_flops(x, w, g, bool(a["transposed"]))
         mask = list(a["output_mask"])
         f = one * (int(bool(mask[0])) + int(bool(mask[1])))  # grad_input and grad_weight each cost a forward
     elif name in SDPA_OPS:
         info, backward = _sdpa_info(name, _bind(func, args, kwargs))
-        if backward:
-            return info.backward(exact=True, recompute=True), info.backward(exact=False, recompute=False)
-        return info.forward(exact=True), info.forward(exact=False)
+        return tuple(info.flops(backward))
     else:
         return None
     return f, f
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
 
 
 _NO_TRAFFIC = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach",
@@ -313,11 +239,8 @@ def default_bytes(func: Any, args: tuple, kwargs: dict, out: Any) -> int:
     """Inputs read plus outputs written; 0 for views and allocations."""
     if getattr(func, "is_view", False) or func.overloadpacket.__name__ in _NO_TRAFFIC:
         return 0
-    total = 0
-    for leaf in (*tree_leaves(args), *tree_leaves(kwargs), *tree_leaves(out)):
-        if isinstance(leaf, torch.Tensor):
-            total += _nbytes(leaf)
-    return total
+    leaves = (*tree_leaves(args), *tree_leaves(kwargs), *tree_leaves(out))
+    return formulas.tensor_bytes(*(leaf for leaf in leaves if isinstance(leaf, torch.Tensor)))
 
 
 # --------------------------------------------------------------------------- results
@@ -514,7 +437,7 @@ class FlopCounter(TorchDispatchMode):
         super().__init__()
         self._scopes = ModuleScopes(root) if (modules or root is not None) else None
         self._warn_uncounted = warn_uncounted
-        self._formulas: dict[str, FormulaSet] = {}
+        self._formulas: dict[str, OpFormulas] = {}
         self.steps: list[FlopCounts] = []
         self._reset()
 
@@ -524,7 +447,8 @@ class FlopCounter(TorchDispatchMode):
         self._uncounted: set[str] = set()
 
     def _refresh_formulas(self) -> None:
-        self._formulas = {**_discovered_formulas(), **_REGISTRY}  # explicit registration wins
+        # a user's registration wins over a legacy table, which wins over pyscale's built-in formulas
+        self._formulas = {**formulas.BUILTIN_FORMULAS, **_legacy_formulas(), **formulas.registered_formulas()}
 
     def __enter__(self) -> FlopCounter:
         self._refresh_formulas()
@@ -570,7 +494,7 @@ class FlopCounter(TorchDispatchMode):
         if formulas is None:
             if key not in self._uncounted and self._warn_uncounted:
                 warnings.warn(f"FlopCounter: no FLOP formula for custom op {key}; it counts 0 FLOPs "
-                              f"(register one with pyscale.profile.flops.register_flop_formula)",
+                              f"(register one with pyscale.formulas.register_flop_formula)",
                               RuntimeWarning, stacklevel=2)
             self._uncounted.add(key)
             return 0, 0, default_bytes(func, args, kwargs, out)

@@ -25,42 +25,32 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import KW_ONLY, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pyscale import sysinfo
 from pyscale.profile import timing as tm
 from pyscale.profile.flops import FlopCounter, FlopCounts
 from pyscale.profile.power import EnergyWindow, MeterSnapshot, NullMeter, PowerMeter, make_meter
-from pyscale.store import DeviceRecord, MeasurementRecord, Store
+from pyscale.store import OPTIONAL_VALUES, DeviceRecord, MeasuredValues, MeasurementRecord, Store
 
-# Fields that may be unavailable, each paired with a `<field>_unavailable_reason`.
-OPTIONAL_FIELDS = ("time_s", "flops", "model_flops", "bytes", "energy_j", "avg_power_w", "idle_power_w",
-                   "sm_clock_mhz", "mem_clock_mhz", "temperature_c", "throttle_reasons", "mfu")
+# Values that may be unavailable, each paired with a `<value>_unavailable_reason`: the store's, and MFU.
+OPTIONAL_FIELDS = (*OPTIONAL_VALUES, "mfu")
 
 
 @dataclass
-class Measurement:
-    """One measured window. Per call: time_s (median), flops, model_flops, bytes, energy_j; per window: avg_power_w."""
+class Measurement(MeasuredValues):
+    """One measured window: the store's measured values (per call: time_s (median), flops, model_flops,
+    bytes, energy_j; per window: avg_power_w; see `pyscale.store.MeasuredValues`) plus what the profiler
+    derives and labels: MFU, the energy window, and the rank."""
 
     name: str
-    time_s: float | None = None
-    time_s_p20: float | None = None
-    time_s_p80: float | None = None
-    repeats: int = 0
-    flops: float | None = None
-    model_flops: float | None = None
-    bytes: float | None = None
-    energy_j: float | None = None
-    avg_power_w: float | None = None
-    idle_power_w: float | None = None
-    sm_clock_mhz: float | None = None
-    mem_clock_mhz: float | None = None
-    temperature_c: float | None = None
-    throttle_reasons: tuple[str, ...] | None = None
+    _: KW_ONLY
     mfu: float | None = None
+    mfu_unavailable_reason: str | None = None
     energy_attributed: bool = False
     window_s: float | None = None  # length of the energy window
     window_calls: int = 0  # calls inside the energy window
@@ -69,19 +59,6 @@ class Measurement:
     rank: int = 0
     world_size: int = 1
     reduced: bool = False  # True for rank 0's sum/max over all ranks
-    time_s_unavailable_reason: str | None = None
-    flops_unavailable_reason: str | None = None
-    model_flops_unavailable_reason: str | None = None
-    bytes_unavailable_reason: str | None = None
-    energy_j_unavailable_reason: str | None = None
-    avg_power_w_unavailable_reason: str | None = None
-    idle_power_w_unavailable_reason: str | None = None
-    sm_clock_mhz_unavailable_reason: str | None = None
-    mem_clock_mhz_unavailable_reason: str | None = None
-    temperature_c_unavailable_reason: str | None = None
-    throttle_reasons_unavailable_reason: str | None = None
-    mfu_unavailable_reason: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in OPTIONAL_FIELDS:
@@ -91,33 +68,24 @@ class Measurement:
             if name in ("energy_j", "avg_power_w") and value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive or None with a reason, never {value!r}")
 
-    def unavailable_reasons(self) -> dict[str, str]:
-        return {n: str(getattr(self, f"{n}_unavailable_reason")) for n in OPTIONAL_FIELDS if getattr(self, n) is None}
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_record(self, *, op: str | None = None, backend: str = "callable",
                   params: dict[str, Any] | None = None) -> MeasurementRecord:
-        """The store row: NULL + reason for every unavailable value; MFU and labels in `extra`."""
+        """The store row: the measured values as they are; MFU and the profiler's labels in `extra`."""
         ok = self.time_s is not None and self.time_s > 0
-        reasons = {k: v for k, v in self.unavailable_reasons().items() if k != "mfu"}
-        throttle = None if self.throttle_reasons is None else (",".join(self.throttle_reasons) or "none")
-        extra = {"mfu": self.mfu, "energy_attributed": self.energy_attributed, "window_s": self.window_s,
-                 "window_calls": self.window_calls, "world_size": self.world_size, "reduced": self.reduced,
-                 "device": self.device, **self.extra}
+        values = {f.name: getattr(self, f.name) for f in fields(MeasuredValues)}
+        values["extra"] = {"mfu": self.mfu, "energy_attributed": self.energy_attributed, "window_s": self.window_s,
+                           "window_calls": self.window_calls, "world_size": self.world_size,
+                           "reduced": self.reduced, "device": self.device, **self.extra}
         if self.mfu is None:
-            extra["mfu_unavailable_reason"] = self.mfu_unavailable_reason
+            values["extra"]["mfu_unavailable_reason"] = self.mfu_unavailable_reason
         return MeasurementRecord(
-            op=op or self.name, backend=backend,
+            **values, op=op or self.name, backend=backend,
             params={**(params or {}), "world_size": self.world_size, "reduced": self.reduced},
             dtype=self.dtype or "unknown", status="ok" if ok else "skipped",
-            error=None if ok else (self.time_s_unavailable_reason or "no time"), rank=self.rank,
-            time_s_median=self.time_s, time_s_p20=self.time_s_p20, time_s_p80=self.time_s_p80,
-            repeats=self.repeats or None, flops=self.flops, model_flops=self.model_flops, bytes=self.bytes,
-            energy_j=self.energy_j, avg_power_w=self.avg_power_w, idle_power_w=self.idle_power_w,
-            sm_clock_mhz=self.sm_clock_mhz, mem_clock_mhz=self.mem_clock_mhz, temperature_c=self.temperature_c,
-            throttle_reasons=throttle, unavailable_reasons=reasons, extra=extra)
+            error=None if ok else (self.time_s_unavailable_reason or "no time"), rank=self.rank)
 
 
 @dataclass
@@ -174,22 +142,6 @@ def peak_flops_per_s(device: torch.device, dtype: str | None) -> tuple[float | N
     if peak is None:
         return None, f"hw.py has no {dtype} peak for {getattr(spec, 'name', 'this GPU')}"
     return float(peak), None
-
-
-def device_record(device: torch.device) -> DeviceRecord:
-    from pyscale import sysinfo
-
-    v = sysinfo.versions()
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        info = sysinfo.devices()[index]
-        return DeviceRecord("cuda", info.name, info.uuid or f"cuda:{index}", info.compute_capability,
-                            info.memory_bytes, info.driver_version, v.get("torch_cuda"), v.get("torch"), v.get("triton"))
-    info = [d for d in sysinfo.devices() if d.kind == "cpu"]
-    name = info[0].name if info else sysinfo.cpu_name()
-    uuid = info[0].uuid if info else "cpu"
-    return DeviceRecord("cpu", name, uuid or "cpu", None, info[0].memory_bytes if info else None, None, None,
-                        v.get("torch"), v.get("triton"))
 
 
 def _dist() -> tuple[int, int]:
@@ -620,7 +572,8 @@ class Profiler:
             if t_s is None:
                 energy["energy_j_unavailable_reason"] = "module time unavailable"
             rows.append(Measurement(
-                f"{summary.name}/{name}", time_s=t_s, time_s_p20=t_s, time_s_p80=t_s, repeats=passes if t_s else 0,
+                f"{summary.name}/{name}", time_s=t_s, time_s_p20=t_s, time_s_p80=t_s,
+                repeats=passes if t_s else None,
                 flops=float(mc.flops), model_flops=float(mc.model_flops(counts.has_backward)), bytes=float(mc.bytes),
                 **common, **energy, idle_power_w=summary.idle_power_w,
                 idle_power_w_unavailable_reason=summary.idle_power_w_unavailable_reason,
@@ -636,13 +589,13 @@ class Profiler:
                 record: bool) -> list[Measurement]:
         all_rows = rows
         if self.world_size > 1:
+            here = sysinfo.device_record(self.device.type, self.device.index)
             gathered: list[Any] = [None] * self.world_size
-            torch.distributed.all_gather_object(gathered, [(m.to_dict(), asdict(device_record(self.device)))
-                                                           for m in rows])
+            torch.distributed.all_gather_object(gathered, [(m.to_dict(), asdict(here)) for m in rows])
             if self.rank == 0:
                 reduced = [reduce_ranks([Measurement(**d) for d, _ in (g[i] for g in gathered)])
                            for i in range(len(rows))]
-                self._store_rows(reduced, params, backend, record, device_record(self.device))
+                self._store_rows(reduced, params, backend, record, here)
                 for g in gathered:
                     for d, dev in g:
                         self._store_rows([Measurement(**d)], params, backend, record, DeviceRecord(**dev))
@@ -656,7 +609,7 @@ class Profiler:
                     device: DeviceRecord | None) -> None:
         if not record or self.store is None:
             return
-        dev = device or device_record(self.device)
+        dev = device or sysinfo.device_record(self.device.type, self.device.index)
         if dev.uuid not in self._device_ids:
             self._device_ids[dev.uuid] = self.store.register_device(dev)
         for m in rows:

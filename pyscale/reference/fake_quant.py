@@ -34,12 +34,14 @@ def rows_view(x: torch.Tensor, scheme: str) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def fake_quantize(x: torch.Tensor, scheme: str) -> torch.Tensor:
-    """x (any shape, float) -> dequant(quant(x)) in x.dtype, same shape."""
+def fake_quantize(x: torch.Tensor, scheme: str, scale_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x (any shape, float) -> dequant(quant(x)) in x.dtype, same shape, contiguous.
+
+    scale_dtype: int4 schemes store (and round) their scales in it, and dequantise in it (default x.dtype)."""
     x2 = rows_view(x, scheme)
     if scheme.startswith("int4"):
         g, symmetric = parse_int4(scheme)
-        q, s, z = ref_int4.int4_quantize(x2, g, symmetric)
+        q, s, z = ref_int4.int4_quantize(x2, g, symmetric, scale_dtype)
         out = ref_int4.int4_dequantize(q, s, z, g)
     elif scheme.startswith("int8"):
         q, s = ref_q.quantize_int8(x2)
@@ -48,4 +50,4 @@ def fake_quantize(x: torch.Tensor, scheme: str) -> torch.Tensor:
         granularity = scheme.split("-")[1]
         q, s = ref_q.quantize_fp8(x2, granularity)
         out = ref_q.dequantize(q, s, granularity)
-    return out.to(x.dtype).reshape(x.shape)
+    return out.to(x.dtype).reshape(x.shape).contiguous()

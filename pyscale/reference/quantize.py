@@ -50,7 +50,8 @@ def _expand(scale: torch.Tensor, granularity: str, m: int, k: int) -> torch.Tens
 
 def quantize_fp8(x: torch.Tensor, granularity: str, fp8_dtype: torch.dtype = torch.float8_e4m3fn
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) float -> (q (M, K) fp8_dtype, scale fp32 of `scale_shape(granularity, M, K)`)."""
+    """x (M, K) float -> (q (M, K) fp8_dtype, scale fp32 of `scale_shape(granularity, M, K)`), contiguous."""
+    x = x.contiguous()  # outputs are contiguous whatever x's strides, as the kernels' are
     qmax = FP8_MAX[fp8_dtype]
     m, k = x.shape
     scale = torch.clamp(_group_absmax(x, granularity), min=EPS) / qmax
@@ -59,7 +60,8 @@ def quantize_fp8(x: torch.Tensor, granularity: str, fp8_dtype: torch.dtype = tor
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) float -> (q int8 (M, K) in [-127, 127], scale fp32 (M, 1)), one scale per row."""
+    """x (M, K) float -> (q int8 (M, K) in [-127, 127], scale fp32 (M, 1)), one scale per row, contiguous."""
+    x = x.contiguous()
     m, k = x.shape
     scale = torch.clamp(_group_absmax(x, "row"), min=EPS) / INT8_MAX
     q = torch.clamp(torch.round(x.float() / scale), -INT8_MAX, INT8_MAX)

@@ -376,6 +376,22 @@ def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | Non
     """
     t_start = time.perf_counter()
     law = get_law(law)
+    delta = _check_options(loss, delta, reduction, asymmetry, bootstrap, ci_level)
+    sd = load(data, columns=columns, target=law.target, nan_policy=nan_policy,
+              flops_per_param_token=flops_per_param_token, law=law)
+    problem = _problem(law, sd, fixed, loss, delta, reduction, asymmetry)
+    x0 = _start_points(problem, starts)
+    search = _optimise(problem, x0, keep=keep, screen_iter=screen_iter, max_iter=max_iter,
+                       warm_starts=warm_starts, prune=prune)
+    result = _statistics(problem, search, sd, ci_level=ci_level, t_start=t_start)
+    if bootstrap and search.best_x is not None:
+        _bootstrap(result, problem, sd, bootstrap, seed, n_jobs, max_iter)
+    return result
+
+
+def _check_options(loss: str, delta: float | None, reduction: str, asymmetry: float, bootstrap: int,
+                   ci_level: float) -> float:
+    """Raise on an invalid option; return delta (its default depends on the loss)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}: got {loss!r}")
     if reduction not in ("sum", "mean"):
@@ -390,9 +406,37 @@ def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | Non
         raise ValueError(f"bootstrap must be >= 0: got {bootstrap}")
     if not 0.0 < ci_level < 1.0:
         raise ValueError(f"ci_level must be in (0, 1): got {ci_level}")
-    sd = load(data, columns=columns, target=law.target, nan_policy=nan_policy,
-              flops_per_param_token=flops_per_param_token, law=law)
+    return float(delta)
 
+
+@dataclass
+class _Problem:
+    """What one fit minimises: the objective over the free internal parameters, and their box.
+
+    With loss="huber_nll" the last free coordinate is ln(sigma), which no law parameter owns.
+    """
+
+    law: Law
+    obj: Objective
+    free: np.ndarray  # indices into law.params of the parameters being fitted
+    theta_fixed: np.ndarray  # internal values of all parameters; the free ones are overwritten
+    fixed: dict[str, float]  # public values held fixed
+    observed: np.ndarray  # the target column (loss), one value per row
+    bounds: list[tuple[float, float]]  # of each free coordinate
+    n_free: int  # free coordinates, ln(sigma) included
+
+    @property
+    def lo(self) -> np.ndarray:
+        return np.array([b[0] for b in self.bounds])
+
+    @property
+    def hi(self) -> np.ndarray:
+        return np.array([b[1] for b in self.bounds])
+
+
+def _problem(law: Law, sd: ScalingData, fixed: Mapping[str, float] | None, loss: str, delta: float,
+             reduction: str, asymmetry: float) -> _Problem:
+    """The objective of `law` on `sd` with `fixed` parameters held (default: the law's own)."""
     fixed = dict(law.default_fixed if fixed is None else fixed)
     unknown = sorted(set(fixed) - set(law.param_names))
     if unknown:
@@ -407,40 +451,59 @@ def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | Non
     n_free = int(free.size) + (1 if loss == "huber_nll" else 0)
     if sd.n <= n_free:
         raise ValueError(f"data: {sd.n} usable rows cannot determine {n_free} free parameters")
-
     X = law.prepare(sd.columns)
     y = sd.columns[law.target]
-    logy = np.log(y)
-    obj = Objective(law, X, logy, free, theta_fixed, loss, delta, reduction, asymmetry)
+    obj = Objective(law, X, np.log(y), free, theta_fixed, loss, delta, reduction, asymmetry)
     bounds = [law.params[i].bounds for i in free]
-    lo = np.array([b[0] for b in bounds])
-    hi = np.array([b[1] for b in bounds])
+    if loss == "huber_nll":
+        bounds.append((-30.0, 5.0))  # ln(sigma)
+    return _Problem(law=law, obj=obj, free=free, theta_fixed=theta_fixed, fixed=fixed, observed=y, bounds=bounds,
+                    n_free=n_free)
 
-    # Starts, in internal values, restricted to the free parameters.
+
+def _start_points(problem: _Problem, starts: str | np.ndarray | Sequence[Mapping[str, float]]) -> np.ndarray:
+    """Distinct starts (S, free coordinates) in internal values: the law's grid plus its guess, or the user's."""
+    law, obj, free, y = problem.law, problem.obj, problem.free, problem.observed
     if isinstance(starts, str):
         if starts not in ("grid", "quick"):
             raise ValueError(f"starts must be 'grid', 'quick', an array or a list of dicts: got {starts!r}")
-        grid = law.start_grid(starts, X, y)
-        grid = np.vstack([grid, law.guess(X, y)[None, :]])
+        grid = law.start_grid(starts, obj.X, y)
+        grid = np.vstack([grid, law.guess(obj.X, y)[None, :]])
     elif len(starts) and isinstance(starts[0], Mapping):
-        grid = np.array([law.to_internal({**law.to_public(theta_fixed), **s}) for s in starts])
+        grid = np.array([law.to_internal({**law.to_public(problem.theta_fixed), **s}) for s in starts])
     else:
         grid = np.atleast_2d(np.asarray(starts, dtype=float))
         if grid.shape[1] != len(law.params):
             raise ValueError(f"starts: expected {len(law.params)} columns {list(law.param_names)}, got {grid.shape[1]}")
     x0 = np.unique(grid[:, free], axis=0)
-    if loss == "huber_nll":
+    if obj.scale:
         # Start sigma at a robust scale of each start's residuals.
         r0, _ = obj.residuals(np.hstack([x0, np.zeros((len(x0), 1))]))
         with np.errstate(all="ignore"):
             s0 = 1.4826 * np.nanmedian(np.abs(r0), axis=1)
         x0 = np.hstack([x0, np.log(np.clip(np.nan_to_num(s0, nan=1.0, posinf=1.0), 1e-8, 1e3))[:, None]])
-        lo, hi = np.append(lo, -30.0), np.append(hi, 5.0)
-        bounds = [*bounds, (-30.0, 5.0)]
-    n_starts = len(x0)
+    return x0
 
-    # Screen all starts briefly, prune to the best `prune`, screen those further, continue the best `keep`
-    # distinct ones to convergence, and polish the best few with scipy.
+
+@dataclass
+class _Search:
+    """What the optimisation found: the best free coordinates (None if no start was finite) and effort."""
+
+    best_x: np.ndarray | None
+    best_f: float
+    success: bool
+    message: str
+    nfev: int
+    nit: int
+    n_starts: int
+    top: np.ndarray  # the best distinct solutions, warm starts of the bootstrap refits
+
+
+def _optimise(problem: _Problem, x0: np.ndarray, *, keep: int, screen_iter: int, max_iter: int,
+              warm_starts: int, prune: int | None) -> _Search:
+    """Screen all starts briefly, prune to the best `prune`, screen those further, continue the best `keep`
+    distinct ones to convergence, and polish the best few with scipy."""
+    obj, lo, hi = problem.obj, problem.lo, problem.hi
     first = lbfgs_batch(obj, x0, lo, hi, max_iter=min(5, screen_iter))
     nfev = int(first["nfev"].sum())
     if prune and len(x0) > prune:
@@ -449,54 +512,79 @@ def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | Non
         first = lbfgs_batch(obj, first["x"][order], lo, hi, max_iter=screen_iter)
         nfev += int(first["nfev"].sum())
     sel = _distinct_best(first["x"], first["f"], keep)
-    success, message = False, "no start gave a finite objective"
-    best_x, best_f, nit = None, np.inf, int(first["nit"].max(initial=0))
-    top = np.empty((0, len(lo)))
-    if sel.size:
-        second = lbfgs_batch(obj, first["x"][sel], lo, hi, max_iter=max_iter)
-        nfev += int(second["nfev"].sum())
-        nit += int(second["nit"].max(initial=0))
-        cand = _distinct_best(second["x"], second["f"], max(3, warm_starts))
-        polished = []
-        for i in cand[:3]:
-            res = _scipy_polish(obj, second["x"][i], bounds)
-            nfev += int(res.nfev)
-            polished.append((float(res.fun), res, bool(second["converged"][i])))
-        for fval, res, batch_ok in sorted(polished, key=lambda t: t[0]):
-            if np.isfinite(fval):
-                best_x, best_f = np.asarray(res.x), fval
-                # scipy's line search can give up at a kink of the Huber loss right at the minimum; the
-                # batched L-BFGS having met its own stopping test from the same point counts as converged.
-                success = bool(res.success) or batch_ok
-                message = str(res.message)
-                if not res.success and batch_ok:
-                    message = f"converged (batched L-BFGS); scipy polish: {message}"
-                nit += int(res.nit)
-                break
-        if best_x is not None:
-            pool = np.vstack([best_x[None, :], second["x"][cand]])
-            pool_f = np.concatenate([[best_f], second["f"][cand]])
-            top = pool[_distinct_best(pool, pool_f, warm_starts)]
+    search = _Search(best_x=None, best_f=np.inf, success=False, message="no start gave a finite objective",
+                     nfev=nfev, nit=int(first["nit"].max(initial=0)), n_starts=len(x0), top=np.empty((0, len(lo))))
+    if not sel.size:
+        return search
+    second = lbfgs_batch(obj, first["x"][sel], lo, hi, max_iter=max_iter)
+    search.nfev += int(second["nfev"].sum())
+    search.nit += int(second["nit"].max(initial=0))
+    cand = _distinct_best(second["x"], second["f"], max(3, warm_starts))
+    polished = []
+    for i in cand[:3]:
+        res = _scipy_polish(obj, second["x"][i], problem.bounds)
+        search.nfev += int(res.nfev)
+        polished.append((float(res.fun), res, bool(second["converged"][i])))
+    for fval, res, batch_ok in sorted(polished, key=lambda t: t[0]):
+        if np.isfinite(fval):
+            search.best_x, search.best_f = np.asarray(res.x), fval
+            # scipy's line search can give up at a kink of the Huber loss right at the minimum; the
+            # batched L-BFGS having met its own stopping test from the same point counts as converged.
+            search.success = bool(res.success) or batch_ok
+            search.message = str(res.message)
+            if not res.success and batch_ok:
+                search.message = f"converged (batched L-BFGS); scipy polish: {search.message}"
+            search.nit += int(res.nit)
+            break
+    if search.best_x is not None:
+        pool = np.vstack([search.best_x[None, :], second["x"][cand]])
+        pool_f = np.concatenate([[search.best_f], second["f"][cand]])
+        search.top = pool[_distinct_best(pool, pool_f, warm_starts)]
+    return search
+
+
+def _statistics(problem: _Problem, search: _Search, sd: ScalingData, *, ci_level: float,
+                t_start: float) -> FitResult:
+    """The FitResult of a search: public parameters, residuals, asymptotic standard errors and AIC/BIC
+    (bootstrap intervals are added later by `_bootstrap`)."""
+    law, obj = problem.law, problem.obj
+    setup = {"law": law, "observed": problem.observed, "n": sd.n, "n_runs": sd.n_runs, "n_free": problem.n_free,
+             "loss": obj.loss, "delta": obj.delta, "reduction": obj.reduction,
+             "flops_per_param_token": sd.flops_per_param_token, "fixed": problem.fixed, "ci_level": ci_level,
+             "n_starts": search.n_starts, "n_dropped": sd.n_dropped, "nfev": search.nfev, "nit": search.nit}
+    best_x = search.best_x
     if best_x is None:
         nan = {p.name: float("nan") for p in law.params}
-        return FitResult(law, nan, dict(nan), {}, float("inf"), nfev, nit, False, message,
-                         np.full(sd.n, np.nan), np.full(sd.n, np.nan), y, float("nan"), float("nan"), sd.n,
-                         sd.n_runs, n_free, loss, float(delta), reduction, sd.flops_per_param_token, fixed,
-                         ci_level, n_starts, sd.n_dropped, time_s=time.perf_counter() - t_start)
-
+        return FitResult(**setup, params=nan, stderr=dict(nan), ci={}, objective=float("inf"), success=False,
+                         message=search.message, residuals=np.full(sd.n, np.nan), predicted=np.full(sd.n, np.nan),
+                         aic=float("nan"), bic=float("nan"), time_s=time.perf_counter() - t_start)
     theta = obj.full(best_x[None, :])[0]
     params = law.to_public(theta)
-    at_bound = [law.params[i].name for k, i in enumerate(free)
-                if min(abs(best_x[k] - lo[k]), abs(best_x[k] - hi[k])) <= 1e-8 * (1 + abs(best_x[k]))]
-    if at_bound:
-        message += f"; at a bound: {', '.join(at_bound)}"
     r, jac = obj.residuals(best_x[None, :])
     r = r[0]
-    n = sd.n
-    scale = float(math.exp(best_x[-1])) if loss == "huber_nll" else None
+    scale = float(math.exp(best_x[-1])) if obj.scale else None
+    aic, bic = _information_criteria(problem, best_x, r)
+    return FitResult(**setup, params=params, stderr=_asymptotic_stderr(problem, params, r, jac, scale), ci={},
+                     objective=search.best_f, success=search.success,
+                     message=search.message + _at_bound_note(problem, best_x), residuals=r,
+                     predicted=np.exp(r + obj.logy), aic=aic, bic=bic, scale=scale, theta=theta,
+                     top_starts=search.top, time_s=time.perf_counter() - t_start, data=sd)
 
-    # Asymptotic standard errors: Gauss-Newton covariance s^2 (J'J)^-1 with a scale that suits the loss
-    # (robust MAD for Huber). The bootstrap CIs are the better uncertainty; these are the quick ones.
+
+def _at_bound_note(problem: _Problem, x: np.ndarray) -> str:
+    """A message suffix naming the parameters the optimum sits on a bound of ("" when none)."""
+    lo, hi = problem.lo, problem.hi
+    at_bound = [problem.law.params[i].name for k, i in enumerate(problem.free)
+                if min(abs(x[k] - lo[k]), abs(x[k] - hi[k])) <= 1e-8 * (1 + abs(x[k]))]
+    return f"; at a bound: {', '.join(at_bound)}" if at_bound else ""
+
+
+def _asymptotic_stderr(problem: _Problem, params: dict[str, float], r: np.ndarray, jac: list[np.ndarray],
+                       scale: float | None) -> dict[str, float]:
+    """Gauss-Newton covariance s^2 (J'J)^-1 with a scale s that suits the loss (robust MAD for Huber), as
+    standard errors of the public parameters (0 for fixed ones). The bootstrap CIs are the better
+    uncertainty; these are the quick ones."""
+    law, free, loss, n = problem.law, problem.free, problem.obj.loss, len(r)
     J = np.column_stack([np.broadcast_to(np.asarray(j)[0] if np.ndim(j) == 2 else j, (n,)) for j in jac])
     if loss == "huber":
         s = 1.4826 * float(np.median(np.abs(r - np.median(r))))
@@ -509,27 +597,24 @@ def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | Non
         se_int = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     stderr = {}
     for p in law.params:
-        stderr[p.name] = 0.0 if p.name in fixed else float("nan")
+        stderr[p.name] = 0.0 if p.name in problem.fixed else float("nan")
     for k, i in enumerate(free):
         p = law.params[i]
         stderr[p.name] = float(params[p.name] * se_int[k] if p.log else se_int[k])
+    return stderr
 
-    # Information criteria: the exact likelihood for huber_nll, a Gaussian one on log residuals otherwise.
+
+def _information_criteria(problem: _Problem, best_x: np.ndarray, r: np.ndarray) -> tuple[float, float]:
+    """(AIC, BIC): the exact likelihood for huber_nll, a Gaussian one on log residuals otherwise."""
+    obj, n, n_free = problem.obj, len(r), problem.n_free
     rss = float(np.sum(r * r))
-    if loss == "huber_nll":
-        nll = float(Objective(law, X, logy, free, theta_fixed, loss, delta, "sum")(best_x[None, :])[0][0])
-        aic, bic = 2 * nll + 2 * n_free, 2 * nll + n_free * math.log(n)
-    else:
-        ll_term = n * math.log(max(rss / n, 1e-300))
-        aic, bic = ll_term + 2 * (n_free + 1), ll_term + (n_free + 1) * math.log(n)
-
-    result = FitResult(
-        law, params, stderr, {}, best_f, nfev, nit, success, message, r, np.exp(r + logy), y, aic, bic, n,
-        sd.n_runs, n_free, loss, float(delta), reduction, sd.flops_per_param_token, fixed, ci_level, n_starts,
-        sd.n_dropped, scale, theta=theta, top_starts=top, time_s=time.perf_counter() - t_start, data=sd)
-    if bootstrap:
-        _bootstrap(result, obj, sd, lo, hi, bootstrap, seed, n_jobs, free, max_iter)
-    return result
+    if obj.loss == "huber_nll":
+        summed = Objective(problem.law, obj.X, obj.logy, problem.free, problem.theta_fixed, obj.loss, obj.delta,
+                           "sum")
+        nll = float(summed(best_x[None, :])[0][0])
+        return 2 * nll + 2 * n_free, 2 * nll + n_free * math.log(n)
+    ll_term = n * math.log(max(rss / n, 1e-300))
+    return ll_term + 2 * (n_free + 1), ll_term + (n_free + 1) * math.log(n)
 
 
 def bootstrap_weights(codes: np.ndarray, B: int, seed: int = 0) -> np.ndarray:
@@ -547,13 +632,34 @@ def bootstrap_weights(codes: np.ndarray, B: int, seed: int = 0) -> np.ndarray:
     return counts[:, codes]
 
 
-def _bootstrap(result: FitResult, obj: Objective, sd: ScalingData, lo: np.ndarray, hi: np.ndarray, B: int,
-               seed: int, n_jobs: int | None, free: np.ndarray, max_iter: int) -> None:
+def _bootstrap(result: FitResult, problem: _Problem, sd: ScalingData, B: int, seed: int, n_jobs: int | None,
+               max_iter: int) -> None:
+    """Refit B run-resampled replicates and store them, their failures and percentile CIs in `result`."""
     t0 = time.perf_counter()
     W = bootstrap_weights(sd.groups(), B, seed)
-    warm = result.top_starts
+    xb, fb, nfev = _refit_replicates(problem, W, result.top_starts, n_jobs, max_iter)
+    result.nfev += nfev
+    law = result.law
+    ok = np.isfinite(fb)
+    values = np.array([[law.params[i].to_public(v) for i, v in enumerate(row)] for row in problem.obj.full(xb)])
+    values[~ok] = np.nan
+    result.bootstrap = values
+    result.bootstrap_failed = int((~ok).sum())
+    q = 100 * (1 - result.ci_level) / 2
+    for i in problem.free:
+        col = values[ok, i]
+        if col.size:
+            result.ci[law.param_names[i]] = (float(np.percentile(col, q)), float(np.percentile(col, 100 - q)))
+    result.bootstrap_time_s = time.perf_counter() - t0
+
+
+def _refit_replicates(problem: _Problem, W: np.ndarray, warm: np.ndarray, n_jobs: int | None,
+                      max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each replicate's best free coordinates (B, P) and objective (B,), and the evaluations spent, split
+    over `n_jobs` processes (results do not depend on the split: `lbfgs_batch` rows never interact)."""
+    obj, lo, hi = problem.obj, problem.lo, problem.hi
+    B = len(W)
     jobs = _resolve_n_jobs(n_jobs, B)
-    chunks = np.array_split(np.arange(B), jobs)
     if jobs == 1:
         parts = [_bootstrap_chunk(obj, W, warm, lo, hi, max_iter)]
     else:
@@ -564,25 +670,12 @@ def _bootstrap(result: FitResult, obj: Objective, sd: ScalingData, lo: np.ndarra
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_bootstrap_chunk, obj, W[c], warm, lo, hi, max_iter) for c in chunks]
+            futures = [pool.submit(_bootstrap_chunk, obj, W[c], warm, lo, hi, max_iter)
+                       for c in np.array_split(np.arange(B), jobs)]
             parts = [fu.result() for fu in futures]
     xb = np.vstack([p[0] for p in parts])
     fb = np.concatenate([p[1] for p in parts])
-    result.nfev += int(sum(int(p[2].sum()) for p in parts))
-    law = result.law
-    ok = np.isfinite(fb)
-    full = obj.full(xb)
-    names = law.param_names
-    values = np.array([[law.params[i].to_public(v) for i, v in enumerate(row)] for row in full])
-    values[~ok] = np.nan
-    result.bootstrap = values
-    result.bootstrap_failed = int((~ok).sum())
-    q = 100 * (1 - result.ci_level) / 2
-    for i in free:
-        col = values[ok, i]
-        if col.size:
-            result.ci[names[i]] = (float(np.percentile(col, q)), float(np.percentile(col, 100 - q)))
-    result.bootstrap_time_s = time.perf_counter() - t0
+    return xb, fb, int(sum(int(p[2].sum()) for p in parts))
 
 
 __all__ = ["LOSSES", "FitResult", "Objective", "bootstrap_weights", "fit", "lbfgs_batch"]

@@ -3,11 +3,19 @@
 The interpreter cannot see shared-memory overflow, unsupported layouts or register pressure; a real
 compile can, and needs no GPU: `triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`.
 Compiles run in a subprocess without TRITON_INTERPRET (the variable is fixed at @triton.jit time) and
-are cached by the kernel module's source, the spec and the triton version.
+are cached by the kernel module's source, the spec and the triton version. Each result carries the
+cubin's resource usage (cuobjdump: registers, stack and local bytes) and counts read from the PTX:
+asynchronous copies (cp.async and TMA), the MMA instruction kind and the `wgmma.wait_group` levels.
 
-    specs = [KernelSpec("pyscale.kernels.moe:_route_kernel", signature={...}, constexprs={...})]
+    specs = [KernelSpec("pyscale.kernels.moe_route:_route_kernel", signature={...}, constexprs={...})]
     results = assert_compiles(specs)                      # raises AssertionError with every failure
     results = assert_compiles(specs, expect_refused=lambda r: r.arch == "sm_80")  # FP8 kernels
+
+Command line:
+    python -m pyscale.testing.aot report [--arch sm_90a] [--json] [--op attention] [--full]
+        one row per kernel at the configuration its op chooses (pyscale.testing.aot_specs)
+    python -m pyscale.testing.aot worker
+        the compile worker: a JSON list of {"spec": ..., "arch": ...} on stdin, results on stdout
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,8 @@ ARCHS: dict[str, tuple[int, int]] = {
 }
 DEFAULT_ARCHS = ("sm_80", "sm_89", "sm_90a")
 MAX_REGISTERS = 255
+# Bumped whenever AotResult gains a field, so cached results without it are compiled again.
+_RESULT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -65,12 +76,21 @@ class AotResult:
     local_bytes: int | None = None  # register spills land in local memory ...
     stack_bytes: int | None = None  # ... or on the stack frame
     error: str | None = None
-    # what the PTX holds (see `ptx_counts`): async copies, TMA, MMA instructions, wgmma wait levels
-    ptx_counts: dict[str, Any] | None = None
+    async_copies: int | None = None  # cp.async + TMA (cp.async.bulk.tensor) instructions in the PTX
+    tma: int | None = None  # TMA loads/stores alone
+    mma: str | None = None  # "wgmma", "mma.sync" or "none"
+    wgmma_wait_levels: list[int] | None = None  # distinct N of `wgmma.wait_group N` (0 only: no MMA overlap)
 
     @property
     def fits(self) -> bool:
         return self.ok and self.shared_bytes is not None and self.shared_bytes <= (self.smem_limit_bytes or 0)
+
+    @property
+    def spill_bytes(self) -> int | None:
+        """Local memory plus stack frame (cuobjdump LOCAL + STACK): register spills."""
+        if self.local_bytes is None and self.stack_bytes is None:
+            return None
+        return (self.local_bytes or 0) + (self.stack_bytes or 0)
 
 
 def _cache_dir() -> Path:
@@ -99,45 +119,58 @@ def _triton_version() -> str:
     return importlib.metadata.version("triton")
 
 
-# Bumped when AotResult gains a field, so cached results from before are compiled again.
-_RESULT_FORMAT = 2
-
-
 def _key(spec: KernelSpec, arch: str) -> str:
-    blob = json.dumps([dataclasses.asdict(spec), arch, _triton_version(), _source_of(spec.kernel), _RESULT_FORMAT],
+    blob = json.dumps([dataclasses.asdict(spec), arch, _triton_version(), _source_of(spec.kernel), _RESULT_VERSION],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def compile_kernels(specs: Sequence[KernelSpec], archs: Iterable[str] = DEFAULT_ARCHS,
                     timeout_s: float = 600) -> list[AotResult]:
-    """Compile every spec for every arch (cached); one subprocess for everything not cached."""
+    """Compile every spec for every arch (cached); results in (spec, arch) order."""
     archs = tuple(archs)
-    for arch in archs:
+    return compile_pairs([(spec, arch) for spec in specs for arch in archs], timeout_s)
+
+
+def compile_pairs(pairs: Sequence[tuple[KernelSpec, str]], timeout_s: float = 600) -> list[AotResult]:
+    """Compile each (spec, arch) (cached by kernel source, spec, arch and triton version); what is not
+    cached compiles in worker subprocesses, one per CPU core (at most 4)."""
+    for _, arch in pairs:
         if arch not in ARCHS:
             raise ValueError(f"archs: unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
     cache = _cache_dir()
-    jobs, results = [], {}
-    for i, spec in enumerate(specs):
-        for arch in archs:
-            key = _key(spec, arch)
-            hit = cache / f"{key}.json"
-            if hit.exists():
-                results[(i, arch)] = AotResult(**json.loads(hit.read_text()))
-            else:
-                jobs.append((i, spec, arch, key))
+    results: dict[int, AotResult] = {}
+    jobs: dict[str, list[int]] = {}  # cache key -> indices of the pairs it answers (duplicates compile once)
+    for i, (spec, arch) in enumerate(pairs):
+        key = _key(spec, arch)
+        hit = cache / f"{key}.json"
+        if hit.exists():
+            results[i] = AotResult(**json.loads(hit.read_text()))
+        else:
+            jobs.setdefault(key, []).append(i)
     if jobs:
-        payload = json.dumps([{"spec": dataclasses.asdict(s), "arch": a} for _, s, a, _ in jobs])
+        keys = list(jobs)
+        n_workers = max(1, min(len(keys) // 2, os.cpu_count() or 1, 4))
+        shards = [keys[w::n_workers] for w in range(n_workers)]
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        proc = subprocess.run([sys.executable, "-m", "pyscale.testing.aot"], input=payload, text=True,
-                              capture_output=True, env=env, timeout=timeout_s)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ahead-of-time compile subprocess failed:\n{proc.stderr[-4000:]}")
-        for (i, _, arch, key), raw in zip(jobs, json.loads(proc.stdout.strip().splitlines()[-1])):
-            result = AotResult(**raw)
-            results[(i, arch)] = result
-            (cache / f"{key}.json").write_text(json.dumps(dataclasses.asdict(result)))
-    return [results[(i, a)] for i in range(len(specs)) for a in archs]
+
+        def run(shard: list[str]) -> list[dict]:
+            payload = json.dumps([{"spec": dataclasses.asdict(pairs[jobs[k][0]][0]), "arch": pairs[jobs[k][0]][1]}
+                                  for k in shard])
+            proc = subprocess.run([sys.executable, "-m", "pyscale.testing.aot", "worker"], input=payload, text=True,
+                                  capture_output=True, env=env, timeout=timeout_s)
+            if proc.returncode != 0:
+                raise RuntimeError(f"ahead-of-time compile subprocess failed:\n{proc.stderr[-4000:]}")
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+
+        with ThreadPoolExecutor(len(shards)) as pool:
+            for shard, raws in zip(shards, pool.map(run, shards)):
+                for key, raw in zip(shard, raws):
+                    result = AotResult(**raw)
+                    (cache / f"{key}.json").write_text(json.dumps(dataclasses.asdict(result)))
+                    for i in jobs[key]:
+                        results[i] = result
+    return [results[i] for i in range(len(pairs))]
 
 
 def assert_compiles(specs: Sequence[KernelSpec], archs: Iterable[str] = DEFAULT_ARCHS, *,
@@ -148,8 +181,17 @@ def assert_compiles(specs: Sequence[KernelSpec], archs: Iterable[str] = DEFAULT_
     (`divisible_by_16`, as the JIT specialises torch tensors), no spills: no local memory and a stack frame
     of at most max_stack_bytes. Unaligned specs compile scalar loads the JIT never runs, so their spills
     say nothing. Raises with every problem."""
-    results = compile_kernels(specs, archs)
-    aligned = {spec.describe(): bool(spec.divisible_by_16) for spec in specs}
+    archs = tuple(archs)
+    return assert_pairs_compile([(spec, arch) for spec in specs for arch in archs], expect_refused=expect_refused,
+                                max_registers=max_registers, max_stack_bytes=max_stack_bytes)
+
+
+def assert_pairs_compile(pairs: Sequence[tuple[KernelSpec, str]], *,
+                         expect_refused: Callable[[AotResult], bool] | None = None,
+                         max_registers: int = MAX_REGISTERS, max_stack_bytes: int = 0) -> list[AotResult]:
+    """`assert_compiles` for (spec, arch) pairs: a spec per arch, as an op's config may differ per arch."""
+    results = compile_pairs(pairs)
+    aligned = {spec.describe(): bool(spec.divisible_by_16) for spec, _ in pairs}
     problems = []
     for r in results:
         refused_expected = bool(expect_refused and expect_refused(r))
@@ -170,21 +212,6 @@ def assert_compiles(specs: Sequence[KernelSpec], archs: Iterable[str] = DEFAULT_
     return results
 
 
-def ptx_counts(ptx: str) -> dict[str, Any]:
-    """Static instruction counts of a kernel's PTX: `cp_async` (cp.async.ca/cg, Ampere-style async
-    copies), `tma` (cp.async.bulk.tensor), `bulk` (other cp.async.bulk), `wgmma` (wgmma.mma_async),
-    `mma_sync` (mma.sync), and `wgmma_wait_levels`, the sorted distinct N of `wgmma.wait_group N` (0 only:
-    every wgmma is waited for at once; a level above 0 keeps that many groups in flight)."""
-    return {
-        "cp_async": len(re.findall(r"\bcp\.async\.c[ag]\b", ptx)),
-        "tma": len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx)),
-        "bulk": len(re.findall(r"\bcp\.async\.bulk\.(?!tensor|commit_group|wait_group)", ptx)),
-        "wgmma": len(re.findall(r"\bwgmma\.mma_async\b", ptx)),
-        "mma_sync": len(re.findall(r"\bmma\.sync\b", ptx)),
-        "wgmma_wait_levels": sorted({int(n) for n in re.findall(r"\bwgmma\.wait_group(?:\.\w+)*\s+(\d+)", ptx)}),
-    }
-
-
 # ----------------------------------------------------------------- subprocess side
 
 def _resource_usage(cubin: bytes) -> tuple[int | None, ...]:
@@ -201,6 +228,23 @@ def _resource_usage(cubin: bytes) -> tuple[int | None, ...]:
     local = re.search(r"LOCAL:(\d+)", out)
     stack = re.search(r"STACK:(\d+)", out)
     return tuple(int(m.group(1)) if m else None for m in (reg, local, stack))
+
+
+_CP_ASYNC = re.compile(r"^\s*(?:@%p\d+\s+)?cp\.async\.c[ag]\.", re.M)
+_TMA = re.compile(r"^\s*(?:@%p\d+\s+)?cp\.async\.bulk\.tensor\.", re.M)
+_WGMMA = re.compile(r"^\s*(?:@%p\d+\s+)?wgmma\.mma_async\.", re.M)
+_MMA_SYNC = re.compile(r"^\s*(?:@%p\d+\s+)?mma\.sync\.", re.M)
+_WAIT = re.compile(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)\s*;")
+
+
+def ptx_counts(ptx: str) -> dict[str, Any]:
+    """Instruction counts of one kernel's PTX (static, not executed counts): async copies (cp.async and
+    TMA), TMA alone, the MMA kind, and the distinct wgmma.wait_group levels (a level > 0 lets that many
+    wgmma groups stay in flight while the warp goes on)."""
+    cp_async, tma = len(_CP_ASYNC.findall(ptx)), len(_TMA.findall(ptx))
+    mma = "wgmma" if _WGMMA.search(ptx) else "mma.sync" if _MMA_SYNC.search(ptx) else "none"
+    return {"async_copies": cp_async + tma, "tma": tma, "mma": mma,
+            "wgmma_wait_levels": sorted({int(n) for n in _WAIT.findall(ptx)})}
 
 
 def _compile_one(spec: KernelSpec, arch: str) -> AotResult:
@@ -221,15 +265,27 @@ def _compile_one(spec: KernelSpec, arch: str) -> AotResult:
         return AotResult(spec.describe(), arch, False, smem_limit_bytes=limit, error=msg[-2000:])
     regs, local, stack = _resource_usage(compiled.asm["cubin"])
     return AotResult(spec.describe(), arch, True, int(compiled.metadata.shared), limit, regs, local, stack,
-                     ptx_counts=ptx_counts(compiled.asm["ptx"]))
+                     **ptx_counts(compiled.asm["ptx"]))
 
 
-def _main() -> None:
+def _worker() -> None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("pyscale.testing.aot must run without TRITON_INTERPRET")
     jobs = json.loads(sys.stdin.read())
     out = [dataclasses.asdict(_compile_one(KernelSpec(**j["spec"]), j["arch"])) for j in jobs]
     print(json.dumps(out))
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] == "worker":  # the bare module is the worker too (the protocol predates `report`)
+        _worker()
+        return
+    if argv[0] == "report":
+        from pyscale.testing import compile_report
+
+        raise SystemExit(compile_report.main(argv[1:]))
+    raise SystemExit(f"usage: python -m pyscale.testing.aot {{report,worker}} ...: unknown command {argv[0]!r}")
 
 
 if __name__ == "__main__":

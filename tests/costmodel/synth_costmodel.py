@@ -94,11 +94,12 @@ def fill_store(path, truth: Truth, *, device_name: str = SYNTH_GPU, kind: str = 
             energy, power = e, e / t
             if energy_missing_every and i % energy_missing_every == 0:
                 energy = power = None
-                reasons = {"energy_j": "synthetic: no meter", "avg_power_w": "synthetic: no meter"}
+                reasons = {"energy_j_unavailable_reason": "synthetic: no meter",
+                           "avg_power_w_unavailable_reason": "synthetic: no meter"}
             store.record(st.MeasurementRecord(
-                op=op, backend=backend, params={**shape, "seed": r}, dtype="bf16", time_s_median=t,
+                op=op, backend=backend, params={**shape, "seed": r}, dtype="bf16", time_s=t,
                 flops=flops, bytes=None if (no_bytes_every and i % no_bytes_every == 0) else bytes_,
-                energy_j=energy, avg_power_w=power, idle_power_w=50.0, unavailable_reasons=reasons,
+                energy_j=energy, avg_power_w=power, idle_power_w=50.0, **reasons,
                 repeats=10,
                 # The profiler's record of the energy window (calls filling ≥ 1 s at this time per call).
                 extra={} if energy is None else {"window_s": t * max(1, round(1.0 / t)),

@@ -68,6 +68,74 @@ def test_state_dict_round_trip(scheme):
     assert torch.equal(fresh.dequantized_weight(), q.dequantized_weight())
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_meta_construction_materialises_with_to_empty(scheme):
+    """Large-model loading: build on meta, to_empty, load_state_dict; also quantize_model of a meta model."""
+    lin = _linear(k=128, n=48, seed=14)
+    real = QuantLinear.from_linear(lin, scheme, dtype=torch.float16)
+    with torch.device("meta"):
+        meta = QuantLinear(128, 48, scheme, dtype=torch.float16)
+        model = nn.Sequential(nn.Linear(128, 48))
+    assert all(b.is_meta for b in meta.buffers())
+    meta.to_empty(device="cpu")
+    meta.load_state_dict(real.state_dict())
+    x = torch.randn(5, 128)
+    assert torch.equal(meta(x), real(x))
+    quantize_model(model, scheme, dtype=torch.float16)
+    assert isinstance(model[0], QuantLinear) and all(b.is_meta for b in model[0].buffers())
+    model.to_empty(device="cpu")
+    model[0].load_state_dict(real.state_dict())
+    assert torch.equal(model(x), real(x))
+    assert {n: b.dtype for n, b in model[0].named_buffers()} == {n: b.dtype for n, b in real.named_buffers()}
+
+
+def _assert_gradient_rule(got: torch.Tensor, lowp: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype) -> None:
+    """DESIGN section 3 for gradients: err(ours) <= 3 x err(op-by-op PyTorch in dtype) + 4 ulps x max|oracle|,
+    errors against the float64 oracle."""
+    err = lambda t: (t.double() - oracle).abs().max().item()
+    bound = 3 * err(lowp) + 4 * torch.finfo(dtype).eps * oracle.abs().max().item()
+    assert err(got) <= bound, f"error {err(got):.3e} > bound {bound:.3e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_input_gradient_through_frozen_quantised_weights(scheme, dtype):
+    """dX = dY . dequant(W); the weights (buffers) get no gradient."""
+    q = QuantLinear.from_linear(_linear(k=128, n=40, seed=15), scheme, dtype=torch.float16)
+    gen = torch.Generator().manual_seed(16)
+    x = torch.randn(2, 9, 128, generator=gen).to(dtype).requires_grad_()
+    g = torch.randn(2, 9, 40, generator=gen).to(dtype)
+    y = q(x)
+    assert y.requires_grad and y.dtype == dtype
+    y.backward(g)
+    w = q.dequantized_weight()
+    oracle = g.double() @ w.double()
+    _assert_gradient_rule(x.grad, g @ w.to(dtype), oracle, dtype)
+    assert x.grad.dtype == dtype and not any(b.requires_grad for b in q.buffers())
+
+
+def test_adapter_trains_on_a_quantised_base():
+    """QLoRA-style: a low-rank adapter before and beside a frozen W4A16 layer receives gradients."""
+    torch.manual_seed(17)
+    base = QuantLinear.from_linear(nn.Linear(64, 32), "w4a16-g32", dtype=torch.float16)
+    down, up, pre = nn.Linear(64, 4, bias=False), nn.Linear(4, 32, bias=False), nn.Linear(64, 64)
+    x = torch.randn(8, 64)
+    h = pre(x)
+    ((base(h) + up(down(h))) ** 2).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (*pre.parameters(), down.weight, up.weight))
+
+
+def test_input_gradient_under_torch_compile():
+    q = QuantLinear.from_linear(_linear(k=128, n=32, seed=18), "w4a16-g64")
+    x = torch.randn(4, 128, requires_grad=True)
+    with pyscale.backend("reference"):
+        q(x).sum().backward()
+        eager = x.grad.clone()
+        x.grad = None
+        torch.compile(q, fullgraph=True, backend="aot_eager")(x).sum().backward()
+    assert torch.equal(x.grad, eager)
+
+
 def test_dequantized_weight_matches_forward():
     lin = _linear(k=128, n=32, seed=3)
     q = QuantLinear.from_linear(lin, "w4a16-g32", dtype=torch.float16)
@@ -129,7 +197,7 @@ def test_qat_linear_trains_through_ste():
     qat(x).backward(g)
     # STE: the gradient is F.linear's gradient evaluated at the fake-quantised tensors
     xq = pyscale.ops.fake_quantize(x.detach(), "int8-token").requires_grad_()
-    wq = pyscale.ops.fake_quantize(lin.weight.detach(), "int4-g32").requires_grad_()
+    wq = pyscale.ops.fake_quantize(lin.weight.detach(), "int4-g32", scale_dtype=qat.deploy_dtype).requires_grad_()
     b = lin.bias.detach().clone().requires_grad_()
     nn.functional.linear(xq, wq, b).backward(g)
     torch.testing.assert_close(qat.weight.grad, wq.grad, rtol=0, atol=0)
@@ -145,11 +213,61 @@ def test_qat_linear_trains_through_ste():
 ])
 def test_qat_converts_to_the_quant_linear_it_simulated(weight_scheme, act_scheme, floor):
     lin = _linear(k=128, n=40, seed=7)
-    qat = QATLinear.from_linear(lin, weight_scheme, act_scheme)
+    qat = QATLinear.from_linear(lin, weight_scheme, act_scheme, deploy_dtype=torch.float16)
     x = torch.randn(6, 128)
     q = qat.to_quant_linear(dtype=torch.float16)
     assert isinstance(q, QuantLinear)
     assert sqnr_db(qat(x), q(x)) >= floor
+
+
+_QAT_DEPLOYABLE = [(f"int4-g{g}{a}", None) for g in (32, 64, 128) for a in ("", "-asym")] + [
+    ("int8-channel", "int8-token"), ("fp8-row", "fp8-row"), ("fp8-tensor", "fp8-tensor")]
+_HALF = (torch.float16, torch.bfloat16)
+_QAT_CASES = [(w, a, train, deploy) for w, a in _QAT_DEPLOYABLE
+              for train in (torch.float32, torch.float16, torch.bfloat16)
+              for deploy in (_HALF if w.startswith("int4") else (*_HALF, torch.float32))]
+
+
+@pytest.mark.parametrize("weight_scheme,act_scheme,train_dtype,deploy_dtype", _QAT_CASES)
+def test_qat_deploys_bit_identical_codes_and_scales(weight_scheme, act_scheme, train_dtype, deploy_dtype):
+    """The identity QAT relies on: the deployed layer holds the codes and scales training used, so its
+    dequantised weight is the fake-quantised one (measured before the fix, fp32 int4-g128 deployed to
+    bf16: most elements differed, as whole codes flipped)."""
+    torch.manual_seed(13)
+    lin = nn.Linear(128, 24).to(train_dtype)
+    with torch.no_grad():
+        lin.weight[:2] += 0.5  # groups that do not straddle 0
+    qat = QATLinear.from_linear(lin, weight_scheme, act_scheme, deploy_dtype=deploy_dtype)
+    q = qat.to_quant_linear()
+    assert q.dtype == deploy_dtype and q.scheme == qat.quant_scheme()
+    w = qat.weight.detach()
+    if weight_scheme.startswith("int4"):
+        g, symmetric = int(weight_scheme.split("-")[1][1:]), not weight_scheme.endswith("asym")
+        want = pyscale.ops.int4_quantize(w, g, symmetric=symmetric, scale_dtype=deploy_dtype)
+        assert torch.equal(q.qweight, want.qweight) and torch.equal(q.scales, want.scales)
+        assert (q.zeros is None) == symmetric and (symmetric or torch.equal(q.zeros, want.zeros))
+    else:
+        quantise = pyscale.ops.quantize_int8 if weight_scheme == "int8-channel" else (
+            lambda t: pyscale.ops.quantize_fp8(t, weight_scheme.split("-")[1]))
+        want = quantise(w)
+        assert torch.equal(q.weight.view(torch.uint8), want.data.view(torch.uint8))
+        assert torch.equal(q.weight_scale, want.scale)
+    assert torch.equal(qat.fake_quantized_weight().detach(), q.dequantized_weight().to(train_dtype))
+
+
+def test_qat_deploy_dtype_is_fixed_at_construction():
+    qat = QATLinear(128, 16, "int4-g64")
+    assert qat.deploy_dtype == torch.bfloat16  # what QuantLinear.from_linear picks for fp32 parameters
+    assert QATLinear(128, 16, "int4-g64", dtype=torch.float16).deploy_dtype == torch.float16
+    with pytest.raises(ValueError, match=r"^dtype must be the deploy_dtype this layer was trained for "
+                                         r"\(torch.bfloat16\): got torch.float16"):
+        qat.to_quant_linear(dtype=torch.float16)
+    assert qat.to_quant_linear(dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="^deploy_dtype must be one of torch.float16, torch.bfloat16 for "
+                                         "weight_scheme='int4-g64': got torch.float32"):
+        QATLinear(128, 16, "int4-g64", deploy_dtype=torch.float32)
+    assert QATLinear(128, 16, "int8-channel", "int8-token", deploy_dtype=torch.float32).to_quant_linear().dtype \
+        == torch.float32
 
 
 def test_w4a4_trains_but_has_no_kernel():
@@ -229,6 +347,21 @@ def test_torch_compile_inductor(scheme):
     x = torch.randn(4, 128)
     with pyscale.backend("reference"):
         assert torch.equal(torch.compile(q, fullgraph=True)(x), q(x))
+
+
+@pytest.mark.slow
+def test_inductor_float8_training_and_transposed_input():
+    """Fake and real strides agree, so inductor's stride asserts hold (both failed before: the reference
+    quantisers kept a transposed input's layout while the fakes declared contiguous outputs)."""
+    torch.manual_seed(19)
+    with pyscale.backend("reference"):
+        f8 = Float8Linear(64, 32)
+        x = torch.randn(8, 64, requires_grad=True)
+        torch.compile(f8)(x).sum().backward()
+        assert x.grad is not None and f8.weight.grad is not None
+        q = QuantLinear.from_linear(nn.Linear(64, 32), "fp8-row")
+        xt = torch.randn(64, 8).t()
+        assert torch.equal(torch.compile(q)(xt), q(xt.contiguous()))
 
 
 @pytest.mark.gpu

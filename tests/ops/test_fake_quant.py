@@ -8,7 +8,8 @@ import torch
 
 import pyscale
 from pyscale import ops
-from pyscale.ops.fake_quant import BYTE_FORMULAS, FLOP_FORMULAS, SCHEMES
+from pyscale.formulas import formulas_for
+from pyscale.ops.fake_quant import SCHEMES
 from pyscale.reference import fake_quant as ref
 from pyscale.testing.numerics import gpu_like_casts, sqnr_db  # noqa: F401
 
@@ -66,6 +67,20 @@ def test_forced_reference_backend():
         assert torch.equal(r, ops.fake_quantize(x, scheme))
 
 
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16])
+def test_int4_scales_rounded_to_the_deployment_dtype(scale_dtype):
+    """fp32 weights fake-quantised with scales as a 16-bit deployment stores them: the result is the
+    deployed dequantised weight, in fp32."""
+    torch.manual_seed(5)
+    x = torch.randn(8, 128) + 0.3
+    out = ops.fake_quantize(x, "int4-g64-asym", scale_dtype=scale_dtype)
+    q = ops.int4_quantize(x, 64, symmetric=False, scale_dtype=scale_dtype)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, ops.int4_dequantize(*q, group_size=64).float())
+    assert torch.equal(out, ref.fake_quantize(x, "int4-g64-asym", scale_dtype))
+    assert not torch.equal(out, ops.fake_quantize(x, "int4-g64-asym"))  # fp32 scales differ
+
+
 def test_bad_input_names_the_argument():
     x = torch.randn(4, 96)
     with pytest.raises(ValueError, match="^scheme must be one of"):
@@ -74,6 +89,8 @@ def test_bad_input_names_the_argument():
         ops.fake_quantize(x, "int4-g64")
     with pytest.raises(TypeError, match="^x must have dtype"):
         ops.fake_quantize(x.to(torch.int32), "int8-token")
+    with pytest.raises(ValueError, match="^scale_dtype must be one of torch.float32 .or None. for 'int8-token'"):
+        ops.fake_quantize(x, "int8-token", scale_dtype=torch.float16)
 
 
 def test_opcheck():
@@ -85,5 +102,5 @@ def test_opcheck():
 def test_formulas():
     x = torch.randn(4, 64)
     out = ops.fake_quantize(x, "int8-token")
-    assert FLOP_FORMULAS["pyscale::fake_quantize"]((x, "int8-token"), {}, out) == 0
-    assert BYTE_FORMULAS["pyscale::fake_quantize"]((x, "int8-token"), {}, out) == 2 * 4 * 256
+    assert formulas_for("pyscale::fake_quantize").executed((x, "int8-token"), {}, out) == 0
+    assert formulas_for("pyscale::fake_quantize").bytes((x, "int8-token"), {}, out) == 2 * 4 * 256

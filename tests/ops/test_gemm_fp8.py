@@ -18,11 +18,12 @@ from hypothesis import strategies as st
 
 import pyscale
 from pyscale import ops
+from pyscale.formulas import formulas_for
 from pyscale.kernels import gemm_fp8 as kernels
-from pyscale.ops.gemm_fp8 import BYTE_FORMULAS, FLOP_FORMULAS, check_fp8_device
+from pyscale.ops.gemm_fp8 import check_fp8_device
 from pyscale.reference import gemm_fp8 as ref_gemm
 from pyscale.reference import quantize as ref_q
-from pyscale.testing.aot import KernelSpec, assert_compiles
+from pyscale.testing.aot import assert_pairs_compile
 from pyscale.testing.numerics import gpu_like_casts, sqnr_db  # noqa: F401
 
 PARTS = {"tensor": ("tensor", "tensor"), "row": ("row", "row"), "block": ("block1x128", "block128x128")}
@@ -150,42 +151,31 @@ def test_formulas():
     qa, qb, sa, sb = _operands(4, 8, 300, "block")
     args = (qa, qb, sa, sb, "block", torch.bfloat16, None)
     out = torch.empty(4, 8, dtype=torch.bfloat16)
-    assert FLOP_FORMULAS["pyscale::gemm_fp8"](args, {}, out) == 2 * 4 * 8 * 300
+    assert formulas_for("pyscale::gemm_fp8").executed(args, {}, out) == 2 * 4 * 8 * 300
     expected_bytes = 4 * 300 + 8 * 300 + 4 * (sa.numel() + sb.numel()) + 4 * 8 * 2
-    assert BYTE_FORMULAS["pyscale::gemm_fp8"](args, {}, out) == expected_bytes
+    assert formulas_for("pyscale::gemm_fp8").bytes(args, {}, out) == expected_bytes
 
 
 # ----------------------------------------------------------------------------- ahead of time
-
-def fp8_gemm_spec(scale_mode: int, cfg: dict, out: str = "bf16") -> KernelSpec:
-    sig = {"a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "c_ptr": f"*{out}", "sa_ptr": "*fp32", "sb_ptr": "*fp32",
-           "bias_ptr": f"*{out}", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_ak": "constexpr",
-           "stride_bn": "i32", "stride_bk": "constexpr", "stride_cm": "i32", "stride_cn": "constexpr",
-           "stride_sam": "i32", "stride_sak": "i32", "stride_sbn": "i32", "stride_sbk": "i32",
-           "SCALE_MODE": "constexpr", "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-           "BLOCK_K": "constexpr", "GROUP_M": "constexpr"}
-    ce = {"stride_ak": 1, "stride_bk": 1, "stride_cn": 1, "SCALE_MODE": scale_mode, "HAS_BIAS": True,
-          **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}}
-    return KernelSpec("pyscale.kernels.gemm_fp8:_fp8_gemm_kernel", sig, ce, num_warps=cfg["num_warps"],
-                      num_stages=cfg["num_stages"],
-                      label=f"mode{scale_mode} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} s{cfg['num_stages']}",
-                      divisible_by_16=("a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "K",
-                                       "stride_am", "stride_bn", "stride_cm"))
-
 
 GPU_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
 
 
 def test_compiles_ahead_of_time():
-    """The largest-shared-memory default (128x128x128, 4 stages: 96 KB) for every scale mode on sm_89 and
-    sm_90a; FP8 operands are refused on sm_80."""
-    specs = [fp8_gemm_spec(mode, GPU_DEFAULT) for mode in (0, 1, 2)]
+    """Every scale mode at the op's default (the compile report's specs, 128x128x128 with 4 stages: 96 KB)
+    compiles on sm_89 and sm_90a and is refused on sm_80 (no FP8 tensor cores)."""
+    from pyscale.testing import aot_specs
+
+    entries = aot_specs.entries(["gemm"], op="gemm_fp8")
+    pairs = [(e.spec(arch), arch) for e in entries for arch in ("sm_80", *e.archs)]
+    assert [e.spec("sm_90a").constexprs["SCALE_MODE"] for e in entries] == [0, 1, 2]
+    assert all(spec.constexprs["BLOCK_K"] == GPU_DEFAULT["BLOCK_K"] and spec.num_stages == 4 for spec, _ in pairs)
     # Block scales on sm_89 compile with a 16-byte stack frame (cuobjdump, no local memory); every other
     # mode and arch has none. Held to exactly that.
-    results = assert_compiles(specs, expect_refused=lambda r: r.arch == "sm_80", max_stack_bytes=16)
+    results = assert_pairs_compile(pairs, expect_refused=lambda r: r.arch == "sm_80", max_stack_bytes=16)
     assert any(r.arch == "sm_89" and r.fits for r in results)
     spilling = {(r.spec, r.arch) for r in results if r.ok and r.stack_bytes}
-    assert spilling <= {(specs[2].describe(), "sm_89")}, spilling
+    assert spilling <= {(entries[2].spec("sm_89").describe(), "sm_89")}, spilling
 
 
 # ----------------------------------------------------------------------------- scale shapes (property)

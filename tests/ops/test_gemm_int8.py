@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyscale import ops
+from pyscale.formulas import formulas_for
 from pyscale.kernels import gemm_int8 as kernels
-from pyscale.ops.gemm_int8 import BYTE_FORMULAS, FLOP_FORMULAS
 from pyscale.reference import gemm_int8 as ref_gemm
 from pyscale.reference import quantize as ref_q
-from pyscale.testing.aot import KernelSpec, assert_compiles
+from pyscale.testing.aot import assert_pairs_compile
 from pyscale.testing.numerics import gpu_like_casts, sqnr_db  # noqa: F401
 
 FLOOR_DB = {torch.float32: 120.0, torch.float16: 60.0, torch.bfloat16: 45.0}
@@ -109,24 +109,16 @@ def test_formulas():
     qa, qb, sa, sb = _operands(4, 8, 64)
     args = (qa, qb, sa, sb, torch.bfloat16, None)
     out = torch.empty(4, 8, dtype=torch.bfloat16)
-    assert FLOP_FORMULAS["pyscale::gemm_int8"](args, {}, out) == 2 * 4 * 8 * 64
-    assert BYTE_FORMULAS["pyscale::gemm_int8"](args, {}, out) == 4 * 64 + 8 * 64 + 4 * 4 + 8 * 4 + 4 * 8 * 2
+    assert formulas_for("pyscale::gemm_int8").executed(args, {}, out) == 2 * 4 * 8 * 64
+    assert formulas_for("pyscale::gemm_int8").bytes(args, {}, out) == 4 * 64 + 8 * 64 + 4 * 4 + 8 * 4 + 4 * 8 * 2
 
 
 def test_compiles_ahead_of_time():
-    """The largest-shared-memory default (128x128x128 int8, 4 stages: 96 KB) on sm_80, sm_89, sm_90a."""
-    sig = {"a_ptr": "*i8", "b_ptr": "*i8", "c_ptr": "*bf16", "sa_ptr": "*fp32", "sb_ptr": "*fp32",
-           "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_ak": "constexpr",
-           "stride_bn": "i32", "stride_bk": "constexpr", "stride_cm": "i32", "stride_cn": "constexpr",
-           "stride_sam": "i32", "stride_sbn": "i32", "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr",
-           "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "GROUP_M": "constexpr"}
-    ce = {"stride_ak": 1, "stride_bk": 1, "stride_cn": 1, "HAS_BIAS": True, "BLOCK_M": 128, "BLOCK_N": 128,
-          "BLOCK_K": 128, "GROUP_M": 8}
-    spec = KernelSpec("pyscale.kernels.gemm_int8:_int8_gemm_kernel", sig, ce, num_warps=8, num_stages=4,
-                      label="128x128x128 s4",
-                      divisible_by_16=("a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "K",
-                                       "stride_am", "stride_bn", "stride_cm"))
-    results = assert_compiles([spec])
+    """The op's default (the compile report's spec: 128x128x128 int8, 4 stages, 96 KB) on sm_80, sm_89, sm_90a."""
+    from pyscale.testing import aot_specs
+
+    (entry,) = aot_specs.entries(["gemm"], op="gemm_int8")
+    results = assert_pairs_compile([(entry.spec(arch), arch) for arch in entry.archs])
     assert all(r.fits and not r.local_bytes for r in results)  # fits, no register spills
 
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 import pyscale
 from pyscale import ops
+from pyscale.formulas import formulas_for
 from pyscale.kernels import gemm_w4a16 as kernels
-from pyscale.ops.gemm_w4a16 import BYTE_FORMULAS, FLOP_FORMULAS
-from pyscale.testing.aot import KernelSpec, assert_compiles
+from pyscale.testing.aot import assert_pairs_compile
 from pyscale.testing.numerics import gpu_like_casts, sqnr_db  # noqa: F401
 
 FLOOR_DB = {torch.float16: 60.0, torch.bfloat16: 45.0}
@@ -132,8 +132,8 @@ def test_formulas():
     x, packed = _problem(4, 16, 128, 64, True, torch.float16)
     args = (x, packed.qweight, packed.scales, None, 64, None)
     out = torch.empty(4, 16, dtype=torch.float16)
-    assert FLOP_FORMULAS["pyscale::gemm_w4a16"](args, {}, out) == 2 * 4 * 16 * 128
-    assert BYTE_FORMULAS["pyscale::gemm_w4a16"](args, {}, out) == 4 * 128 * 2 + 16 * 64 + 16 * 2 * 2 + 4 * 16 * 2
+    assert formulas_for("pyscale::gemm_w4a16").executed(args, {}, out) == 2 * 4 * 16 * 128
+    assert formulas_for("pyscale::gemm_w4a16").bytes(args, {}, out) == 4 * 128 * 2 + 16 * 64 + 16 * 2 * 2 + 4 * 16 * 2
 
 
 def test_config_paths(monkeypatch):
@@ -148,35 +148,14 @@ def test_config_paths(monkeypatch):
 
 # ----------------------------------------------------------------------------- ahead of time
 
-def w4a16_spec(cfg: dict, act: str, has_zeros: bool, group_size: int = 128) -> KernelSpec:
-    sig = {"x_ptr": f"*{act}", "qw_ptr": "*u8", "s_ptr": f"*{act}", "z_ptr": "*u8", "bias_ptr": f"*{act}",
-           "out_ptr": "*fp32" if cfg["SPLIT_K"] > 1 else f"*{act}", "M": "i32", "N": "i32", "K": "i32",
-           "k_per_split": "i32", "stride_xm": "i32", "stride_xk": "constexpr", "stride_qn": "i32",
-           "stride_qk": "constexpr", "stride_sn": "i32", "stride_sg": "constexpr", "stride_zn": "i32",
-           "stride_zg": "constexpr", "stride_os": "i32", "stride_om": "i32", "stride_on": "constexpr",
-           **{name: "constexpr" for name in ("GROUP_SIZE", "GROUPS_PER_TILE", "HAS_ZEROS", "HAS_BIAS", "SPLIT_K",
-                                              "UPCAST", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}}
-    ce = {"stride_xk": 1, "stride_qk": 1, "stride_sg": 1, "stride_zg": 1, "stride_on": 1,
-          "GROUP_SIZE": group_size, "GROUPS_PER_TILE": max(1, cfg["BLOCK_K"] // group_size),
-          "HAS_ZEROS": has_zeros, "HAS_BIAS": cfg["SPLIT_K"] == 1, "SPLIT_K": cfg["SPLIT_K"], "UPCAST": False,
-          **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}}
-    return KernelSpec("pyscale.kernels.gemm_w4a16:_w4a16_gemm_kernel", sig, ce, num_warps=cfg["num_warps"],
-                      num_stages=cfg["num_stages"],
-                      label=f"{act} zeros={has_zeros} {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} "
-                            f"split{cfg['SPLIT_K']} s{cfg['num_stages']}",
-                      divisible_by_16=("x_ptr", "qw_ptr", "s_ptr", "z_ptr", "bias_ptr", "out_ptr", "K",
-                                       "k_per_split", "stride_xm", "stride_qn", "stride_om"))
-
-
-PREFILL = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "SPLIT_K": 1, "GROUP_M": 8, "num_warps": 8, "num_stages": 4}
-DECODE = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 4, "GROUP_M": 1, "num_warps": 4, "num_stages": 4}
-
-
 def test_compiles_ahead_of_time():
-    """Both GPU paths (prefill tiles and split-K GEMV) at their largest stage count, fp16 and bf16."""
-    specs = [w4a16_spec(PREFILL, "bf16", True), w4a16_spec(PREFILL, "fp16", False),
-             w4a16_spec(DECODE, "fp16", True, 32), w4a16_spec(DECODE, "bf16", False)]
-    results = assert_compiles(specs)
+    """Both GPU paths (split-K GEMV for decode, prefill tiles) at the configs `w4a16_config` picks per arch
+    (the compile report's specs), fp16 and bf16, with and without zero points."""
+    from pyscale.testing import aot_specs
+
+    entries = aot_specs.entries(["gemm"], op="gemm_w4a16")
+    assert {e.op for e in entries} == {"gemm_w4a16.decode", "gemm_w4a16.prefill"}
+    results = assert_pairs_compile([(e.spec(arch), arch) for e in entries for arch in e.archs])
     assert all(r.fits and not r.local_bytes for r in results)  # fits, no register spills
 
 

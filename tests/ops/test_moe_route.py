@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import pyscale
 from pyscale.ops import moe_route
-from pyscale.reference import moe as ref
+from pyscale.reference import moe_route as ref
 
 CASES = [  # (tokens, experts, top_k, scoring, renormalize, n_group, topk_group, bias)
     (37, 8, 2, "softmax", True, None, None, False),

@@ -16,7 +16,7 @@ import triton.language as tl
 import pyscale
 from pyscale import ops
 from pyscale.reference import quantize as ref
-from pyscale.testing.aot import KernelSpec, assert_compiles
+from pyscale.testing.aot import assert_pairs_compile
 from pyscale.testing.numerics import gpu_like_casts, sqnr_db  # noqa: F401
 
 GRANS = ("tensor", "row", "block1x128", "block128x128")
@@ -140,12 +140,12 @@ def test_opcheck():
 
 
 def test_formulas():
-    from pyscale.ops.quantize import BYTE_FORMULAS, FLOP_FORMULAS
+    from pyscale.formulas import formulas_for
 
     x = torch.randn(6, 256)
     out = torch.ops.pyscale.quantize_fp8.default(x, "row", torch.float8_e4m3fn)
-    assert FLOP_FORMULAS["pyscale::quantize_fp8"]((x, "row", torch.float8_e4m3fn), {}, out) == 0
-    assert BYTE_FORMULAS["pyscale::quantize_fp8"]((x, "row", torch.float8_e4m3fn), {}, out) == 6 * 256 * (4 + 1) + 6 * 4
+    assert formulas_for("pyscale::quantize_fp8").executed((x, "row", torch.float8_e4m3fn), {}, out) == 0
+    assert formulas_for("pyscale::quantize_fp8").bytes((x, "row", torch.float8_e4m3fn), {}, out) == 6 * 256 * (4 + 1) + 6 * 4
 
 
 # ----------------------------------------------------------------------------- test helpers
@@ -184,35 +184,16 @@ def test_kernel_casts_round_like_torch(dtype):
 
 # ----------------------------------------------------------------------------- ahead of time
 
-def _quant_spec(out: str, **constexprs) -> KernelSpec:
-    warps = constexprs.pop("warps", 4)
-    sig = {"x_ptr": "*bf16", "q_ptr": f"*{out}", "s_ptr": "*fp32", "M": "i32", "K": "i32", "group_k": "i32",
-           "stride_xm": "i32", "stride_xk": "constexpr", "stride_qm": "i32", "stride_qk": "constexpr",
-           "stride_sm": "i32", "stride_sk": "i32", "QMAX": "constexpr", "IS_INT": "constexpr",
-           "STATIC_SCALE": "constexpr", "SHARE_ROWS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
-    ce = {"stride_xk": 1, "stride_qk": 1, **constexprs}
-    return KernelSpec("pyscale.kernels.quantize:_quantize_kernel", sig, ce, num_warps=warps,
-                      label=f"{out} {constexprs}",
-                      divisible_by_16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
-
-
 def test_quantize_kernels_compile_ahead_of_time():
-    """Largest-tile configs (kernels/quantize.py quantize_config on a GPU); FP8 stores are refused on sm_80."""
-    fp8 = [_quant_spec("fp8e4nv", QMAX=448.0, IS_INT=False, STATIC_SCALE=False, SHARE_ROWS=True, BLOCK_M=128,
-                       BLOCK_K=32, warps=8),
-           _quant_spec("fp8e4nv", QMAX=448.0, IS_INT=False, STATIC_SCALE=False, SHARE_ROWS=False, BLOCK_M=4,
-                       BLOCK_K=512),
-           _quant_spec("fp8e4nv", QMAX=448.0, IS_INT=False, STATIC_SCALE=True, SHARE_ROWS=False, BLOCK_M=4,
-                       BLOCK_K=512)]
-    int8 = [_quant_spec("i8", QMAX=127.0, IS_INT=True, STATIC_SCALE=False, SHARE_ROWS=False, BLOCK_M=4,
-                        BLOCK_K=512)]
-    absmax = KernelSpec("pyscale.kernels.quantize:_absmax_kernel",
-                        {"x_ptr": "*bf16", "out_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i32",
-                         "stride_xk": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"},
-                        {"stride_xk": 1, "BLOCK_M": 16, "BLOCK_K": 1024}, label="absmax",
-                        divisible_by_16=("x_ptr", "stride_xm"))
-    results = assert_compiles(fp8, expect_refused=lambda r: r.arch == "sm_80")
-    results += assert_compiles([*int8, absmax])
+    """Largest-tile configs (kernels/quantize.py quantize_config on a GPU; the compile report's specs); FP8
+    stores are refused on sm_80."""
+    from pyscale.testing import aot_specs
+
+    entries = aot_specs.entries(["quantize"])
+    fp8 = [(e.spec(a), a) for e in entries if e.op.startswith("quantize_fp8") for a in ("sm_80", *e.archs)]
+    rest = [(e.spec(a), a) for e in entries if not e.op.startswith("quantize_fp8") for a in e.archs]
+    results = assert_pairs_compile(fp8, expect_refused=lambda r: r.arch == "sm_80")
+    results += assert_pairs_compile(rest)
     assert all(not r.local_bytes for r in results)  # no register spills
 
 

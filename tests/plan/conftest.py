@@ -11,16 +11,16 @@ from pyscale.store import DeviceRecord, MeasurementRecord, Store
 RATE, BW, T0 = 400e12 * 0.7, 3e12 * 0.8, 5e-6
 PEAK = 400e12
 # a synthetic row measures time and power only; the store wants every other field explained
-UNMEASURED = {k: "synthetic row: not measured" for k in ("idle_power_w", "sm_clock_mhz", "mem_clock_mhz",
+UNMEASURED = {f"{k}_unavailable_reason": "synthetic row: not measured" for k in ("idle_power_w", "sm_clock_mhz", "mem_clock_mhz",
                                                          "temperature_c")}
 
 
 def _record(store: Store, dev: int, op: str, backend: str, params: dict, flops: float, nbytes: float,
             slowdown: float, watts: float) -> None:
     t = (max(flops / RATE, nbytes / BW) + T0) * slowdown
-    store.record(MeasurementRecord(op=op, backend=backend, params=params, dtype="bf16", time_s_median=t,
+    store.record(MeasurementRecord(op=op, backend=backend, params=params, dtype="bf16", time_s=t,
                                    flops=flops, bytes=nbytes, energy_j=t * watts, avg_power_w=watts,
-                                   unavailable_reasons=dict(UNMEASURED)), device_id=dev)
+                                   **UNMEASURED), device_id=dev)
 
 
 def synthetic_profile(path, *, slowdown: float = 1.0, watts: float = 300.0, name: str = "Synthetic GPU",
@@ -47,9 +47,10 @@ def synthetic_profile(path, *, slowdown: float = 1.0, watts: float = 300.0, name
         return fit_device_profile(store, device=name)
 
 
-@pytest.fixture
-def profile(make_profile):
-    return make_profile()
+@pytest.fixture(scope="session")
+def profile(tmp_path_factory):
+    """The default synthetic profile, fitted once per session (no test changes it)."""
+    return synthetic_profile(tmp_path_factory.mktemp("profile") / "Synthetic GPU.db")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from pyscale import formulas
 from pyscale.profile import flops as fl
 
 
@@ -35,15 +36,15 @@ def ours(fn, **kw) -> fl.FlopCounts:
 @given(st.integers(0, 40), st.integers(0, 40), st.integers(-45, 45))
 def test_causal_pairs_matches_brute_force(sq, sk, offset):
     brute = sum(1 for i in range(sq) for j in range(sk) if j <= i + offset)
-    assert fl.causal_pairs(sq, sk, offset) == brute
+    assert formulas.causal_pairs(sq, sk, offset) == brute
 
 
 def test_causal_pairs_alignments_agree_with_torch_masks():
     sq, sk = 5, 9
     top_left = torch.ones(sq, sk, dtype=torch.bool).tril(0)
     bottom_right = torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq)
-    assert fl._pairs(sq, sk, "top_left") == int(top_left.sum())
-    assert fl._pairs(sq, sk, "bottom_right") == int(bottom_right.sum())
+    assert formulas.attention_pairs(sq, sk, causal=True, align="top_left") == int(top_left.sum())
+    assert formulas.attention_pairs(sq, sk, causal=True, align="bottom_right") == int(bottom_right.sum())
 
 
 # --------------------------------------------------------------------------- aten ops vs FlopCounterMode
@@ -342,7 +343,7 @@ def _bwd_flops(args, kwargs, out):
 
 @pytest.fixture
 def fake_ops_module():
-    """An imported pyscale.ops.* module exposing FLOP_FORMULAS, as the op modules do."""
+    """An imported pyscale.ops.* module exposing FLOP_FORMULAS, the hook of the previous release."""
     name = "pyscale.ops._profiler_test_op"
     mod = types.ModuleType(name)
     mod.FLOP_FORMULAS = {"pyscale::_profiler_test_mm": _fwd_flops, "pyscale::_profiler_test_mm_backward": _bwd_flops}
@@ -353,6 +354,7 @@ def fake_ops_module():
     del sys.modules[name]
 
 
+@pytest.mark.filterwarnings("ignore:.*FLOP formula tables in op modules are deprecated:DeprecationWarning")
 def test_custom_op_forward_and_backward_discovered_from_ops_modules(fake_ops_module):
     a = torch.randn(6, 5, requires_grad=True)
     b = torch.randn(5, 4, requires_grad=True)

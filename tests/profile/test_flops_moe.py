@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pyscale.formulas import formulas_for
 from pyscale.nn import MoE
 from pyscale.ops import moe_align, moe_block_size, moe_route
 from pyscale.profile import flops as fl
@@ -61,8 +62,8 @@ def test_moe_step_is_fully_counted(capacity_factor):
     assert gemm_bwd.model_flops == 0  # the backward's model FLOPs are 2x the forward by convention
 
 
-def test_model_formula_is_discovered():
-    """The counter finds MODEL_FLOP_FORMULAS beside FLOP_FORMULAS in the grouped GEMM's module."""
-    found = fl._discovered_formulas()
+def test_model_formula_is_registered():
+    """The grouped GEMM's model formula is its own in the registry the counter reads (pyscale.formulas)."""
     for op in ("pyscale::grouped_gemm", "pyscale::grouped_gemm_backward"):
-        assert found[op].model is not None and found[op].model is not found[op].executed
+        found = formulas_for(op)
+        assert found.model is not None and found.model is not found.executed

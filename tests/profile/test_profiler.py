@@ -74,7 +74,8 @@ def test_unavailable_meter_reports_none_with_reason_never_zero(tmp_path):
     assert m.energy_j is None and m.avg_power_w is None and m.idle_power_w is None
     assert "meter='null'" in m.energy_j_unavailable_reason
     rec = m.to_record()
-    assert rec.energy_j is None and rec.unavailable_reasons["energy_j"]
+    assert rec.energy_j is None and rec.energy_j_unavailable_reason == m.energy_j_unavailable_reason
+    assert rec.unavailable_reasons()["energy_j"] == m.energy_j_unavailable_reason
     with Store(tmp_path / "p.db") as store:
         (row,) = store.measurements(op="mm")
         assert row["energy_j"] is None and row["unavailable_reasons"]["energy_j"]

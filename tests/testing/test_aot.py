@@ -69,33 +69,11 @@ def test_spills_fail_only_specs_that_state_their_alignment(monkeypatch):
     aligned = dataclasses.replace(SCALE, label="aligned", divisible_by_16=("x_ptr", "y_ptr"))
     plain = dataclasses.replace(SCALE, label="plain")
 
-    def fake_compile(specs, archs):
-        return [aot.AotResult(s.describe(), a, True, 1024, 99 * 1024, 64, 0, 32) for s in specs for a in archs]
+    def fake_compile(pairs):
+        return [aot.AotResult(s.describe(), a, True, 1024, 99 * 1024, 64, 0, 32) for s, a in pairs]
 
-    monkeypatch.setattr(aot, "compile_kernels", fake_compile)
+    monkeypatch.setattr(aot, "compile_pairs", fake_compile)
     assert_compiles([plain], archs=("sm_90a",))
     with pytest.raises(AssertionError, match=r"aligned.*spills \(0 B local, 32 B stack\)"):
         assert_compiles([aligned, plain], archs=("sm_90a",))
     assert_compiles([aligned], archs=("sm_90a",), max_stack_bytes=32)
-
-
-def test_ptx_counts_reads_async_copies_mma_and_wait_levels():
-    from pyscale.testing.aot import ptx_counts
-
-    ptx = """
-        cp.async.cg.shared.global [%r1], [%rd2], 16, %p3;
-        cp.async.ca.shared.global [%r1], [%rd2], 4, %p3;
-        cp.async.commit_group;
-        cp.async.wait_group 1;
-        cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%r4], [%rd5, {%r6, %r7}], [%r8];
-        cp.async.bulk.commit_group;
-        wgmma.fence.sync.aligned;
-        wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f1}, %rd9, %rd10, 1, 1, 1, 0, 0;
-        wgmma.commit_group.sync.aligned;
-        wgmma.wait_group.sync.aligned 1;
-        wgmma.wait_group.sync.aligned 0;
-        mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1}, {%r1}, {%r2}, {%f2};
-    """
-    assert ptx_counts(ptx) == {"cp_async": 2, "tma": 1, "bulk": 0, "wgmma": 1, "mma_sync": 1,
-                               "wgmma_wait_levels": [0, 1]}
-    assert ptx_counts("")["wgmma_wait_levels"] == []

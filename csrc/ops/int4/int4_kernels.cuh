@@ -9,9 +9,13 @@ namespace int4 {
 
 // Scale, zero point and codes of one group of `g` weights (row-major, contiguous).
 // Symmetric: s = absmax / 7, q = clamp(rne(w / s), -8, 7), stored as q + 8, zero = 8 (implicit).
-// Asymmetric: s = (max - min) / 15, z = clamp(rne(-min / s), 0, 15), q = clamp(rne(w / s) + z, 0, 15).
-// The scale is rounded to the activation dtype first, and the codes are computed against that
-// rounded scale, so dequantisation with the stored scale is the one the codes were chosen for.
+// Asymmetric, over the range extended to include 0 (lo' = min(lo, 0), hi' = max(hi, 0), so a group
+// that does not straddle 0 is not clipped): s = (hi' - lo') / 15, z = clamp(rne(-lo' / s), 0, 15),
+// q = clamp(rne(w / s) + z, 0, 15).
+// The scale is rounded up to its dtype (never a smaller step than the range needs) and the codes are
+// computed against that stored scale, so |w - (q - z) s| <= s / 2 for every weight.
+// A constant group c (all-zero included) is stored as s = |c| rounded to the scale dtype with
+// q - z = sign(c), so it dequantises to c in that dtype exactly.
 PYSCALE_HD void quantize_group(const float* w, int g, bool symmetric, int scale_dtype,
                                uint8_t* codes, float* scale_out, uint8_t* zero_out) {
   float lo = w[0], hi = w[0];
@@ -19,16 +23,27 @@ PYSCALE_HD void quantize_group(const float* w, int g, bool symmetric, int scale_
     lo = fminf(lo, w[i]);
     hi = fmaxf(hi, w[i]);
   }
+  if (lo == hi) {
+    const float s = round_to_dtype(fabsf(lo), scale_dtype);
+    const int sign = s == 0.0f ? 0 : (lo > 0.0f ? 1 : -1);
+    const int zero = symmetric ? 8 : (sign < 0 ? 1 : 0);
+    for (int i = 0; i < g; ++i) codes[i] = static_cast<uint8_t>(zero + sign);
+    *scale_out = s;
+    if (!symmetric) *zero_out = static_cast<uint8_t>(zero);
+    return;
+  }
   if (symmetric) {
     const float absmax = fmaxf(fabsf(lo), fabsf(hi));
-    const float s = round_to_dtype(absmax / 7.0f, scale_dtype);
+    const float s = round_up_to_dtype(absmax / 7.0f, scale_dtype);
     for (int i = 0; i < g; ++i) {
       const float q = s == 0.0f ? 0.0f : clampf(round_half_even(w[i] / s), -8.0f, 7.0f);
       codes[i] = static_cast<uint8_t>(static_cast<int>(q) + 8);
     }
     *scale_out = s;
   } else {
-    const float s = round_to_dtype((hi - lo) / 15.0f, scale_dtype);
+    lo = fminf(lo, 0.0f);
+    hi = fmaxf(hi, 0.0f);
+    const float s = round_up_to_dtype((hi - lo) / 15.0f, scale_dtype);
     const float z = s == 0.0f ? 0.0f : clampf(round_half_even(-lo / s), 0.0f, 15.0f);
     for (int i = 0; i < g; ++i) {
       const float q = s == 0.0f ? z : clampf(round_half_even(w[i] / s) + z, 0.0f, 15.0f);

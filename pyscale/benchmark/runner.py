@@ -1,0 +1,276 @@
+"""The sweep runner: named shape sets -> cases -> measured rows in the store (what `pyscale bench` runs).
+
+A *case* is one op at one shape and dtype with one implementation: pyscale's op or a baseline
+(`torch.mm`, an SDPA backend, ...). Each op family lives in `pyscale.benchmark.cases.<family>`, which
+turns a shape set (`pyscale.benchmark.shapes`, named after a model) into cases and builds a case's
+*workload*: a callable over rotating input copies (cold L2) plus its FLOP and byte counts from the op's
+formula.
+
+`run_case` measures one case in the current process and returns plain records, so a sweep can run
+locally or fan out to other processes (Ray) while one driver alone writes the store. A failing case (OOM,
+kernel error) is recorded with its status and the sweep goes on; `resume=True` skips cases whose
+canonical key already has an ok row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pyscale import store as st
+from pyscale import sysinfo
+from pyscale.benchmark.shapes import FAMILIES, check_shape_set
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    op: str  # the measured operation, e.g. "gemm_bf16", "attention_fwd"
+    impl: str  # "pyscale" or a baseline, e.g. "torch.mm", "sdpa:flash"
+    params: tuple[tuple[str, Any], ...]  # shape and options, hashable and ordered
+    dtype: str
+    shape_set: str = "quick"
+
+    @staticmethod
+    def make(family: str, op: str, impl: str, params: dict[str, Any], dtype: str, shape_set: str) -> Case:
+        return Case(family, op, impl, tuple(sorted(params.items())), dtype, shape_set)
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def label(self) -> str:
+        shape = ",".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.op}[{self.impl}] {self.dtype} {shape}"
+
+
+@dataclass
+class Workload:
+    """What to run for a case: `fn(*args)`, with the op's FLOP and byte formulas for one call.
+
+    The profiler rotates copies of `args` (tensors) so that every timed call starts with a cold L2.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    flops: float
+    model_flops: float | None = None
+    bytes: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def family_module(family: str):
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}: got {family!r}")
+    return importlib.import_module(f"pyscale.benchmark.cases.{family}")
+
+
+def plan_cases(families: Iterable[str], shape_set: str = "quick", *, device: str = "cpu",
+               impls: Sequence[str] | None = None) -> list[Case]:
+    """Every case of the given families for one shape set on `device` ("cpu" or "cuda")."""
+    check_shape_set(shape_set)
+    out: list[Case] = []
+    for family in families:  # a family without shapes in the set (MoE of a dense model) has no cases
+        out.extend(family_module(family).cases(shape_set, device))
+    if impls is not None:
+        out = [c for c in out if c.impl in impls]
+    return out
+
+
+# --------------------------------------------------------------------------- one case
+
+def _failure_device(device: str) -> st.DeviceRecord:
+    """The device a case is recorded against when its worker gave no result: this machine's, or a
+    placeholder when the driver has no such device (a Ray head without GPUs driving a GPU sweep)."""
+    try:
+        return sysinfo.device_record(device)
+    except RuntimeError:
+        return st.DeviceRecord(kind=device, name="unknown (the worker returned no result)", uuid=f"unknown-{device}")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_case(case: Case, *, device: str = "cpu", energy: bool = False, min_time_s: float = 0.05,
+             energy_window_s: float = 1.0) -> tuple[st.DeviceRecord, st.MeasurementRecord]:
+    """Measure one case here and return (device, measurement); failures come back as a status row.
+
+    Timing and energy come from the profiler (CUDA events or a host timer, rotating cold-L2 inputs,
+    energy windows of at least `energy_window_s` with idle power measured first when `energy`).
+    """
+    from pyscale.profile.profiler import Profiler
+
+    device_record = sysinfo.device_record(device)
+    params = {**case.params_dict, "shape_set": case.shape_set}
+    base = dict(op=case.op, backend=case.impl, params=params, dtype=case.dtype)
+    try:
+        workload = family_module(case.family).workload(case, device)
+        meter = "auto" if energy else "null"
+        # without a meter there is no energy window to fill
+        window_s = energy_window_s if energy else 1e-3
+        with _cpu_threads(device), Profiler(store=None, device=device, meter=meter, min_window_s=window_s,
+                                            idle_s=1.0 if energy else 0.0, min_time_s=min_time_s) as prof:
+            m = prof.window(case.label(), workload.fn, *workload.args, flops=workload.flops,
+                            model_flops=workload.model_flops, bytes=workload.bytes, count_flops=False,
+                            dtype=case.dtype, record=False)
+        if not energy:
+            m.energy_j_unavailable_reason = "energy not requested (pass --energy)"
+            m.avg_power_w_unavailable_reason = "energy not requested (pass --energy)"
+        record = m.to_record(op=case.op, backend=case.impl, params=params)
+        record.params = params  # the case's own parameters are its identity (resume, retries)
+        record.extra.update(workload.notes)
+        if device == "cpu":
+            record.extra["cpu_threads"] = int(os.environ.get(CPU_THREADS_ENV, "1"))
+    except Exception as exc:  # recorded as the case's status; the sweep goes on
+        status = "oom" if _is_oom(exc) else "error"
+        tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        record = st.MeasurementRecord(**base, status=status, error=tail[-2000:],
+                                      extra={"traceback": traceback.format_exc()[-4000:]})
+    finally:
+        _release_memory(device)
+    return device_record, record
+
+
+CPU_THREADS_ENV = "PYSCALE_BENCH_CPU_THREADS"
+
+
+@contextlib.contextmanager
+def _cpu_threads(device: str) -> Iterator[None]:
+    """CPU cases run on a fixed number of threads (default 1; PYSCALE_BENCH_CPU_THREADS): on small
+    shapes an oversubscribed thread pool measures the machine's load, not the op."""
+    if device != "cpu":
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, "1")))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _release_memory(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- sweeps
+
+class Executor(Protocol):
+    """Runs `run_case` over cases somewhere and yields (case, result or exception) as they finish."""
+
+    def map_unordered(self, cases: Sequence[Case], **run_kwargs: Any
+                      ) -> Iterator[tuple[Case, tuple[st.DeviceRecord, st.MeasurementRecord] | BaseException]]: ...
+
+
+class LocalExecutor:
+    """Runs every case in this process, in order."""
+
+    def map_unordered(self, cases, **run_kwargs):
+        for case in cases:
+            try:
+                yield case, run_case(case, **run_kwargs)
+            except BaseException as exc:  # noqa: BLE001 - reported per case by the sweep
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                yield case, exc
+
+
+@dataclass
+class SweepSummary:
+    run_id: int
+    measured: int = 0
+    skipped: int = 0
+    failed: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def sweep(cases: Sequence[Case], *, store: st.Store, device: str = "cpu", resume: bool = False,
+          energy: bool = False, executor: Executor | None = None, progress: bool = True,
+          command: str = "bench", arguments: dict[str, Any] | None = None,
+          on_row: Callable[[dict[str, Any]], None] | None = None) -> SweepSummary:
+    """Measure `cases` and write each result to `store` as soon as it arrives (this process is the writer)."""
+    executor = executor or LocalExecutor()
+    run_id = store.start_run(command, arguments or {"cases": len(cases), "device": device})
+    summary = SweepSummary(run_id)
+    todo = list(cases)
+    if resume:
+        here = sysinfo.device_record(device)
+        device_id = store.register_device(here)
+        todo = [c for c in cases if not store.has_case(store.case_key_for(
+            c.op, c.impl, {**c.params_dict, "shape_set": c.shape_set}, c.dtype, device_id=device_id))]
+        summary.skipped = len(cases) - len(todo)
+    status = "ok"
+    bar = _progress(progress, len(todo))
+    try:
+        for case, result in executor.map_unordered(todo, device=device, energy=energy):
+            if isinstance(result, BaseException):
+                device_record = _failure_device(device)
+                record = st.MeasurementRecord(op=case.op, backend=case.impl,
+                                              params={**case.params_dict, "shape_set": case.shape_set},
+                                              dtype=case.dtype, status="error",
+                                              error=f"worker failed: {type(result).__name__}: {result}")
+            else:
+                device_record, record = result
+            device_id = store.register_device(device_record)
+            store.record(record, device_id=device_id, run_id=run_id)
+            row = {"case": case, "device": device_record, "record": record}
+            summary.rows.append(row)
+            if record.status == "ok":
+                summary.measured += 1
+            else:
+                summary.failed += 1
+            if on_row:
+                on_row(row)
+            bar.advance(case.label())
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        bar.close()
+        store.end_run(run_id, status)
+    return summary
+
+
+class _progress:
+    """A rich progress bar with ETA (or nothing when disabled or not a terminal)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self._bar = None
+        if enabled and total:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                                 transient=True)
+            self._task = self._bar.add_task("", total=total)
+            self._bar.start()
+        self._t0 = time.perf_counter()
+
+    def advance(self, label: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=label[:60])
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

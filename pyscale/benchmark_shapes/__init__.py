@@ -1,1 +1,0 @@
-"""Plain shape-set data for benchmarks, one module per op family, keyed by model name (DESIGN.md section 5)."""
