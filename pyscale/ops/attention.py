@@ -16,6 +16,10 @@ Custom ops (always returning (out, lse); the backward is its own op so FLOP coun
         cu_seqlens_k, max_seqlen_q, max_seqlen_k after v (after lse for the backward).
 lse is differentiable too (e.g. for a z-loss): its gradient enters the backward as grad_lse.
 
+Kernels (pyscale.kernels.attention, attention_bwd): PYSCALE_ATTN_BWD=split (default: a dK/dV and a dQ
+kernel) or fused (one launch) picks the backward; PYSCALE_ATTN_TMA=1 loads through tensor descriptors on
+sm_90+. Both choices are part of the autotuning key (pyscale.ops._autotune), so each tunes its own configs.
+
 FLOPs (DESIGN section 6; `pyscale.formulas.attention_flops`, which the profiler uses for these ops), with
 P = number of allowed (query, key) pairs per head, counted exactly (causal and window included) and summed
 over the batch:
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -54,26 +58,40 @@ def _kernels():
     return kernels
 
 
-# Autotuning (pyscale.ops._autotune): one tunable per kernel, keyed by the problem with bucketed lengths.
-_KERNEL_MODULES = ("pyscale.kernels.attention", "pyscale.kernels.common")
+# Autotuning (pyscale.ops._autotune): one tunable per pass, keyed by the problem with bucketed lengths, the
+# load path (pointer or TMA) and, for the backward, the variant (split or fused), since each runs other kernels.
+_KERNEL_MODULES = ("pyscale.kernels.attention", "pyscale.kernels.attention_bwd", "pyscale.kernels.attention_common",
+                   "pyscale.kernels.common")
 
 
 def tuning_key(dtype: torch.dtype, head_dim: int, causal: bool, windowed: bool, varlen: bool, max_seqlen_q: int,
-               max_seqlen_k: int, capability: tuple[int, int]) -> dict[str, Any]:
-    """The autotuning key of one attention launch (sequence lengths bucketed to powers of two)."""
-    return {"capability": list(capability), "dtype": str(dtype).removeprefix("torch."), "head_dim": head_dim,
-            "causal": bool(causal), "windowed": bool(windowed), "varlen": bool(varlen),
-            "seq_q": bucket(max_seqlen_q), "seq_k": bucket(max_seqlen_k)}
+               max_seqlen_k: int, capability: tuple[int, int], *, tma: bool = False,
+               variant: str | None = None) -> dict[str, Any]:
+    """The autotuning key of one attention launch (sequence lengths bucketed to powers of two); `variant`
+    (the backward's "split" or "fused") only for the backward."""
+    key = {"capability": list(capability), "dtype": str(dtype).removeprefix("torch."), "head_dim": head_dim,
+           "causal": bool(causal), "windowed": bool(windowed), "varlen": bool(varlen),
+           "seq_q": bucket(max_seqlen_q), "seq_k": bucket(max_seqlen_k), "tma": bool(tma)}
+    if variant is not None:
+        key["variant"] = variant
+    return key
+
+
+def _seqlen(key: Mapping[str, Any]) -> int:
+    return max(key["seq_q"], key["seq_k"])
 
 
 FWD_TUNING = Tunable(
     "attention.fwd", _KERNEL_MODULES,
     default=lambda key, interpret: _kernels().fwd_config(key["head_dim"], tuple(key["capability"]), interpret),
-    space=lambda key: _kernels().fwd_candidates(key["head_dim"], tuple(key["capability"])))
+    space=lambda key: _kernels().fwd_candidates(key["head_dim"], tuple(key["capability"]), causal=key["causal"],
+                                                seqlen=_seqlen(key)))
 BWD_TUNING = Tunable(
     "attention.bwd", _KERNEL_MODULES,
-    default=lambda key, interpret: _kernels().bwd_config(key["head_dim"], tuple(key["capability"]), interpret),
-    space=lambda key: _kernels().bwd_candidates(key["head_dim"], tuple(key["capability"])))
+    default=lambda key, interpret: _kernels().bwd_config(key["head_dim"], tuple(key["capability"]), interpret,
+                                                         key["variant"]),
+    space=lambda key: _kernels().bwd_candidates(key["head_dim"], tuple(key["capability"]), variant=key["variant"],
+                                                causal=key["causal"], seqlen=_seqlen(key)))
 
 
 def _capability(device: torch.device) -> tuple[int, int]:
@@ -81,17 +99,32 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 def _tuned_launch(tuning: Tunable, launch: Callable[..., Any], q: torch.Tensor, causal: bool, window_left: int,
-                  varlen: bool, max_q: int, max_k: int) -> Any:
-    """Launch with the config `tuning` chooses (timing `launch(config=...)` when it tunes)."""
-    key = tuning_key(q.dtype, q.shape[-1], causal, window_left >= 0, varlen, max_q, max_k, _capability(q.device))
+                  varlen: bool, max_q: int, max_k: int, **kernel_choice: Any) -> Any:
+    """Launch with the config `tuning` chooses (timing `launch(config=...)` when it tunes). `kernel_choice`
+    (tma, variant) is part of the key and passed to the launcher."""
+    key = tuning_key(q.dtype, q.shape[-1], causal, window_left >= 0, varlen, max_q, max_k, _capability(q.device),
+                     **kernel_choice)
+    launch = functools.partial(launch, **kernel_choice)
     config = tuning.choose(q.device, key, lambda cfg: launch(config=cfg), interpret=_kernels().interpreting())
     return launch(config=config)
+
+
+def _fwd_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, Any]:
+    """The forward's load path: TMA when PYSCALE_ATTN_TMA=1 on sm_90+ and the tensors allow it."""
+    return {"tma": _kernels().use_tma(None, q, k, v)}
+
+
+def _bwd_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad_out: torch.Tensor) -> dict[str, Any]:
+    """The backward's variant (PYSCALE_ATTN_BWD, default split) and load path (TMA: split only)."""
+    variant = _kernels().bwd_variant()
+    return {"variant": variant, "tma": variant == "split" and _kernels().use_tma(None, q, k, v, grad_out)}
 
 
 def _fwd_triton(q, k, v, causal, scale, window_left, window_right):
     launch = functools.partial(_kernels().attention_forward, q, k, v, causal=causal, scale=scale,
                                window_left=window_left, window_right=window_right)
-    return _tuned_launch(FWD_TUNING, launch, q, causal, window_left, False, q.shape[1], k.shape[1])
+    return _tuned_launch(FWD_TUNING, launch, q, causal, window_left, False, q.shape[1], k.shape[1],
+                         **_fwd_choice(q, k, v))
 
 
 def _fwd_reference(q, k, v, causal, scale, window_left, window_right):
@@ -103,7 +136,8 @@ def _fwd_reference(q, k, v, causal, scale, window_left, window_right):
 def _bwd_triton(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse):
     launch = functools.partial(_kernels().attention_backward, grad_out, q, k, v, out, lse, causal=causal,
                                scale=scale, window_left=window_left, window_right=window_right, dlse=grad_lse)
-    return _tuned_launch(BWD_TUNING, launch, q, causal, window_left, False, q.shape[1], k.shape[1])
+    return _tuned_launch(BWD_TUNING, launch, q, causal, window_left, False, q.shape[1], k.shape[1],
+                         **_bwd_choice(q, k, v, grad_out))
 
 
 def _bwd_reference(grad_out, q, k, v, out, lse, causal, scale, window_left, window_right, grad_lse):
@@ -116,7 +150,7 @@ def _varlen_fwd_triton(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_
     launch = functools.partial(_kernels().attention_forward, q, k, v, causal=causal, scale=scale,
                                window_left=window_left, window_right=window_right, cu_seqlens_q=cu_q,
                                cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k)
-    return _tuned_launch(FWD_TUNING, launch, q, causal, window_left, True, max_q, max_k)
+    return _tuned_launch(FWD_TUNING, launch, q, causal, window_left, True, max_q, max_k, **_fwd_choice(q, k, v))
 
 
 def _varlen_fwd_reference(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, window_left, window_right):
@@ -131,7 +165,8 @@ def _varlen_bwd_triton(grad_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, ca
                                scale=scale, window_left=window_left, window_right=window_right,
                                cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
                                dlse=grad_lse)
-    return _tuned_launch(BWD_TUNING, launch, q, causal, window_left, True, max_q, max_k)
+    return _tuned_launch(BWD_TUNING, launch, q, causal, window_left, True, max_q, max_k,
+                         **_bwd_choice(q, k, v, grad_out))
 
 
 def _varlen_bwd_reference(grad_out, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale, window_left,

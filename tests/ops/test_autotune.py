@@ -175,11 +175,17 @@ def test_ops_register_their_kernels_and_keep_the_interpreter_configs():
     for cap in ((0, 0), (8, 0), (9, 0)):
         for d in (32, 64, 128, 256):
             key = attn.tuning_key(torch.bfloat16, d, True, False, False, 1000, 3000, cap)
-            assert key["seq_q"] == 1024 and key["seq_k"] == 4096
+            assert key["seq_q"] == 1024 and key["seq_k"] == 4096 and key["tma"] is False
             for interpret in (False, True):
                 assert attn.FWD_TUNING.default(key, interpret) == k_attn.fwd_config(d, cap, interpret)
-                assert attn.BWD_TUNING.default(key, interpret) == k_attn.bwd_config(d, cap, interpret)
             assert attn.FWD_TUNING.candidates(key)[0] == k_attn.fwd_config(d, cap)
+            # the backward's variant is part of its key: each variant tunes (and caches) its own configs
+            for variant in ("split", "fused"):
+                bkey = attn.tuning_key(torch.bfloat16, d, True, False, False, 1000, 3000, cap, variant=variant)
+                for interpret in (False, True):
+                    assert attn.BWD_TUNING.default(bkey, interpret) == k_attn.bwd_config(d, cap, interpret, variant)
+                assert attn.BWD_TUNING.candidates(bkey)[0] == k_attn.bwd_config(d, cap, variant=variant)
+                assert all((c.dq_num_warps is None) == (variant == "fused") for c in attn.BWD_TUNING.candidates(bkey))
     for m in (1, 17, 32, 33, 64, 65, 4096):
         for interpret in (False, True):
             key = fp8.tuning_key(m, 256, 512, "block", torch.bfloat16, False, (9, 0))
