@@ -42,6 +42,31 @@ def gemm_tile(a_ptr, b_ptr, M, N, stride_am, stride_ak, stride_bn, stride_bk, BL
     return offs_m, offs_n, offs_k, offs_m < M, offs_n < N, a_ptrs, b_ptrs
 
 
+def tma_compatible(*tensors) -> bool:
+    """Whether these 2-D tensors can be read through tensor descriptors: the last dimension contiguous,
+    16-byte aligned base and row stride in bytes (the TMA unit's rules)."""
+    return all(t.dim() == 2 and t.stride(1) == 1 and t.data_ptr() % 16 == 0
+               and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors)
+
+
+def ensure_tma_allocator(device) -> None:
+    """Descriptors made inside a kernel need global scratch from triton's allocator: install one when none
+    is set (on the current device, where triton launches; torch's caching allocator, so CUDA graphs capture
+    the allocations)."""
+    if device.type != "cuda":
+        return
+    try:
+        from triton.runtime._allocation import NullAllocator, _allocator
+        missing = isinstance(_allocator.get(), NullAllocator)
+    except (ImportError, AttributeError):  # private API moved: set ours
+        missing = True
+    if missing:
+        import torch
+
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(
+            size, dtype=torch.int8, device=torch.cuda.current_device()))
+
+
 def gemm_configs(tiles: Sequence[tuple[int, int, int, int, int]]) -> list[dict]:
     """An autotuning space (config dicts) from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tiles,
     grouped by 8 row blocks (the GEMM kernels' `grouped_pid` order)."""
