@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from pyscale.ops._device import device_info
+
 ENV_VAR = "PYSCALE_AUTOTUNE"
 CACHE_ENV_VAR = "PYSCALE_AUTOTUNE_CACHE"
 POLICIES = ("off", "cached", "on")
@@ -117,7 +119,7 @@ def source_hash(modules: Sequence[str]) -> str:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device)
+    return device_info(device).name  # asked once per device: launches pay no property query
 
 
 def triton_version() -> str:

@@ -10,6 +10,9 @@ benchmark compares variants in one process):
   PYSCALE_GEMM_FP8_BLOCK=step|group block-wise FP8 promotes every K step (default) or once per 128-wide
                                     K group, keeping the group's other wgmmas in flight
                                     (pyscale.kernels.gemm_fp8)
+  PYSCALE_W4A16_SWAP_AB=0|1         W4A16 computes out^T = W x^T, the dequantised weights being the MMA's
+                                    first operand, which wgmma reads from registers and keeps in flight
+                                    (default 0; pyscale.kernels.gemm_w4a16)
   PYSCALE_W4A16_DENSE_MIN_M=N|off   W4A16 with at least N rows dequantises the weights into a scratch
                                     buffer and calls torch.mm (cuBLAS) on CUDA; default 1024, an estimate
                                     not yet measured (pyscale.ops.gemm_w4a16)
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 TMA_ENV = "PYSCALE_GEMM_TMA"
 FP8_BLOCK_ENV = "PYSCALE_GEMM_FP8_BLOCK"
 W4A16_DENSE_ENV = "PYSCALE_W4A16_DENSE_MIN_M"
+W4A16_SWAP_ENV = "PYSCALE_W4A16_SWAP_AB"
 FP8_BLOCK_CHOICES = ("step", "group")
 # Unmeasured: dequantising costs ~4.5 bytes per weight on top of cuBLAS's bf16 GEMM, about 480 / M of
 # its time on an H100 (3.35 TB/s, ~700 dense TFLOP/s reached); at M = 1024 that is under half, against an
@@ -40,10 +44,11 @@ class GemmVariants:
     tma: bool = False
     fp8_block: str = "step"
     w4a16_dense_min_m: int = W4A16_DENSE_MIN_M
+    w4a16_swap_ab: bool = False
 
 
 _override: ContextVar[GemmVariants | None] = ContextVar("pyscale_gemm_variants", default=None)
-_parsed: dict[tuple[str, str, str], GemmVariants] = {}
+_parsed: dict[tuple[str, ...], GemmVariants] = {}
 
 
 def _flag(value: str, name: str) -> bool:
@@ -74,14 +79,14 @@ def _fp8_block(value: str, name: str) -> str:
 
 def from_environment() -> GemmVariants:
     """The variants the environment selects (parsed once per distinct setting)."""
-    raw = (os.environ.get(TMA_ENV, "").strip(), os.environ.get(FP8_BLOCK_ENV, "").strip(),
-           os.environ.get(W4A16_DENSE_ENV, "").strip())
+    raw = tuple(os.environ.get(name, "").strip() for name in (TMA_ENV, FP8_BLOCK_ENV, W4A16_DENSE_ENV, W4A16_SWAP_ENV))
     if raw not in _parsed:
-        tma, block, dense = raw
+        tma, block, dense, swap = raw
         _parsed[raw] = GemmVariants(
             tma=_flag(tma, TMA_ENV),
             fp8_block=_fp8_block(block, FP8_BLOCK_ENV) if block else "step",
-            w4a16_dense_min_m=_min_m(dense, W4A16_DENSE_ENV) if dense else W4A16_DENSE_MIN_M)
+            w4a16_dense_min_m=_min_m(dense, W4A16_DENSE_ENV) if dense else W4A16_DENSE_MIN_M,
+            w4a16_swap_ab=_flag(swap, W4A16_SWAP_ENV))
     return _parsed[raw]
 
 
@@ -93,11 +98,13 @@ def current() -> GemmVariants:
 
 @contextlib.contextmanager
 def gemm_variants(*, tma: bool | None = None, fp8_block: str | None = None,
-                  w4a16_dense_min_m: int | str | None = None) -> Iterator[GemmVariants]:
+                  w4a16_dense_min_m: int | str | None = None, w4a16_swap_ab: bool | None = None
+                  ) -> Iterator[GemmVariants]:
     """Select GEMM variants for the calls in this context (unnamed ones keep their current value).
 
     tma: FP8/int8 tiles through tensor descriptors on sm_90+. fp8_block: "step" or "group" (block-wise
     FP8 promotion). w4a16_dense_min_m: rows from which W4A16 dequantises and calls torch.mm, or "off".
+    w4a16_swap_ab: W4A16's weights as the MMA's first operand.
     """
     base = current()
     changes = {}
@@ -107,6 +114,8 @@ def gemm_variants(*, tma: bool | None = None, fp8_block: str | None = None,
         changes["fp8_block"] = _fp8_block(fp8_block, "fp8_block")
     if w4a16_dense_min_m is not None:
         changes["w4a16_dense_min_m"] = _min_m(str(w4a16_dense_min_m), "w4a16_dense_min_m")
+    if w4a16_swap_ab is not None:
+        changes["w4a16_swap_ab"] = bool(w4a16_swap_ab)
     chosen = dataclasses.replace(base, **changes)
     token = _override.set(chosen)
     try:
