@@ -162,7 +162,9 @@ class _Fp8Linear(torch.autograd.Function):
     wgrad    dW (N, K) = dy^T (N, M) . x^T (K, M)^T dy per output channel, x per input channel
     Each operand is scaled along the dimension its GEMM reduces over, so every GEMM is row-wise.
     Gradients use e4m3 too (one scale per row keeps them inside its range; torchao's row-wise recipe
-    does the same). x and W are saved in their own precision and re-quantised along the other axis.
+    does the same). x and W are saved in their own precision and re-quantised along the other axis:
+    W^T, dy^T and x^T are quantised from their transposed views, which the quantiser reads in column-major
+    tiles (coalesced along the contiguous dimension) and writes transposed, with no copy in between.
     """
 
     @staticmethod
