@@ -33,8 +33,9 @@ from .common import (
     gemm_configs,
     gemm_default_config,
     gemm_tile,
-    grouped_pid,
     interpreting,
+    persistent_grid,
+    tile_count,
     tma_compatible,
 )
 
@@ -61,15 +62,42 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
                      stride_sam, stride_sak, stride_sbn, stride_sbk,
                      SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     GROUP_M: tl.constexpr, PROMOTE: tl.constexpr, TMA: tl.constexpr):
-    offs_m, offs_n, offs_k, mask_m, mask_n, a_ptrs, b_ptrs = gemm_tile(
-        a_ptr, b_ptr, M, N, stride_am, stride_ak, stride_bn, stride_bk, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-    pid_m, pid_n = grouped_pid(tl.program_id(0).to(tl.int64), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+                     GROUP_M: tl.constexpr, PROMOTE: tl.constexpr, TMA: tl.constexpr,
+                     PERSISTENT: tl.constexpr):
     if TMA:
         a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[stride_am, 1],
                                            block_shape=[BLOCK_M, BLOCK_K])
         b_desc = tl.make_tensor_descriptor(b_ptr, shape=[N, K], strides=[stride_bn, 1],
                                            block_shape=[BLOCK_N, BLOCK_K])
+        c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[stride_cm, 1],
+                                           block_shape=[BLOCK_M, BLOCK_N])
+    else:
+        a_desc = a_ptr
+        b_desc = b_ptr
+        c_desc = c_ptr
+    if PERSISTENT:  # one program per SM walks the tiles; flattened, the next tile's loads overlap this epilogue
+        n_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), flatten=True):
+            _fp8_tile(tl.cast(tile, tl.int64), a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, a_desc, b_desc, c_desc, M, N, K,
+                      stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn, stride_sam, stride_sak,
+                      stride_sbn, stride_sbk, SCALE_MODE, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, PROMOTE, TMA)
+    else:
+        _fp8_tile(tl.program_id(0).to(tl.int64), a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, a_desc, b_desc,
+                  c_desc, M, N, K, stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn, stride_sam, stride_sak,
+                  stride_sbn, stride_sbk, SCALE_MODE, HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, PROMOTE, TMA)
+
+
+@triton.jit
+def _fp8_tile(tile, a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, a_desc, b_desc, c_desc, M, N, K,
+              stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
+              stride_sam, stride_sak, stride_sbn, stride_sbk,
+              SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              GROUP_M: tl.constexpr, PROMOTE: tl.constexpr, TMA: tl.constexpr):
+    """One output tile: the K loop and the epilogue."""
+    pid_m, pid_n, offs_m, offs_n, offs_k, mask_m, mask_n, a_ptrs, b_ptrs = gemm_tile(
+        tile, a_ptr, b_ptr, M, N, stride_am, stride_ak, stride_bn, stride_bk, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+    if TMA:
         m0 = (pid_m * BLOCK_M).to(tl.int32)
         n0 = (pid_n * BLOCK_N).to(tl.int32)
     if SCALE_MODE == 2:
@@ -118,8 +146,11 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr, bias_ptr, M, N, K,
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc += bias[None, :]
-    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    if TMA:  # the descriptor clips at M and N, and needs no per-element pointers
+        c_desc.store([m0, n0], acc.to(c_ptr.dtype.element_ty))
+    else:
+        c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 # ----------------------------------------------------------------------------- configs and launch
@@ -133,35 +164,39 @@ _GROUP_TILES = ((128, 128, 64, 8, 6), (128, 128, 64, 8, 4), (128, 128, 32, 8, 8)
                 (64, 128, 64, 4, 6), (64, 64, 64, 4, 6), (32, 64, 64, 4, 4))
 
 
-def _variant(cfg: dict, promote: str, tma: bool) -> dict:
-    return {**cfg, "PROMOTE": promote, "TMA": tma}
+def _variant(cfg: dict, promote: str, tma: bool, persistent: bool) -> dict:
+    return {**cfg, "PROMOTE": promote, "TMA": tma, "PERSISTENT": persistent}
 
 
-def gpu_configs(granularity: str = "row", promote: str = "step", tma: bool = False) -> list[dict]:
+def gpu_configs(granularity: str = "row", promote: str = "step", tma: bool = False,
+                persistent: bool = False) -> list[dict]:
     """Autotuning space on a GPU for one variant. BLOCK_K divides 128 in every config (block-wise scaling
     needs it). A 128x128x128 tile needs 32 KB per stage in flight (stages - 1 of them): 4 stages fit sm_89's
     99 KB; the 256-wide tiles only fit Hopper (autotuning skips configs that run out of shared memory)."""
     group = granularity == "block" and promote == "group"
-    return [_variant(c, "group" if group else "step", tma) for c in gemm_configs(_GROUP_TILES if group else _STEP_TILES)]
+    return [_variant(c, "group" if group else "step", tma, persistent)
+            for c in gemm_configs(_GROUP_TILES if group else _STEP_TILES)]
 
 
 def fp8_gemm_config(m: int, n: int, k: int, *, granularity: str = "row", promote: str = "step", tma: bool = False,
-                    capability: tuple[int, int] | None = None, interpret: bool | None = None) -> dict:
+                    persistent: bool = False, capability: tuple[int, int] | None = None,
+                    interpret: bool | None = None) -> dict:
     """One config without autotuning: the interpreter's (small tiles, few loop steps; `interpret`, default
     TRITON_INTERPRET=1) or a GPU default; BLOCK_K 128 suits block-wise scales, 64 the "group" promotion
     (two steps per group, 6 stages: 80 KB in flight)."""
     cfg = gemm_default_config(m, interpret=interpret)
     if granularity != "block" or promote != "group":
-        return _variant(cfg, "step", tma)
+        return _variant(cfg, "step", tma, persistent)
     if interpreting() if interpret is None else interpret:
-        return _variant({**cfg, "BLOCK_K": 64}, "group", tma)
-    return _variant({**cfg, "BLOCK_K": 64, "num_stages": 6}, "group", tma)
+        return _variant({**cfg, "BLOCK_K": 64}, "group", tma, persistent)
+    return _variant({**cfg, "BLOCK_K": 64, "num_stages": 6}, "group", tma, persistent)
 
 
 def launch_fp8_gemm(a, b, c, scale_a, scale_b, bias, scale_mode: int, *, config: dict | None = None,
-                    capability: tuple[int, int] | None = None) -> None:
+                    capability: tuple[int, int] | None = None, num_sms: int | None = None) -> None:
     """c (M, N) <- scaled a @ b^T (+ bias). `config` (one of `gpu_configs`, say) forces tile sizes and the
-    variant (PROMOTE, TMA; TMA needs `tma_compatible(a, b)`); None takes `fp8_gemm_config`'s."""
+    variant (PROMOTE, TMA, PERSISTENT; TMA needs `tma_compatible(a, b, c)`); None takes `fp8_gemm_config`'s.
+    A PERSISTENT launch runs min(tiles, num_sms) programs (`num_sms` required)."""
     m, k = a.shape
     n = b.shape[0]
     if m == 0 or n == 0:
@@ -179,11 +214,13 @@ def launch_fp8_gemm(a, b, c, scale_a, scale_b, bias, scale_mode: int, *, config:
     if promote not in PROMOTES:
         raise ValueError(f"PROMOTE must be one of {', '.join(PROMOTES)}: got {promote!r}")
     if tma:
-        if not tma_compatible(a, b):
-            raise ValueError("TMA needs K-contiguous a and b with 16-byte aligned bases and row strides")
+        if not tma_compatible(a, b, c):
+            raise ValueError("TMA needs row-major a, b and c with 16-byte aligned bases and row strides")
         ensure_tma_allocator(a.device)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    persistent = bool(cfg.get("PERSISTENT", False))
+    grid = (persistent_grid(m, n, cfg, num_sms) if persistent else tile_count(m, n, cfg),)
     _fp8_gemm_kernel[grid](*args, SCALE_MODE=scale_mode, HAS_BIAS=bias is not None,
                            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
                            GROUP_M=cfg["GROUP_M"], PROMOTE=1 if promote == "group" and scale_mode == SCALE_BLOCK else 0,
-                           TMA=tma, num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 3))
+                           TMA=tma, PERSISTENT=persistent, num_warps=cfg.get("num_warps", 4),
+                           num_stages=cfg.get("num_stages", 3))

@@ -72,16 +72,18 @@ def _kernels():
 
 
 def tuning_key(m: int, n: int, k: int, granularity: str, out_dtype: torch.dtype, has_bias: bool,
-               capability: tuple[int, int], *, promote: str = "step", tma: bool = False) -> dict[str, Any]:
+               capability: tuple[int, int], *, promote: str = "step", tma: bool = False,
+               persistent: bool = False) -> dict[str, Any]:
     """The autotuning key of one GEMM: M bucketed to a power of two; N and K (layer sizes) exact; the
-    structural variant (block-scale promotion, TMA), whose configs are tuned apart."""
+    structural variant (block-scale promotion, TMA, persistent), whose configs are tuned apart."""
     return {"capability": list(capability), "granularity": granularity, "out": str(out_dtype).removeprefix("torch."),
             "bias": has_bias, "m": bucket(m), "n": n, "k": k,
-            "promote": promote if granularity == "block" else "step", "tma": tma}
+            "promote": promote if granularity == "block" else "step", "tma": tma, "persistent": persistent}
 
 
 def _variant_args(key) -> dict[str, Any]:
-    return {"granularity": key["granularity"], "promote": key.get("promote", "step"), "tma": key.get("tma", False)}
+    return {"granularity": key["granularity"], "promote": key.get("promote", "step"), "tma": key.get("tma", False),
+            "persistent": key.get("persistent", False)}
 
 
 TUNING = Tunable(
@@ -95,13 +97,16 @@ def _triton(a, b, scale_a, scale_b, granularity, out_dtype, bias):
     kernels = _kernels()
     m, n, k = a.shape[0], b.shape[0], a.shape[1]
     c = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    cap = device_info(a.device).capability
+    info = device_info(a.device)
+    cap = info.capability
     variants = _gemm_variants.current()
     # tensor descriptors: Hopper's TMA on GPU (the interpreter emulates them); inputs it cannot read do without
-    tma = variants.tma and (cap >= (9, 0) or triton_interpreting()) and kernels.tma_compatible(a, b)
+    tma = variants.tma and (cap >= (9, 0) or triton_interpreting()) and kernels.tma_compatible(a, b, c)
     launch = functools.partial(kernels.launch_fp8_gemm, a, b, c, scale_a, scale_b, bias, _MODES[granularity],
-                               capability=cap)
-    key = tuning_key(m, n, k, granularity, out_dtype, bias is not None, cap, promote=variants.fp8_block, tma=tma)
+                               capability=cap, num_sms=info.sm_count or _gemm_variants.INTERPRETER_SMS)
+    # persistent with TMA only: with per-element pointers the flattened loop spills (compile report)
+    key = tuning_key(m, n, k, granularity, out_dtype, bias is not None, cap, promote=variants.fp8_block, tma=tma,
+                     persistent=variants.persistent and tma)
     launch(config=TUNING.choose(a.device, key, lambda cfg: launch(config=cfg), interpret=triton_interpreting()))
     return c
 

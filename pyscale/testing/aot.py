@@ -47,7 +47,7 @@ ARCHS: dict[str, tuple[int, int]] = {
 DEFAULT_ARCHS = ("sm_80", "sm_89", "sm_90a")
 MAX_REGISTERS = 255
 # Bumped whenever AotResult gains a field, so cached results without it are compiled again.
-_RESULT_VERSION = 3
+_RESULT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -239,22 +239,34 @@ _TMA = re.compile(r"^\s*(?:@%p\d+\s+)?cp\.async\.bulk\.tensor\.", re.M)
 _WGMMA = re.compile(r"^\s*(?:@%p\d+\s+)?wgmma\.mma_async\.", re.M)
 _MMA_SYNC = re.compile(r"^\s*(?:@%p\d+\s+)?mma\.sync\.", re.M)
 _WAIT = re.compile(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)\s*;")
-# A basic block starts at a label or, when it is only fallen into, at LLVM's `// %bb.N:` comment; LLVM
-# marks the blocks of a loop with "Loop Header" (the header) or "in Loop:" (the rest of the body).
+# A basic block starts at a label or, when it is only fallen into, at LLVM's `// %bb.N:` comment; the
+# comment lines after it say whether it lies in a loop and how deep ("=>This Inner Loop Header: Depth=2",
+# "in Loop: Header=BB0_2 Depth=1", "Parent Loop ...").
 _BLOCK = re.compile(r"^(?:\$L__BB\d+_\d+:|// %bb\.\d+:)(.*)$")
+_COMMENT = re.compile(r"^\s+//(.*)$")
+_DEPTH = re.compile(r"Depth=(\d+)")
 
 
 def _loop_wait_levels(ptx: str) -> list[int]:
-    levels, in_loop = set(), False
+    """The wgmma.wait_group levels in the innermost loops' blocks (the deepest loop depth in the kernel:
+    the K loop; a persistent kernel's tile loop around it does not count)."""
+    depth_waits: dict[int, set[int]] = {}
+    depth, annotating = 0, False
     for line in ptx.splitlines():
         block = _BLOCK.match(line)
         if block:
-            in_loop = "Loop Header" in block.group(1) or "in Loop:" in block.group(1)
-        elif in_loop:
-            wait = _WAIT.search(line)
-            if wait:
-                levels.add(int(wait.group(1)))
-    return sorted(levels)
+            depths = [int(d) for d in _DEPTH.findall(block.group(1))]
+            depth, annotating = max(depths, default=0), True
+            continue
+        comment = _COMMENT.match(line) if annotating else None
+        if comment:
+            depth = max([depth, *(int(d) for d in _DEPTH.findall(comment.group(1)))])
+            continue
+        annotating = False
+        wait = _WAIT.search(line)
+        if wait and depth:
+            depth_waits.setdefault(depth, set()).add(int(wait.group(1)))
+    return sorted(depth_waits[max(depth_waits)]) if depth_waits else []
 
 
 def ptx_counts(ptx: str) -> dict[str, Any]:

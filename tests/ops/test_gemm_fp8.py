@@ -197,15 +197,18 @@ def test_hopper_main_loop_waits():
     """What the K loop's wgmma waits say on sm_90a (compile report "loop waits"): tensor- and row-wise keep
     one wgmma in flight (level 1); block-wise "step" waits on each (level 0: triton 3.6 keeps a wgmma in flight
     only when nothing but the next wgmma reads its result), "group" overlaps all but a group's last step
-    (levels 1 and 0). TMA changes the loads, not the waits."""
+    (levels 1 and 0). TMA changes the loads, not the waits. The persistent kernels' flattened loop also holds
+    the tile epilogue, whose drain (level 0) sits in a block entered once per tile (read from the PTX)."""
     from pyscale.testing import aot_specs, compile_report
 
     rows = compile_report.rows(aot_specs.entries(["gemm"], op="gemm_fp8"), ("sm_90a",))
-    waits = {(r["op"], r["params"].get("promote"), r["params"]["tma"]): r["loop_wait_levels"] for r in rows}
-    assert waits == {("gemm_fp8.tensor", None, False): [1], ("gemm_fp8.row", None, False): [1],
-                     ("gemm_fp8.row", None, True): [1],
-                     ("gemm_fp8.block", "step", False): [0], ("gemm_fp8.block", "step", True): [0],
-                     ("gemm_fp8.block", "group", False): [0, 1], ("gemm_fp8.block", "group", True): [0, 1]}
+    waits = {(r["op"].split(".")[1], r["params"].get("promote"), r["params"]["tma"], r["params"]["persistent"]):
+             r["loop_wait_levels"] for r in rows}
+    assert waits == {("tensor", None, False, False): [1], ("row", None, False, False): [1],
+                     ("row", None, True, False): [1], ("row", None, True, True): [0, 1],
+                     ("block", "step", False, False): [0], ("block", "step", True, False): [0],
+                     ("block", "group", False, False): [0, 1], ("block", "group", True, False): [0, 1],
+                     ("block", "group", True, True): [0, 1]}
     assert all(r["tma"] > 0 for r in rows if r["params"]["tma"])
 
 
@@ -284,7 +287,10 @@ def test_full_shape_matrix(granularity, m, n, k):
 
 # ----------------------------------------------------------------------------- variants (interpreter)
 
-VARIANTS = {"group": {"fp8_block": "group"}, "tma": {"tma": True}, "tma-group": {"tma": True, "fp8_block": "group"}}
+VARIANTS = {"group": {"fp8_block": "group"}, "tma": {"tma": True}, "tma-group": {"tma": True, "fp8_block": "group"},
+            "tma-persistent": {"tma": True, "persistent": True},
+            "tma-group-persistent": {"tma": True, "fp8_block": "group", "persistent": True},
+            "persistent": {"persistent": True}}  # persistent without TMA: the op keeps the tiled grid
 
 
 @pytest.fixture
@@ -303,17 +309,20 @@ def launched(monkeypatch):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("granularity", ["tensor", "row", "block"])
-@pytest.mark.parametrize("mnk", [(1, 130, 208), (77, 130, 392), (33, 1, 17)])
+@pytest.mark.parametrize("mnk", [(1, 136, 208), (77, 140, 392), (33, 1, 17)])
 def test_variants_match_dequantised_product(launched, variant, granularity, mnk):
     """Each variant on odd shapes, with a bias: K = 392 ends in a partial 128-group (the "group" promotion
-    runs at its last step), K = 17 cannot be read through TMA (row stride 17 bytes) and takes pointers."""
+    runs at its last step); TMA needs 16-byte rows in a, b and the fp32 c, which K = 17 (17-byte rows) and
+    N = 140 (560-byte rows... of c: 140 * 4 = 560 = 35 * 16, aligned) decide; unaligned shapes take pointers.
+    The persistent variants run 3 programs in the interpreter, each walking several tiles."""
     qa, qb, sa, sb = _operands(*mnk, granularity, seed=6)
     bias = torch.randn(mnk[1])
     with ops.gemm_variants(**VARIANTS[variant]):
         out = ops.gemm_fp8(qa, qb, sa, sb, out_dtype=torch.float32, bias=bias)
     assert sqnr_db(_oracle(qa, qb, sa, sb, granularity, bias), out) >= FLOOR_DB[torch.float32]
     (cfg,) = launched
-    assert cfg["TMA"] == ("tma" in variant and mnk[2] % 16 == 0)
+    tma = "tma" in variant and mnk[2] % 16 == 0 and mnk[1] % 4 == 0
+    assert cfg["TMA"] == tma and cfg["PERSISTENT"] == (tma and "persistent" in variant)
     # K <= 128 with N = 1: block-wise scales have row-wise shapes, and the op reads them as such
     block = scale_granularity(*mnk, sa, sb) == "block"
     group = block and "group" in variant
@@ -323,7 +332,7 @@ def test_variants_match_dequantised_product(launched, variant, granularity, mnk)
 def test_tma_reads_aligned_strided_views(launched):
     """A view with a 16-byte aligned column offset and row stride goes through the descriptors; a
     column-major b cannot (its K is not contiguous) and takes pointers."""
-    qa, qb, sa, sb = _operands(40, 70, 160, "block", seed=7)
+    qa, qb, sa, sb = _operands(40, 72, 160, "block", seed=7)
     wide = torch.zeros(40, 320, dtype=torch.float8_e4m3fn)
     wide[:, 96:256] = qa
     with ops.gemm_variants(tma=True, fp8_block="group"):

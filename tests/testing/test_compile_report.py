@@ -129,6 +129,18 @@ $L__BB0_7:                              // %._crit_edge
     wgmma.wait_group.sync.aligned 1;
     """
     assert ptx_counts(loop)["loop_wait_levels"] == [0, 2] and ptx_counts(loop)["wgmma_wait_levels"] == [0, 1, 2]
+    # a loop around the K loop (a persistent kernel's): only the innermost loop's waits count
+    nested = """$L__BB0_2:                              // =>This Loop Header: Depth=1
+                                        //     Child Loop BB0_4 Depth 2
+$L__BB0_4:                              // %.lr.ph
+                                        //   Parent Loop BB0_2 Depth=1
+                                        // =>  This Inner Loop Header: Depth=2
+    wgmma.wait_group.sync.aligned 1;
+$L__BB0_5:                              // %._crit_edge
+                                        //   in Loop: Header=BB0_2 Depth=1
+    wgmma.wait_group.sync.aligned 0;
+    """
+    assert ptx_counts(nested)["loop_wait_levels"] == [1]
     assert ptx_counts("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1}, {%r1}, {%r2}, {%f2};")["mma"] \
         == "mma.sync"
     assert ptx_counts("ld.global.b32 %r1, [%rd1];") == {"async_copies": 0, "tma": 0, "mma": "none",

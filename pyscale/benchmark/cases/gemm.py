@@ -5,7 +5,8 @@ Formats (the case's dtype): `bf16` (fp32 on CPU) plain GEMM, `fp8-tensor` / `fp8
 baselines `torch.mm` (the unquantized layer), `torch._scaled_mm` (FP8 tensor- and row-wise) and
 `torch._int_mm` (int8, M > 16 only: it refuses fewer rows). On CUDA, pyscale's structural variants
 (pyscale.ops.gemm_variants) are cases of their own, `pyscale:<variant>` (VARIANTS), so one run A/Bs them
-against the default `pyscale` and the baselines: TMA loads (sm_90+), block-FP8 promotion per group, W4A16
+against the default `pyscale` and the baselines: TMA loads (sm_90+, also persistent), block-FP8 promotion per
+group, W4A16
 with the weights as the MMA's register operand, and W4A16's fused kernel against its dense path
 (dequantise + torch.mm) at every M. All cases of one layer and M share op "gemm",
 so each pyscale row is compared with every baseline of the same shape (pyscale.benchmark.rows). FLOPs 2·M·N·K for all; bytes are the compulsory
@@ -22,12 +23,14 @@ from pyscale.benchmark.shapes import gemm_shapes
 FP8_FORMATS = ("fp8-tensor", "fp8-row", "fp8-block")
 GROUP = 128
 # format -> {impl: gemm_variants(...) arguments}; "tma" only where TMA exists (sm_90+)
+_TMA = {"pyscale:tma": {"tma": True}, "pyscale:tma-persistent": {"tma": True, "persistent": True}}
 VARIANTS: dict[str, dict[str, dict]] = {
-    "fp8-tensor": {"pyscale:tma": {"tma": True}},
-    "fp8-row": {"pyscale:tma": {"tma": True}},
+    "fp8-tensor": _TMA,
+    "fp8-row": _TMA,
     "fp8-block": {"pyscale:group": {"fp8_block": "group"}, "pyscale:tma": {"tma": True},
-                  "pyscale:tma-group": {"tma": True, "fp8_block": "group"}},
-    "int8": {"pyscale:tma": {"tma": True}},
+                  "pyscale:tma-group": {"tma": True, "fp8_block": "group"},
+                  "pyscale:tma-group-persistent": {"tma": True, "fp8_block": "group", "persistent": True}},
+    "int8": _TMA,
     "w4a16-g128": {"pyscale:fused": {"w4a16_dense_min_m": "off"},
                    "pyscale:swap": {"w4a16_swap_ab": True, "w4a16_dense_min_m": "off"},
                    "pyscale:dense": {"w4a16_dense_min_m": 1}},

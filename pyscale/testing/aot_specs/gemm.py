@@ -30,20 +30,21 @@ def _sm_count(arch: str) -> int:
 
 
 def fp8_config(granularity: str, arch: str, m: int = M, n: int = N, k: int = K, *, promote: str = "step",
-               tma: bool = False) -> dict[str, Any]:
+               tma: bool = False, persistent: bool = False) -> dict[str, Any]:
     import torch
 
     gemm_fp8 = importlib.import_module("pyscale.ops.gemm_fp8")  # the module, not the function of that name
     key = gemm_fp8.tuning_key(m, n, k, granularity, torch.bfloat16, True, CAPABILITIES[arch], promote=promote,
-                              tma=tma)
+                              tma=tma, persistent=persistent)
     return gemm_fp8.TUNING.default(key, False)
 
 
-def int8_config(arch: str, m: int = M, n: int = N, k: int = K, *, tma: bool = False) -> dict[str, Any]:
+def int8_config(arch: str, m: int = M, n: int = N, k: int = K, *, tma: bool = False,
+                persistent: bool = False) -> dict[str, Any]:
     import torch
 
     gemm_int8 = importlib.import_module("pyscale.ops.gemm_int8")
-    key = gemm_int8.tuning_key(m, n, k, torch.bfloat16, True, CAPABILITIES[arch], tma=tma)
+    key = gemm_int8.tuning_key(m, n, k, torch.bfloat16, True, CAPABILITIES[arch], tma=tma, persistent=persistent)
     return gemm_int8.TUNING.default(key, False)
 
 
@@ -65,14 +66,17 @@ def fp8_gemm_spec(scale_mode: int, cfg: dict, out: str = "bf16") -> KernelSpec:
            "stride_bn": "i32", "stride_bk": "constexpr", "stride_cm": "i32", "stride_cn": "constexpr",
            "stride_sam": "i32", "stride_sak": "i32", "stride_sbn": "i32", "stride_sbk": "i32",
            "SCALE_MODE": "constexpr", "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-           "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "PROMOTE": "constexpr", "TMA": "constexpr"}
+           "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "PROMOTE": "constexpr", "TMA": "constexpr",
+           "PERSISTENT": "constexpr"}
     promote = 1 if scale_mode == 2 and cfg.get("PROMOTE") == "group" else 0
-    tma = bool(cfg.get("TMA", False))
+    tma, persistent = bool(cfg.get("TMA", False)), bool(cfg.get("PERSISTENT", False))
     ce = {"stride_ak": 1, "stride_bk": 1, "stride_cn": 1, "SCALE_MODE": scale_mode, "HAS_BIAS": True,
-          "PROMOTE": promote, "TMA": tma, **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}}
+          "PROMOTE": promote, "TMA": tma, "PERSISTENT": persistent,
+          **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}}
     return KernelSpec("pyscale.kernels.gemm_fp8:_fp8_gemm_kernel", sig, ce, num_warps=cfg["num_warps"],
                       num_stages=cfg["num_stages"],
-                      label=f"mode{scale_mode}{' group' if promote else ''}{' tma' if tma else ''} "
+                      label=f"mode{scale_mode}{' group' if promote else ''}{' tma' if tma else ''}"
+                            f"{' persistent' if persistent else ''} "
                             f"{cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} s{cfg['num_stages']}",
                       divisible_by_16=("a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "K",
                                        "stride_am", "stride_bn", "stride_cm"))
@@ -83,13 +87,14 @@ def int8_gemm_spec(cfg: dict) -> KernelSpec:
            "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_ak": "constexpr",
            "stride_bn": "i32", "stride_bk": "constexpr", "stride_cm": "i32", "stride_cn": "constexpr",
            "stride_sam": "i32", "stride_sbn": "i32", "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr",
-           "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "TMA": "constexpr"}
-    tma = bool(cfg.get("TMA", False))
-    ce = {"stride_ak": 1, "stride_bk": 1, "stride_cn": 1, "HAS_BIAS": True, "TMA": tma,
+           "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "TMA": "constexpr",
+           "PERSISTENT": "constexpr"}
+    tma, persistent = bool(cfg.get("TMA", False)), bool(cfg.get("PERSISTENT", False))
+    ce = {"stride_ak": 1, "stride_bk": 1, "stride_cn": 1, "HAS_BIAS": True, "TMA": tma, "PERSISTENT": persistent,
           **{k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}}
     return KernelSpec("pyscale.kernels.gemm_int8:_int8_gemm_kernel", sig, ce, num_warps=cfg["num_warps"],
                       num_stages=cfg["num_stages"],
-                      label=f"{'tma ' if tma else ''}{cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} "
+                      label=f"{'tma ' if tma else ''}{'persistent ' if persistent else ''}{cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']} "
                             f"s{cfg['num_stages']}",
                       divisible_by_16=("a_ptr", "b_ptr", "c_ptr", "sa_ptr", "sb_ptr", "bias_ptr", "K",
                                        "stride_am", "stride_bn", "stride_cm"))
@@ -130,22 +135,22 @@ def w4a16_dequant_spec(cfg: dict, act: str, has_zeros: bool, group_size: int = 1
                       divisible_by_16=("qw_ptr", "s_ptr", "z_ptr", "w_ptr", "K", "stride_qn", "stride_wn"))
 
 
-def _fp8_entry(granularity: str, promote: str = "step", tma: bool = False) -> ReportEntry:
+def _fp8_entry(granularity: str, promote: str = "step", tma: bool = False, persistent: bool = False) -> ReportEntry:
     def build(arch: str):
-        cfg = fp8_config(granularity, arch, promote=promote, tma=tma)
+        cfg = fp8_config(granularity, arch, promote=promote, tma=tma, persistent=persistent)
         return fp8_gemm_spec(_MODES[granularity], cfg), cfg
 
     params = {"M": M, "N": N, "K": K, "out": "bf16", **({"promote": promote} if granularity == "block" else {}),
-              "tma": tma}
+              "tma": tma, "persistent": persistent}
     return ReportEntry(f"gemm_fp8.{granularity}", params, build, TMA_ARCHS if tma else FP8_ARCHS)
 
 
-def _int8_entry(tma: bool = False) -> ReportEntry:
+def _int8_entry(tma: bool = False, persistent: bool = False) -> ReportEntry:
     def build(arch: str):
-        cfg = int8_config(arch, tma=tma)
+        cfg = int8_config(arch, tma=tma, persistent=persistent)
         return int8_gemm_spec(cfg), cfg
 
-    params = {"M": M, "N": N, "K": K, "out": "bf16", "tma": tma}
+    params = {"M": M, "N": N, "K": K, "out": "bf16", "tma": tma, "persistent": persistent}
     return ReportEntry("gemm_int8", params, build, TMA_ARCHS if tma else DEFAULT_ARCHS)
 
 
@@ -174,7 +179,8 @@ def _w4a16_dequant_entry(act: str, zeros: bool, group_size: int = 128) -> Report
 ENTRIES: list[ReportEntry] = [
     _fp8_entry("tensor"), _fp8_entry("row"), _fp8_entry("block"), _fp8_entry("block", "group"),
     _fp8_entry("row", tma=True), _fp8_entry("block", tma=True), _fp8_entry("block", "group", tma=True),
-    _int8_entry(), _int8_entry(tma=True),
+    _fp8_entry("row", tma=True, persistent=True), _fp8_entry("block", "group", tma=True, persistent=True),
+    _int8_entry(), _int8_entry(tma=True), _int8_entry(tma=True, persistent=True),
     _w4a16_entry("decode", "bf16", False), _w4a16_entry("decode", "fp16", True, 32),
     _w4a16_entry("decode", "bf16", False, swap=True),
     _w4a16_entry("prefill", "bf16", True), _w4a16_entry("prefill", "fp16", False),
