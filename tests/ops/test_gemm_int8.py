@@ -128,8 +128,7 @@ def test_compiles_ahead_of_time():
 def test_hopper_main_loop_waits_on_every_wgmma():
     """triton 3.6 never keeps an int8 wgmma in flight (its pipeliner requires an fp32 accumulator; int8
     accumulates in int32): the K loop waits at level 0, with cp.async or TMA loads, tiled or persistent. This
-    test fails when a
-    triton release lifts the limit; then revisit the int8 kernel's structure."""
+    test fails when a triton release lifts the limit; then revisit the int8 kernel's structure."""
     from pyscale.testing import aot_specs, compile_report
 
     rows = compile_report.rows(aot_specs.entries(["gemm"], op="gemm_int8"), ("sm_90a",))
