@@ -30,6 +30,11 @@ from pyscale.testing.numerics import gpu_like_casts, sqnr_db  # noqa: F401
 
 PARTS = {"tensor": ("tensor", "tensor"), "row": ("row", "row"), "block": ("block1x128", "block128x128")}
 FLOOR_DB = {torch.float32: 100.0, torch.float16: 60.0, torch.bfloat16: 45.0}
+# the structural variants (pyscale.ops.gemm_variants) every accuracy test also runs
+VARIANTS = {"group": {"fp8_block": "group"}, "tma": {"tma": True}, "tma-group": {"tma": True, "fp8_block": "group"},
+            "tma-persistent": {"tma": True, "persistent": True},
+            "tma-group-persistent": {"tma": True, "fp8_block": "group", "persistent": True},
+            "persistent": {"persistent": True}}  # persistent without TMA: the op keeps the tiled grid
 
 
 pytestmark = pytest.mark.usefixtures("gpu_like_casts")  # GPU rounding for fp8/bf16 casts in the interpreter
@@ -252,6 +257,19 @@ def test_gpu_bf16(granularity, mnk):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("granularity", ["tensor", "row", "block"])
+@pytest.mark.parametrize("mnk", [(113, 1000, 1008), (4096, 4096, 4096)])
+def test_gpu_variants_bf16(variant, granularity, mnk):
+    _needs_fp8_gpu()
+    qa, qb, sa, sb = (t.cuda() for t in _operands(*mnk, granularity))
+    bias = torch.randn(mnk[1], device="cuda").to(torch.bfloat16)
+    with ops.gemm_variants(**VARIANTS[variant]):
+        out = ops.gemm_fp8(qa, qb, sa, sb, out_dtype=torch.bfloat16, bias=bias)
+    assert sqnr_db(_oracle(qa, qb, sa, sb, granularity, bias), out) >= FLOOR_DB[torch.bfloat16]
+
+
+@pytest.mark.gpu
 def test_gpu_matches_scaled_mm_rowwise():
     _needs_fp8_gpu()
     qa, qb, sa, sb = (t.cuda() for t in _operands(256, 512, 1024, "row"))
@@ -286,11 +304,6 @@ def test_full_shape_matrix(granularity, m, n, k):
 
 
 # ----------------------------------------------------------------------------- variants (interpreter)
-
-VARIANTS = {"group": {"fp8_block": "group"}, "tma": {"tma": True}, "tma-group": {"tma": True, "fp8_block": "group"},
-            "tma-persistent": {"tma": True, "persistent": True},
-            "tma-group-persistent": {"tma": True, "fp8_block": "group", "persistent": True},
-            "persistent": {"persistent": True}}  # persistent without TMA: the op keeps the tiled grid
 
 
 @pytest.fixture

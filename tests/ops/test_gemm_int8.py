@@ -147,6 +147,17 @@ def test_gpu_bf16(mnk):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", [{"tma": True}, {"tma": True, "persistent": True}])
+@pytest.mark.parametrize("mnk", [(113, 1000, 1008), (4096, 4096, 4096)])
+def test_gpu_variants(variant, mnk):
+    qa, qb, sa, sb = (t.cuda() for t in _operands(*mnk))
+    bias = torch.randn(mnk[1], device="cuda")
+    with ops.gemm_variants(**variant):
+        out = ops.gemm_int8(qa, qb, sa, sb, out_dtype=torch.float32, bias=bias)
+    assert sqnr_db(_dequant_product(qa, qb, sa, sb, bias), out) >= FLOOR_DB[torch.float32]
+
+
+@pytest.mark.gpu
 @pytest.mark.slow
 def test_gpu_more_than_2_31_elements():
     m, n, k = 2**21 + 2, 128, 1024
