@@ -31,7 +31,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import grouped_pid, interpreting
+from .common import grouped_pid, interpreting, tile_count
 
 
 @triton.jit
@@ -217,11 +217,6 @@ def split_k_of(config: dict) -> int:
     return int(config.get("SPLIT_K", 1))
 
 
-def tile_count(m: int, n: int, config: dict) -> int:
-    """Programs along the grid's first axis: one per (BLOCK_M x BLOCK_N) output tile (the counters)."""
-    return triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"])
-
-
 def _check_block_k(bk: int, group_size: int) -> None:
     if bk % 2 or (bk % group_size and group_size % bk):
         raise ValueError(f"BLOCK_K must be even and divide or be divided by group_size: got {bk}, {group_size}")
@@ -232,7 +227,8 @@ def launch_w4a16_gemm(x, qweight, scales, zeros, bias, out, group_size: int, con
     """out (M, N) <- x @ dequant(qweight)^T (+ bias), in one launch.
 
     With SPLIT_K > 1, `workspace` is an fp32 (SPLIT_K, M, N) contiguous buffer (any contents) and
-    `counters` an int32 buffer of at least `tile_count` zeros, left at zero again when the launch ends
+    `counters` an int32 buffer of at least `tile_count` zeros (one per output tile, the grid's first axis),
+    left at zero again when the launch ends
     (so one buffer serves every later launch on the same stream; never two launches at once).
     """
     m, k = x.shape

@@ -93,6 +93,17 @@ def test_gpu_tile_config_in_interpreter(granularity):
     assert sqnr_db(_oracle(qa, qb, sa, sb, granularity), c) >= FLOOR_DB[torch.float32]
 
 
+@pytest.mark.parametrize("promote", ["step", "group"])
+def test_tiles_spanning_two_scale_blocks_of_b(promote):
+    """BLOCK_N 256 (in the autotuning space): the tile covers two 128-row blocks of b's scales, which are
+    read per column (BLOCK_N <= 128 reads the tile's one scale)."""
+    qa, qb, sa, sb = _operands(20, 300, 256, "block", seed=11)
+    c = torch.empty(20, 300)
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 1, "PROMOTE": promote}
+    kernels.launch_fp8_gemm(qa, qb, c, sa, sb, None, 2, config=cfg)
+    assert sqnr_db(_oracle(qa, qb, sa, sb, "block"), c) >= FLOOR_DB[torch.float32]
+
+
 def test_block_k_must_divide_the_scale_block():
     qa, qb, sa, sb = _operands(16, 16, 256, "block")
     with pytest.raises(ValueError, match="BLOCK_K must divide 128"):
