@@ -4,7 +4,8 @@ c[m, n] = float(sum_k a[m, k] * b[n, k]) * sa[m] * sb[n] (+ bias[n]), written in
 a (M, K) int8 activations with per-token scales sa (M, 1) fp32; b (N, K) int8 weights with per-output-
 channel scales sb (N, 1) fp32 (DESIGN.md section 8). The int32 sum is exact (no overflow while
 K < 2**31 / 127**2, about 133 000). Epilogue in fp32, so there is no bf16 arithmetic to upcast in the
-interpreter. Grouped program order for L2 reuse. TMA: load the tiles through tensor descriptors (sm_90+).
+interpreter. Grouped program order for L2 reuse. TMA: load the tiles and store c through tensor descriptors
+(sm_90+); PERSISTENT: one program per SM walks the tiles in a flattened loop (as in gemm_fp8).
 On Hopper the wgmma of every K step is waited for before the next (wait level 0) whatever the loop's
 structure: triton 3.6 keeps a wgmma in flight only with an fp32 accumulator ("Can't make dot async because
 the accumulator is not fp32", its triton-wgmma-pipeline pass), and int8 wgmma accumulates in int32. Loads
