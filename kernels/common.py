@@ -28,18 +28,56 @@ def grouped_pid(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M
 
 
 @triton.jit
-def gemm_tile(a_ptr, b_ptr, M, N, stride_am, stride_ak, stride_bn, stride_bk, BLOCK_M: tl.constexpr,
+def gemm_tile(tile, a_ptr, b_ptr, M, N, stride_am, stride_ak, stride_bn, stride_bk, BLOCK_M: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """This program's tile of c (M, N) = a (M, K) @ b (N, K)^T in grouped order: row and column offsets, the
-    first K offsets, the row and column masks, and pointers to its first a tile and b^T tile (BLOCK_K, BLOCK_N)."""
-    pid = tl.program_id(0).to(tl.int64)
-    pid_m, pid_n = grouped_pid(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    """Tile number `tile` (int64) of c (M, N) = a (M, K) @ b (N, K)^T in grouped order: its row and column
+    block, row and column offsets, the first K offsets, the row and column masks, and pointers to its
+    first a tile and b^T tile (BLOCK_K, BLOCK_N)."""
+    pid_m, pid_n = grouped_pid(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn
-    return offs_m, offs_n, offs_k, offs_m < M, offs_n < N, a_ptrs, b_ptrs
+    return pid_m, pid_n, offs_m, offs_n, offs_k, offs_m < M, offs_n < N, a_ptrs, b_ptrs
+
+
+def tma_compatible(*tensors) -> bool:
+    """Whether these 2-D tensors can be read through tensor descriptors: the last dimension contiguous,
+    16-byte aligned base and row stride in bytes (the TMA unit's rules)."""
+    return all(t.dim() == 2 and t.stride(1) == 1 and t.data_ptr() % 16 == 0
+               and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors)
+
+
+def ensure_tma_allocator(device) -> None:
+    """Descriptors made inside a kernel need global scratch from triton's allocator: install one when none
+    is set (on the current device, where triton launches; torch's caching allocator, so CUDA graphs capture
+    the allocations)."""
+    if device.type != "cuda":
+        return
+    try:
+        from triton.runtime._allocation import NullAllocator, _allocator
+        missing = isinstance(_allocator.get(), NullAllocator)
+    except (ImportError, AttributeError):  # private API moved: set ours
+        missing = True
+    if missing:
+        import torch
+
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(
+            size, dtype=torch.int8, device=torch.cuda.current_device()))
+
+
+def tile_count(m: int, n: int, config: dict) -> int:
+    """Output tiles of an (m, n) GEMM under `config`: the grid of a non-persistent launch."""
+    return triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"])
+
+
+def persistent_grid(m: int, n: int, config: dict, num_sms: int | None) -> int:
+    """Programs of a persistent launch: one per SM (each walks tiles program_id, + grid, ...), no more
+    than there are tiles."""
+    if not num_sms:
+        raise ValueError("num_sms is required for a persistent launch")
+    return max(1, min(tile_count(m, n, config), num_sms))
 
 
 def gemm_configs(tiles: Sequence[tuple[int, int, int, int, int]]) -> list[dict]:

@@ -69,18 +69,24 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
     """For pyscale rows: speedup over each baseline of the same op and shape, measured in the same run.
 
     Baselines of another dtype count too (a quantized GEMM against the bf16 layer it replaces); they are
-    named `impl[dtype]` then. `ideal_speedup` is the baseline's bytes over the row's: the speedup a
-    bandwidth-bound op (W4A16 decode) would reach if both ran at the same GB/s."""
+    named `impl[dtype]` then. A variant's row (`pyscale:<variant>`) is also compared with the default
+    `pyscale` row of its dtype (the A/B). `ideal_speedup` is the baseline's bytes over the row's: the
+    speedup a bandwidth-bound op (W4A16 decode) would reach if both ran at the same GB/s."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(json.dumps([r["op"], r["params"]], sort_keys=True), []).append(r)
     for members in groups.values():
-        for r in (m for m in members if m["impl"] == "pyscale" and m["time_ms"]):
+        for r in (m for m in members if _is_pyscale(m["impl"]) and m["time_ms"]):
             baselines = {(b["impl"] if b["dtype"] == r["dtype"] else f"{b['impl']}[{b['dtype']}]"): b
-                         for b in members if b["impl"] != "pyscale" and b["time_ms"]}
+                         for b in members if b["time_ms"] and (not _is_pyscale(b["impl"]) or (
+                             b["impl"] == "pyscale" and r["impl"] != "pyscale" and b["dtype"] == r["dtype"]))}
             r["speedup"] = {name: b["time_ms"] / r["time_ms"] for name, b in baselines.items()}
             r["ideal_speedup"] = {name: b["bytes"] / r["bytes"] for name, b in baselines.items()
                                   if b["bytes"] and r["bytes"] and b["dtype"] != r["dtype"]}
+
+
+def _is_pyscale(impl: str) -> bool:
+    return impl == "pyscale" or impl.startswith("pyscale:")
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:

@@ -2,8 +2,10 @@
 
 Forward y = x W^T, dgrad dx = dy W and wgrad dW = dy^T x all run `pyscale.ops.gemm_fp8` on e4m3 operands
 with row-wise scales, each operand scaled along its GEMM's reduction dimension (pyscale.ops.fp8_linear).
-Gradients are e4m3 as well: per-row scaling keeps them in range. Master weights, bias and the optimizer
-stay in the parameter dtype.
+Gradients are e4m3 as well: per-row scaling keeps them in range. The backward's transposed operands (W^T,
+dy^T, x^T) are quantised straight from their transposed views by a transposing tile of the quantiser
+(coalesced reads; pyscale.kernels.quantize). Master weights, bias and the optimizer stay in the parameter
+dtype.
 """
 
 from __future__ import annotations

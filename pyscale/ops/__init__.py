@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pyscale.ops._autotune import autotuning
 from pyscale.ops._dispatch import BackendError, select_backend
+from pyscale.ops._gemm_variants import gemm_variants
 from pyscale.ops.attention import attention, attention_varlen
 from pyscale.ops.fake_quant import fake_quantize
 from pyscale.ops.gemm_fp8 import fp8_linear, gemm_fp8
@@ -35,6 +36,7 @@ __all__ = [
     "fp8_linear",
     "gemm_fp8",
     "gemm_int8",
+    "gemm_variants",
     "gemm_w4a16",
     "grouped_gemm",
     "int4_dequantize",

@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from pyscale.ops._device import device_info
+
 ENV_VAR = "PYSCALE_AUTOTUNE"
 CACHE_ENV_VAR = "PYSCALE_AUTOTUNE_CACHE"
 POLICIES = ("off", "cached", "on")
@@ -117,7 +119,7 @@ def source_hash(modules: Sequence[str]) -> str:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device)
+    return device_info(device).name  # asked once per device: launches pay no property query
 
 
 def triton_version() -> str:
@@ -143,6 +145,10 @@ def time_config(run: Callable[[], None]) -> float:
 _memory: dict[str, Any] = {}  # entry key -> encoded config, for every cache file read or written here
 _loaded: set[Path] = set()
 _chosen: dict[str, Any] = {}  # entry key -> config object, once validated against the space
+# (kernel, GPU model, triton, kernel source, policy, cache file variables, key) -> the config `choose`
+# settled on: a launch that repeats a problem (a decode loop) skips the entry key's JSON and the cache
+# file's lookup, tens of microseconds of host time
+_settled: dict[tuple, Any] = {}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -179,6 +185,7 @@ def clear_memory() -> None:
     _memory.clear()
     _loaded.clear()
     _chosen.clear()
+    _settled.clear()
 
 
 def _encode(config: Config) -> dict:
@@ -216,16 +223,25 @@ class Tunable:
         mode = policy()
         if interpret or device.type != "cuda" or mode == "off":
             return self.default(key, interpret)
+        settled_key = (self.name, device_name(device), triton_version(), source_hash(self.kernel_modules), mode,
+                       os.environ.get(CACHE_ENV_VAR), os.environ.get("XDG_CACHE_HOME"),
+                       *((k, tuple(v) if isinstance(v, list) else v) for k, v in key.items()))
+        if settled_key in _settled:
+            return _settled[settled_key]
         entry = self.entry(device, key)
         if entry in _chosen:
+            _settled[settled_key] = _chosen[entry]
             return _chosen[entry]
         hit = _lookup(entry)
         if hit is not None:
             for cfg in self.candidates(key):  # a config no longer in the space is stale
                 if _encode(cfg) == hit:
-                    _chosen[entry] = cfg
+                    _chosen[entry] = _settled[settled_key] = cfg
                     return cfg
-        if mode != "on" or capturing():
+        if mode != "on":  # "cached" and nothing tuned: the config function's, for the life of the process
+            _settled[settled_key] = self.default(key, False)
+            return _settled[settled_key]
+        if capturing():  # tune after the capture, at the next call outside it
             return self.default(key, False)
         space = self.candidates(key)
         best, best_ms = space[0], float("inf")
@@ -238,5 +254,6 @@ class Tunable:
                 best, best_ms = cfg, ms
         if best_ms < float("inf"):
             _store(entry, _encode(best), best_ms, len(space))
-            _chosen[entry] = best
+            _settled.clear()  # a "cached" call may have settled on the default for this key
+            _chosen[entry] = _settled[settled_key] = best
         return best

@@ -24,8 +24,10 @@ from typing import Any
 import torch
 
 from pyscale._backend import triton_interpreting
+from pyscale.ops import _gemm_variants
 from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_bias, check_choice, check_same_device, check_tensor
+from pyscale.ops._device import device_info
 from pyscale.ops._dispatch import dispatch
 from pyscale.ops.quantize import quantize_fp8
 from pyscale.reference import gemm_fp8 as ref
@@ -39,7 +41,7 @@ def check_fp8_device(name: str, device: torch.device) -> None:
     """FP8 tensor-core GEMMs need compute capability 8.9 (Ada) or newer; raise naming `name` otherwise."""
     if device.type != "cuda":
         return
-    cap = torch.cuda.get_device_capability(device)
+    cap = device_info(device).capability
     if tuple(cap) < FP8_MIN_CAPABILITY:
         raise RuntimeError(f"{name} is on a GPU of compute capability {cap[0]}.{cap[1]}: FP8 GEMMs need "
                            f"{FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or newer (Ada, Hopper, Blackwell)")
@@ -70,27 +72,41 @@ def _kernels():
 
 
 def tuning_key(m: int, n: int, k: int, granularity: str, out_dtype: torch.dtype, has_bias: bool,
-               capability: tuple[int, int]) -> dict[str, Any]:
-    """The autotuning key of one GEMM: M bucketed to a power of two; N and K (layer sizes) exact."""
+               capability: tuple[int, int], *, promote: str = "step", tma: bool = False,
+               persistent: bool = False) -> dict[str, Any]:
+    """The autotuning key of one GEMM: M bucketed to a power of two; N and K (layer sizes) exact; the
+    structural variant (block-scale promotion, TMA, persistent), whose configs are tuned apart."""
     return {"capability": list(capability), "granularity": granularity, "out": str(out_dtype).removeprefix("torch."),
-            "bias": has_bias, "m": bucket(m), "n": n, "k": k}
+            "bias": has_bias, "m": bucket(m), "n": n, "k": k,
+            "promote": promote if granularity == "block" else "step", "tma": tma, "persistent": persistent}
+
+
+def _variant_args(key) -> dict[str, Any]:
+    return {"granularity": key["granularity"], "promote": key.get("promote", "step"), "tma": key.get("tma", False),
+            "persistent": key.get("persistent", False)}
 
 
 TUNING = Tunable(
     "gemm_fp8", ("pyscale.kernels.gemm_fp8", "pyscale.kernels.common"),
     default=lambda key, interpret: _kernels().fp8_gemm_config(
-        key["m"], key["n"], key["k"], capability=tuple(key["capability"]), interpret=interpret),
-    space=lambda key: _kernels().gpu_configs())
+        key["m"], key["n"], key["k"], capability=tuple(key["capability"]), interpret=interpret, **_variant_args(key)),
+    space=lambda key: _kernels().gpu_configs(**_variant_args(key)))
 
 
 def _triton(a, b, scale_a, scale_b, granularity, out_dtype, bias):
     kernels = _kernels()
     m, n, k = a.shape[0], b.shape[0], a.shape[1]
     c = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    cap = tuple(torch.cuda.get_device_capability(a.device)) if a.is_cuda else (0, 0)
+    info = device_info(a.device)
+    cap = info.capability
+    variants = _gemm_variants.current()
+    # tensor descriptors: Hopper's TMA on GPU (the interpreter emulates them); inputs it cannot read do without
+    tma = variants.tma and (cap >= (9, 0) or triton_interpreting()) and kernels.tma_compatible(a, b, c)
     launch = functools.partial(kernels.launch_fp8_gemm, a, b, c, scale_a, scale_b, bias, _MODES[granularity],
-                               capability=cap)
-    key = tuning_key(m, n, k, granularity, out_dtype, bias is not None, cap)
+                               capability=cap, num_sms=info.sm_count or _gemm_variants.INTERPRETER_SMS)
+    # persistent with TMA only: with per-element pointers the flattened loop spills (compile report)
+    key = tuning_key(m, n, k, granularity, out_dtype, bias is not None, cap, promote=variants.fp8_block, tma=tma,
+                     persistent=variants.persistent and tma)
     launch(config=TUNING.choose(a.device, key, lambda cfg: launch(config=cfg), interpret=triton_interpreting()))
     return c
 
@@ -151,7 +167,9 @@ class _Fp8Linear(torch.autograd.Function):
     wgrad    dW (N, K) = dy^T (N, M) . x^T (K, M)^T dy per output channel, x per input channel
     Each operand is scaled along the dimension its GEMM reduces over, so every GEMM is row-wise.
     Gradients use e4m3 too (one scale per row keeps them inside its range; torchao's row-wise recipe
-    does the same). x and W are saved in their own precision and re-quantised along the other axis.
+    does the same). x and W are saved in their own precision and re-quantised along the other axis:
+    W^T, dy^T and x^T are quantised from their transposed views, which the quantiser reads in column-major
+    tiles (coalesced along the contiguous dimension) and writes transposed, with no copy in between.
     """
 
     @staticmethod

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 
 from pyscale._backend import triton_interpreting
+from pyscale.ops import _gemm_variants
 from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_bias, check_choice, check_same_device, check_tensor
+from pyscale.ops._device import device_info
 from pyscale.ops._dispatch import dispatch
 from pyscale.reference import gemm_int8 as ref
 
@@ -32,26 +34,33 @@ def _kernels():
 
 
 def tuning_key(m: int, n: int, k: int, out_dtype: torch.dtype, has_bias: bool,
-               capability: tuple[int, int]) -> dict[str, Any]:
-    """The autotuning key of one GEMM: M bucketed to a power of two; N and K (layer sizes) exact."""
+               capability: tuple[int, int], *, tma: bool = False, persistent: bool = False) -> dict[str, Any]:
+    """The autotuning key of one GEMM: M bucketed to a power of two; N and K (layer sizes) exact; the
+    variant (TMA loads, persistent), whose configs are tuned apart."""
     return {"capability": list(capability), "out": str(out_dtype).removeprefix("torch."), "bias": has_bias,
-            "m": bucket(m), "n": n, "k": k}
+            "m": bucket(m), "n": n, "k": k, "tma": tma, "persistent": persistent}
 
 
 TUNING = Tunable(
     "gemm_int8", ("pyscale.kernels.gemm_int8", "pyscale.kernels.common"),
     default=lambda key, interpret: _kernels().int8_gemm_config(
-        key["m"], key["n"], key["k"], capability=tuple(key["capability"]), interpret=interpret),
-    space=lambda key: _kernels().gpu_configs())
+        key["m"], key["n"], key["k"], tma=key.get("tma", False), persistent=key.get("persistent", False),
+        capability=tuple(key["capability"]), interpret=interpret),
+    space=lambda key: _kernels().gpu_configs(tma=key.get("tma", False), persistent=key.get("persistent", False)))
 
 
 def _triton(a, b, scale_a, scale_b, out_dtype, bias):
     kernels = _kernels()
     m, n, k = a.shape[0], b.shape[0], a.shape[1]
     c = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    cap = tuple(torch.cuda.get_device_capability(a.device)) if a.is_cuda else (0, 0)
-    launch = functools.partial(kernels.launch_int8_gemm, a, b, c, scale_a, scale_b, bias, capability=cap)
-    key = tuning_key(m, n, k, out_dtype, bias is not None, cap)
+    info = device_info(a.device)
+    cap = info.capability
+    variants = _gemm_variants.current()
+    tma = variants.tma and (cap >= (9, 0) or triton_interpreting()) and kernels.tma_compatible(a, b, c)
+    launch = functools.partial(kernels.launch_int8_gemm, a, b, c, scale_a, scale_b, bias, capability=cap,
+                               num_sms=info.sm_count or _gemm_variants.INTERPRETER_SMS)
+    # persistent with TMA only: with per-element pointers the flattened loop spills (compile report)
+    key = tuning_key(m, n, k, out_dtype, bias is not None, cap, tma=tma, persistent=variants.persistent and tma)
     launch(config=TUNING.choose(a.device, key, lambda cfg: launch(config=cfg), interpret=triton_interpreting()))
     return c
 

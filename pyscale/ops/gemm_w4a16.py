@@ -3,7 +3,11 @@
 out = x @ W^T (+ bias) with W = (q - z) * s per group of `group_size` along K, in the interchange format
 of DESIGN.md section 8 (`pyscale.ops.int4_quantize` makes it): qweight uint8 (N, K/2), low nibble = even
 k; scales (N, K/g) in x's dtype; zeros uint8 (N, K/g) or None (symmetric, codes stored as q + 8).
-Backends: `triton` (CUDA, or CPU in the interpreter; split-K GEMV for M <= 16, tiles above) and `reference`.
+Backends: `triton` (CUDA, or CPU in the interpreter) and `reference`. The Triton path is one kernel launch:
+a split-K GEMV for M <= 16 (the splits' reduction, the bias and the cast fused in), tiles above; from
+`PYSCALE_W4A16_DENSE_MIN_M` rows (default 1024, unmeasured) it dequantises into a scratch buffer and calls
+torch.mm instead (pyscale.ops._gemm_variants). Device properties are asked once per device, so the whole
+call can be captured in a CUDA graph.
 
 FLOPs (executed and model; `pyscale.formulas.gemm_flops`): 2 M N K, the products. The in-register
 dequantisation (a subtract and a multiply per weight, redone by each of the ceil(M / BLOCK_M) row tiles) is
@@ -15,9 +19,15 @@ M <= 16 the weights dominate.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from pyscale._backend import triton_interpreting
+from pyscale.ops import _gemm_variants
+from pyscale.ops._autotune import Tunable, bucket
 from pyscale.ops._checks import check_bias, check_choice, check_group_scales, check_same_device, check_tensor
+from pyscale.ops._device import DeviceInfo, device_info
 from pyscale.ops._dispatch import dispatch
 from pyscale.reference import gemm_w4a16 as ref
 
@@ -25,33 +35,88 @@ GROUP_SIZES = (32, 64, 128)
 ACT_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _config(x: torch.Tensor, n: int, group_size: int) -> dict:
-    from pyscale.kernels import gemm_w4a16 as kernels
+def _kernels():
+    from pyscale.kernels import gemm_w4a16 as kernels  # lazily: importing pyscale.ops imports no triton
 
-    m, k = x.shape
-    sms = cap = None
-    if x.is_cuda:
-        props = torch.cuda.get_device_properties(x.device)
-        sms, cap = props.multi_processor_count, (props.major, props.minor)
-    return kernels.w4a16_config(m, n, k, group_size, num_sms=sms, capability=cap)
+    return kernels
+
+
+def tuning_key(m: int, n: int, k: int, group_size: int, act_dtype: torch.dtype, has_zeros: bool, has_bias: bool,
+               info: DeviceInfo, *, swap: bool = False) -> dict[str, Any]:
+    """The autotuning key: M bucketed to a power of two (decode's 1-16 rows fall in 5 buckets); N, K, the
+    group size and the SM count (split-K follows from it) exact; the SWAP_AB variant tuned apart."""
+    return {"capability": list(info.capability), "sms": info.sm_count, "act": str(act_dtype).removeprefix("torch."),
+            "group": group_size, "zeros": has_zeros, "bias": has_bias, "m": bucket(m), "n": n, "k": k, "swap": swap}
+
+
+TUNING = Tunable(
+    "gemm_w4a16", ("pyscale.kernels.gemm_w4a16", "pyscale.kernels.common"),
+    default=lambda key, interpret: _kernels().w4a16_config(
+        key["m"], key["n"], key["k"], key["group"], num_sms=key["sms"] or None, capability=tuple(key["capability"]),
+        swap=key["swap"], interpret=interpret),
+    space=lambda key: _kernels().gpu_configs(key["m"], key["n"], key["k"], num_sms=key["sms"] or None,
+                                             swap=key["swap"]))
+
+
+# The split-K tile counters, per (device, stream): two launches on one stream run one after the other, so
+# they share a buffer (each launch leaves it zeroed); launches on other streams get their own. A buffer
+# is never freed, since a captured CUDA graph may still point at it.
+_counters: dict[tuple[str, int | None, int], torch.Tensor] = {}
+_retired: list[torch.Tensor] = []
+
+
+def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device.type, device.index, stream)
+    buf = _counters.get(key)
+    if buf is None or buf.numel() < tiles:
+        if buf is not None:
+            _retired.append(buf)
+        buf = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
+        _counters[key] = buf
+    return buf
+
+
+def _config(device: torch.device, m: int, n: int, k: int, group_size: int, act_dtype: torch.dtype,
+            has_zeros: bool, has_bias: bool, run) -> dict:
+    """The fused kernel's config for one call (`run(config)` launches it, for tuning). Asks the device
+    nothing after the first call on that device (pyscale.ops._device), so a decode loop pays no host
+    queries and the call can be captured in a CUDA graph."""
+    key = tuning_key(m, n, k, group_size, act_dtype, has_zeros, has_bias, device_info(device),
+                     swap=_gemm_variants.current().w4a16_swap_ab)
+    return TUNING.choose(device, key, run, interpret=triton_interpreting())
+
+
+def _buffers(device: torch.device, m: int, n: int, config: dict) -> dict[str, torch.Tensor]:
+    split = _kernels().split_k_of(config)
+    if split == 1:
+        return {}
+    return {"workspace": torch.empty((split, m, n), dtype=torch.float32, device=device),
+            "counters": _tile_counters(device, _kernels().tile_count(m, n, config))}
+
+
+def _dense(x, qweight, scales, zeros, group_size, bias):
+    """Large M: dequantise into a scratch buffer (freed after the call: a cached copy would undo int4's
+    memory saving) and let torch.mm (cuBLAS on CUDA) do the GEMM."""
+    w = torch.empty((qweight.shape[0], x.shape[1]), dtype=x.dtype, device=x.device)
+    _kernels().launch_w4a16_dequant(qweight, scales, zeros, group_size, w)
+    return torch.addmm(bias, x, w.t()) if bias is not None else torch.mm(x, w.t())
 
 
 def _triton(x, qweight, scales, zeros, group_size, bias):
-    from pyscale.kernels import gemm_w4a16 as kernels
+    kernels = _kernels()
+    m, k = x.shape
+    n = qweight.shape[0]
+    if m >= _gemm_variants.current().w4a16_dense_min_m:
+        return _dense(x, qweight, scales, zeros, group_size, bias)
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
 
-    m, n = x.shape[0], qweight.shape[0]
-    cfg = _config(x, n, group_size)
-    split = kernels.split_k_of(cfg)
-    if split == 1:
-        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-        kernels.launch_w4a16_gemm(x, qweight, scales, zeros, bias, out, group_size, cfg)
-        return out
-    partial = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-    kernels.launch_w4a16_gemm(x, qweight, scales, zeros, None, partial, group_size, cfg)
-    total = partial.sum(0)
-    if bias is not None:
-        total += bias.float()
-    return total.to(x.dtype)
+    def run(cfg: dict) -> None:
+        kernels.launch_w4a16_gemm(x, qweight, scales, zeros, bias, out, group_size, cfg,
+                                  **_buffers(x.device, m, n, cfg))
+
+    run(_config(x.device, m, n, k, group_size, x.dtype, zeros is not None, bias is not None, run))
+    return out
 
 
 _IMPLS = {"triton": _triton, "reference": ref.gemm_w4a16}

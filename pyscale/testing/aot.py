@@ -5,7 +5,8 @@ compile can, and needs no GPU: `triton.compile(ASTSource(...), target=GPUTarget(
 Compiles run in a subprocess without TRITON_INTERPRET (the variable is fixed at @triton.jit time) and
 are cached by the kernel module's source, the spec and the triton version. Each result carries the
 cubin's resource usage (cuobjdump: registers, stack and local bytes) and counts read from the PTX:
-asynchronous copies (cp.async and TMA), the MMA instruction kind and the `wgmma.wait_group` levels.
+asynchronous copies (cp.async and TMA), the MMA instruction kind and the `wgmma.wait_group` levels
+(all of them, and those inside loops: the main loop's are what says whether MMAs overlap).
 
     specs = [KernelSpec("pyscale.kernels.moe_route:_route_kernel", signature={...}, constexprs={...})]
     results = assert_compiles(specs)                      # raises AssertionError with every failure
@@ -46,7 +47,7 @@ ARCHS: dict[str, tuple[int, int]] = {
 DEFAULT_ARCHS = ("sm_80", "sm_89", "sm_90a")
 MAX_REGISTERS = 255
 # Bumped whenever AotResult gains a field, so cached results without it are compiled again.
-_RESULT_VERSION = 2
+_RESULT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class AotResult:
     tma: int | None = None  # TMA loads/stores alone
     mma: str | None = None  # "wgmma", "mma.sync" or "none"
     wgmma_wait_levels: list[int] | None = None  # distinct N of `wgmma.wait_group N` (0 only: no MMA overlap)
+    # the levels of the waits inside loop bodies (the K loop's; a wait after the loop drains it and
+    # says nothing about overlap): [0] means every wgmma of the loop is waited for before the next
+    loop_wait_levels: list[int] | None = None
 
     @property
     def fits(self) -> bool:
@@ -235,16 +239,44 @@ _TMA = re.compile(r"^\s*(?:@%p\d+\s+)?cp\.async\.bulk\.tensor\.", re.M)
 _WGMMA = re.compile(r"^\s*(?:@%p\d+\s+)?wgmma\.mma_async\.", re.M)
 _MMA_SYNC = re.compile(r"^\s*(?:@%p\d+\s+)?mma\.sync\.", re.M)
 _WAIT = re.compile(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)\s*;")
+# A basic block starts at a label or, when it is only fallen into, at LLVM's `// %bb.N:` comment; the
+# comment lines after it say whether it lies in a loop and how deep ("=>This Inner Loop Header: Depth=2",
+# "in Loop: Header=BB0_2 Depth=1", "Parent Loop ...").
+_BLOCK = re.compile(r"^(?:\$L__BB\d+_\d+:|// %bb\.\d+:)(.*)$")
+_COMMENT = re.compile(r"^\s+//(.*)$")
+_DEPTH = re.compile(r"Depth=(\d+)")
+
+
+def _loop_wait_levels(ptx: str) -> list[int]:
+    """The wgmma.wait_group levels in the innermost loops' blocks (the deepest loop depth in the kernel:
+    the K loop; a persistent kernel's tile loop around it does not count)."""
+    depth_waits: dict[int, set[int]] = {}
+    depth, annotating = 0, False
+    for line in ptx.splitlines():
+        block = _BLOCK.match(line)
+        if block:
+            depths = [int(d) for d in _DEPTH.findall(block.group(1))]
+            depth, annotating = max(depths, default=0), True
+            continue
+        comment = _COMMENT.match(line) if annotating else None
+        if comment:
+            depth = max([depth, *(int(d) for d in _DEPTH.findall(comment.group(1)))])
+            continue
+        annotating = False
+        wait = _WAIT.search(line)
+        if wait and depth:
+            depth_waits.setdefault(depth, set()).add(int(wait.group(1)))
+    return sorted(depth_waits[max(depth_waits)]) if depth_waits else []
 
 
 def ptx_counts(ptx: str) -> dict[str, Any]:
     """Instruction counts of one kernel's PTX (static, not executed counts): async copies (cp.async and
     TMA), TMA alone, the MMA kind, and the distinct wgmma.wait_group levels (a level > 0 lets that many
-    wgmma groups stay in flight while the warp goes on)."""
+    wgmma groups stay in flight while the warp goes on), everywhere and inside loop bodies."""
     cp_async, tma = len(_CP_ASYNC.findall(ptx)), len(_TMA.findall(ptx))
     mma = "wgmma" if _WGMMA.search(ptx) else "mma.sync" if _MMA_SYNC.search(ptx) else "none"
     return {"async_copies": cp_async + tma, "tma": tma, "mma": mma,
-            "wgmma_wait_levels": sorted({int(n) for n in _WAIT.findall(ptx)})}
+            "wgmma_wait_levels": sorted({int(n) for n in _WAIT.findall(ptx)}), "loop_wait_levels": _loop_wait_levels(ptx)}
 
 
 def _compile_one(spec: KernelSpec, arch: str) -> AotResult:

@@ -3,7 +3,8 @@
 One row per (kernel, arch) at the configuration its op would choose (pyscale.testing.aot_specs),
 compiled as the JIT specialises aligned tensors, with shared memory, registers and spills (cuobjdump)
 and what the PTX says about the pipeline: asynchronous copies (cp.async + TMA), TMA alone, the MMA
-kind and the distinct `wgmma.wait_group` levels. Judges kernel work without a GPU (DESIGN.md section 10).
+kind and the distinct `wgmma.wait_group` levels, all of them and those inside loops ("loop waits": a
+level above 0 there lets the main loop's MMAs overlap; a wait after the loop only drains it). Judges kernel work without a GPU (DESIGN.md section 10).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pyscale.testing import aot_specs
 from pyscale.testing.aot import ARCHS, compile_pairs
 
 FIELDS = ("op", "kernel", "arch", "params", "config", "ok", "shared_bytes", "smem_limit_bytes", "registers",
-          "spill_bytes", "async_copies", "tma", "mma", "wgmma_wait_levels", "error")
+          "spill_bytes", "async_copies", "tma", "mma", "wgmma_wait_levels", "loop_wait_levels", "error")
 
 
 def rows(entries: Iterable[aot_specs.ReportEntry], archs: Sequence[str] = tuple(ARCHS)) -> list[dict[str, Any]]:
@@ -36,7 +37,8 @@ def rows(entries: Iterable[aot_specs.ReportEntry], archs: Sequence[str] = tuple(
                     "config": entry.config(arch), "ok": r.ok, "shared_bytes": r.shared_bytes,
                     "smem_limit_bytes": r.smem_limit_bytes, "registers": r.registers, "spill_bytes": r.spill_bytes,
                     "async_copies": r.async_copies, "tma": r.tma, "mma": r.mma,
-                    "wgmma_wait_levels": r.wgmma_wait_levels, "error": r.error})
+                    "wgmma_wait_levels": r.wgmma_wait_levels, "loop_wait_levels": r.loop_wait_levels,
+                    "error": r.error})
     return out
 
 
@@ -45,17 +47,19 @@ def _compact(d: dict[str, Any]) -> str:
 
 
 def format_table(report: Sequence[dict[str, Any]]) -> str:
-    head = ("op", "kernel", "arch", "params", "config", "smem KB", "regs", "spill B", "async", "tma", "mma", "waits")
+    head = ("op", "kernel", "arch", "params", "config", "smem KB", "regs", "spill B", "async", "tma", "mma", "waits",
+            "loop waits")
     lines = []
     for r in report:
         if not r["ok"]:
             lines.append((r["op"], r["kernel"], r["arch"], _compact(r["params"]), _compact(r["config"]),
-                          "refused: " + (r["error"] or "").splitlines()[0][:60], "", "", "", "", "", ""))
+                          "refused: " + (r["error"] or "").splitlines()[0][:60], "", "", "", "", "", "", ""))
             continue
         lines.append((r["op"], r["kernel"], r["arch"], _compact(r["params"]), _compact(r["config"]),
                       f"{r['shared_bytes'] / 1024:.1f}", str(r["registers"]), str(r["spill_bytes"]),
                       str(r["async_copies"]), str(r["tma"]), r["mma"],
-                      ",".join(map(str, r["wgmma_wait_levels"] or [])) or "-"))
+                      ",".join(map(str, r["wgmma_wait_levels"] or [])) or "-",
+                      ",".join(map(str, r["loop_wait_levels"] or [])) or "-"))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)])

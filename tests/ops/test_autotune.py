@@ -100,6 +100,29 @@ def test_tunes_once_per_bucket_and_persists(env):
     assert len(timed) == 6
 
 
+def test_a_repeated_problem_skips_the_cache_lookup(env, monkeypatch):
+    """A decode loop calls `choose` with one key over and over: after the first call the settled choice
+    comes back without the entry key's JSON or the cache file; tuning on (a new policy) starts over."""
+    _, timed = env
+    t = _tunable()
+    assert t.choose(CUDA, _key(64), _run) == {"id": 1}  # "cached", nothing tuned: the default
+
+    def no_entry(*args):
+        raise AssertionError("the entry key was built again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(at.Tunable, "entry", no_entry)
+        assert t.choose(CUDA, _key(64), _run) == {"id": 1}
+    with at.autotuning("on"):
+        assert t.choose(CUDA, _key(64), _run) == {"id": 2} and len(timed) == 3
+        with monkeypatch.context() as patch:
+            patch.setattr(at.Tunable, "entry", no_entry)
+            assert t.choose(CUDA, _key(64), _run) == {"id": 2}
+    assert t.choose(CUDA, _key(64), _run) == {"id": 2}  # the tuned config, for "cached" as well
+    at.clear_memory()
+    assert t.choose(CUDA, _key(64), _run) == {"id": 2}  # read back from the file
+
+
 def test_another_gpu_triton_or_kernel_source_never_reuses_a_config(env, monkeypatch):
     tmp_path, timed = env
     t = _tunable()

@@ -11,6 +11,8 @@ Operands are quantised by the reference quantiser, so cast rounding does not ent
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import given
@@ -20,7 +22,7 @@ import pyscale
 from pyscale import ops
 from pyscale.formulas import formulas_for
 from pyscale.kernels import gemm_fp8 as kernels
-from pyscale.ops.gemm_fp8 import check_fp8_device
+from pyscale.ops.gemm_fp8 import check_fp8_device, scale_granularity
 from pyscale.reference import gemm_fp8 as ref_gemm
 from pyscale.reference import quantize as ref_q
 from pyscale.testing.aot import assert_pairs_compile
@@ -28,6 +30,11 @@ from pyscale.testing.numerics import gpu_like_casts, sqnr_db  # noqa: F401
 
 PARTS = {"tensor": ("tensor", "tensor"), "row": ("row", "row"), "block": ("block1x128", "block128x128")}
 FLOOR_DB = {torch.float32: 100.0, torch.float16: 60.0, torch.bfloat16: 45.0}
+# the structural variants (pyscale.ops.gemm_variants) every accuracy test also runs
+VARIANTS = {"group": {"fp8_block": "group"}, "tma": {"tma": True}, "tma-group": {"tma": True, "fp8_block": "group"},
+            "tma-persistent": {"tma": True, "persistent": True},
+            "tma-group-persistent": {"tma": True, "fp8_block": "group", "persistent": True},
+            "persistent": {"persistent": True}}  # persistent without TMA: the op keeps the tiled grid
 
 
 pytestmark = pytest.mark.usefixtures("gpu_like_casts")  # GPU rounding for fp8/bf16 casts in the interpreter
@@ -86,6 +93,17 @@ def test_gpu_tile_config_in_interpreter(granularity):
     assert sqnr_db(_oracle(qa, qb, sa, sb, granularity), c) >= FLOOR_DB[torch.float32]
 
 
+@pytest.mark.parametrize("promote", ["step", "group"])
+def test_tiles_spanning_two_scale_blocks_of_b(promote):
+    """BLOCK_N 256 (in the autotuning space): the tile covers two 128-row blocks of b's scales, which are
+    read per column (BLOCK_N <= 128 reads the tile's one scale)."""
+    qa, qb, sa, sb = _operands(20, 300, 256, "block", seed=11)
+    c = torch.empty(20, 300)
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 1, "PROMOTE": promote}
+    kernels.launch_fp8_gemm(qa, qb, c, sa, sb, None, 2, config=cfg)
+    assert sqnr_db(_oracle(qa, qb, sa, sb, "block"), c) >= FLOOR_DB[torch.float32]
+
+
 def test_block_k_must_divide_the_scale_block():
     qa, qb, sa, sb = _operands(16, 16, 256, "block")
     with pytest.raises(ValueError, match="BLOCK_K must divide 128"):
@@ -127,13 +145,26 @@ def test_bad_input_names_the_argument():
         ops.gemm_fp8(qa, qb, sa, sb, bias=torch.zeros(15, dtype=torch.bfloat16))
 
 
+def _fake_gpu(monkeypatch, capability, sms=132, name="NVIDIA H100 80GB HBM3"):
+    from types import SimpleNamespace
+
+    from pyscale.ops import _device
+
+    _device.clear_cache()
+    props = SimpleNamespace(name=name, major=capability[0], minor=capability[1], multi_processor_count=sms)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+
+
 def test_fp8_refused_below_sm89(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    from pyscale.ops import _device
+
+    _fake_gpu(monkeypatch, (8, 0))
     with pytest.raises(RuntimeError, match=r"^a is on a GPU of compute capability 8\.0: FP8 GEMMs need 8\.9"):
         check_fp8_device("a", torch.device("cuda", 0))
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    _fake_gpu(monkeypatch, (9, 0))
     check_fp8_device("a", torch.device("cuda", 0))
     check_fp8_device("a", torch.device("cpu"))
+    _device.clear_cache()
 
 
 def test_opcheck():
@@ -162,20 +193,39 @@ GPU_DEFAULT = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "nu
 
 
 def test_compiles_ahead_of_time():
-    """Every scale mode at the op's default (the compile report's specs, 128x128x128 with 4 stages: 96 KB)
-    compiles on sm_89 and sm_90a and is refused on sm_80 (no FP8 tensor cores)."""
+    """Every scale mode and variant at the op's default (the compile report's specs) compiles spill-free on
+    the archs it runs on and is refused on sm_80 (no FP8 tensor cores); on sm_90a every one issues wgmma."""
     from pyscale.testing import aot_specs
 
     entries = aot_specs.entries(["gemm"], op="gemm_fp8")
-    pairs = [(e.spec(arch), arch) for e in entries for arch in ("sm_80", *e.archs)]
-    assert [e.spec("sm_90a").constexprs["SCALE_MODE"] for e in entries] == [0, 1, 2]
-    assert all(spec.constexprs["BLOCK_K"] == GPU_DEFAULT["BLOCK_K"] and spec.num_stages == 4 for spec, _ in pairs)
-    # Block scales on sm_89 compile with a 16-byte stack frame (cuobjdump, no local memory); every other
-    # mode and arch has none. Held to exactly that.
-    results = assert_pairs_compile(pairs, expect_refused=lambda r: r.arch == "sm_80", max_stack_bytes=16)
+    defaults = [e for e in entries if not e.params["tma"] and e.params.get("promote", "step") == "step"]
+    assert [e.spec("sm_90a").constexprs["SCALE_MODE"] for e in defaults] == [0, 1, 2]
+    assert all(e.spec(arch).constexprs["BLOCK_K"] == GPU_DEFAULT["BLOCK_K"] and e.spec(arch).num_stages == 4
+               for e in defaults for arch in e.archs)
+    pairs = [(e.spec(arch), arch) for e in entries for arch in ("sm_80", *e.archs) if arch in e.archs or
+             not e.params["tma"]]
+    results = assert_pairs_compile(pairs, expect_refused=lambda r: r.arch == "sm_80")
     assert any(r.arch == "sm_89" and r.fits for r in results)
-    spilling = {(r.spec, r.arch) for r in results if r.ok and r.stack_bytes}
-    assert spilling <= {(entries[2].spec("sm_89").describe(), "sm_89")}, spilling
+    assert all(r.mma == "wgmma" for r in results if r.arch == "sm_90a")
+
+
+def test_hopper_main_loop_waits():
+    """What the K loop's wgmma waits say on sm_90a (compile report "loop waits"): tensor- and row-wise keep
+    one wgmma in flight (level 1); block-wise "step" waits on each (level 0: triton 3.6 keeps a wgmma in flight
+    only when nothing but the next wgmma reads its result), "group" overlaps all but a group's last step
+    (levels 1 and 0). TMA changes the loads, not the waits. The persistent kernels' flattened loop also holds
+    the tile epilogue, whose drain (level 0) sits in a block entered once per tile (read from the PTX)."""
+    from pyscale.testing import aot_specs, compile_report
+
+    rows = compile_report.rows(aot_specs.entries(["gemm"], op="gemm_fp8"), ("sm_90a",))
+    waits = {(r["op"].split(".")[1], r["params"].get("promote"), r["params"]["tma"], r["params"]["persistent"]):
+             r["loop_wait_levels"] for r in rows}
+    assert waits == {("tensor", None, False, False): [1], ("row", None, False, False): [1],
+                     ("row", None, True, False): [1], ("row", None, True, True): [0, 1],
+                     ("block", "step", False, False): [0], ("block", "step", True, False): [0],
+                     ("block", "group", False, False): [0, 1], ("block", "group", True, False): [0, 1],
+                     ("block", "group", True, True): [0, 1]}
+    assert all(r["tma"] > 0 for r in rows if r["params"]["tma"])
 
 
 # ----------------------------------------------------------------------------- scale shapes (property)
@@ -218,6 +268,19 @@ def test_gpu_bf16(granularity, mnk):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("granularity", ["tensor", "row", "block"])
+@pytest.mark.parametrize("mnk", [(113, 1000, 1008), (4096, 4096, 4096)])
+def test_gpu_variants_bf16(variant, granularity, mnk):
+    _needs_fp8_gpu()
+    qa, qb, sa, sb = (t.cuda() for t in _operands(*mnk, granularity))
+    bias = torch.randn(mnk[1], device="cuda").to(torch.bfloat16)
+    with ops.gemm_variants(**VARIANTS[variant]):
+        out = ops.gemm_fp8(qa, qb, sa, sb, out_dtype=torch.bfloat16, bias=bias)
+    assert sqnr_db(_oracle(qa, qb, sa, sb, granularity, bias), out) >= FLOOR_DB[torch.bfloat16]
+
+
+@pytest.mark.gpu
 def test_gpu_matches_scaled_mm_rowwise():
     _needs_fp8_gpu()
     qa, qb, sa, sb = (t.cuda() for t in _operands(256, 512, 1024, "row"))
@@ -249,3 +312,87 @@ def test_full_shape_matrix(granularity, m, n, k):
     qa, qb, sa, sb = _operands(m, n, k, granularity, seed=m + n + k)
     out = ops.gemm_fp8(qa, qb, sa, sb, out_dtype=torch.float32)
     assert sqnr_db(_oracle(qa, qb, sa, sb, granularity), out) >= FLOOR_DB[torch.float32]
+
+
+# ----------------------------------------------------------------------------- variants (interpreter)
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The configs the op launched with."""
+    configs = []
+    real = kernels.launch_fp8_gemm
+
+    def spy(*args, config=None, **kwargs):
+        configs.append(config)
+        return real(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(kernels, "launch_fp8_gemm", spy)
+    return configs
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("granularity", ["tensor", "row", "block"])
+@pytest.mark.parametrize("mnk", [(1, 136, 208), (77, 140, 392), (33, 1, 17)])
+def test_variants_match_dequantised_product(launched, variant, granularity, mnk):
+    """Each variant on odd shapes, with a bias: K = 392 ends in a partial 128-group (the "group" promotion
+    runs at its last step); TMA needs 16-byte rows in a, b and the fp32 c, which K = 17 (17-byte rows) and
+    N = 140 (560-byte rows... of c: 140 * 4 = 560 = 35 * 16, aligned) decide; unaligned shapes take pointers.
+    The persistent variants run 3 programs in the interpreter, each walking several tiles."""
+    qa, qb, sa, sb = _operands(*mnk, granularity, seed=6)
+    bias = torch.randn(mnk[1])
+    with ops.gemm_variants(**VARIANTS[variant]):
+        out = ops.gemm_fp8(qa, qb, sa, sb, out_dtype=torch.float32, bias=bias)
+    assert sqnr_db(_oracle(qa, qb, sa, sb, granularity, bias), out) >= FLOOR_DB[torch.float32]
+    (cfg,) = launched
+    tma = "tma" in variant and mnk[2] % 16 == 0 and mnk[1] % 4 == 0
+    assert cfg["TMA"] == tma and cfg["PERSISTENT"] == (tma and "persistent" in variant)
+    # K <= 128 with N = 1: block-wise scales have row-wise shapes, and the op reads them as such
+    block = scale_granularity(*mnk, sa, sb) == "block"
+    group = block and "group" in variant
+    assert cfg["PROMOTE"] == ("group" if group else "step") and (cfg["BLOCK_K"] < 128) == group
+
+
+def test_tma_reads_aligned_strided_views(launched):
+    """A view with a 16-byte aligned column offset and row stride goes through the descriptors; a
+    column-major b cannot (its K is not contiguous) and takes pointers."""
+    qa, qb, sa, sb = _operands(40, 72, 160, "block", seed=7)
+    wide = torch.zeros(40, 320, dtype=torch.float8_e4m3fn)
+    wide[:, 96:256] = qa
+    with ops.gemm_variants(tma=True, fp8_block="group"):
+        out = ops.gemm_fp8(wide[:, 96:256], qb, sa, sb, out_dtype=torch.float32)
+        out_t = ops.gemm_fp8(qa, qb.t().contiguous().t(), sa, sb, out_dtype=torch.float32)
+    for o in (out, out_t):
+        assert sqnr_db(_oracle(qa, qb, sa, sb, "block"), o) >= FLOOR_DB[torch.float32]
+    assert [c["TMA"] for c in launched] == [True, False]
+
+
+def test_variants_are_selected_by_environment(monkeypatch, launched):
+    qa, qb, sa, sb = _operands(8, 16, 256, "block")
+    monkeypatch.setenv("PYSCALE_GEMM_FP8_BLOCK", "group")
+    monkeypatch.setenv("PYSCALE_GEMM_TMA", "1")
+    ops.gemm_fp8(qa, qb, sa, sb)
+    with ops.gemm_variants(tma=False, fp8_block="step"):  # the context wins
+        ops.gemm_fp8(qa, qb, sa, sb)
+    assert [(c["PROMOTE"], c["TMA"]) for c in launched] == [("group", True), ("step", False)]
+    monkeypatch.setenv("PYSCALE_GEMM_FP8_BLOCK", "sometimes")
+    with pytest.raises(ValueError, match="^PYSCALE_GEMM_FP8_BLOCK must be one of step, group"):
+        ops.gemm_fp8(qa, qb, sa, sb)
+    monkeypatch.delenv("PYSCALE_GEMM_FP8_BLOCK")
+    with pytest.raises(ValueError, match="^fp8_block must be one of"), ops.gemm_variants(fp8_block="often"):
+        pass
+
+
+def test_variant_configs_and_keys():
+    """Tuned configs are kept per variant (the key holds it) and every candidate of a variant's space is
+    of that variant, so autotuning never mixes them."""
+    op = importlib.import_module("pyscale.ops.gemm_fp8")
+    for promote in ("step", "group"):
+        for tma in (False, True):
+            key = op.tuning_key(4096, 4096, 4096, "block", torch.bfloat16, False, (9, 0), promote=promote, tma=tma)
+            cands = op.TUNING.candidates(key)
+            assert {(c["PROMOTE"], c["TMA"]) for c in cands} == {(promote, tma)}
+            # "group" needs several K steps per group to overlap anything
+            assert all(128 % c["BLOCK_K"] == 0 and (c["BLOCK_K"] < 128 or promote == "step") for c in cands)
+    row = op.tuning_key(64, 256, 256, "row", torch.bfloat16, False, (9, 0), promote="group")
+    assert row["promote"] == "step"  # promotion is block-wise only

@@ -100,6 +100,30 @@ def test_strided_input(granularity):
     assert torch.equal(q8, r8) and torch.equal(s8, rs8)
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "row", "block1x128"])
+@pytest.mark.parametrize("shape", [(97, 300), (2, 129), (130, 3)])
+def test_transposed_views_take_the_transposing_tile(monkeypatch, granularity, shape):
+    """A transposed (column-major) view, as the FP8 training linear quantises W^T, dy^T and x^T, is read
+    in 32-row tiles along its contiguous dimension and written transposed; bit for bit the reference's
+    quantisation of the contiguous copy (odd shapes, partial tiles on both axes)."""
+    from pyscale.kernels import quantize as kq
+
+    tiles = []
+    real = kq.quantize_config
+    monkeypatch.setattr(kq, "quantize_config", lambda *a, **kw: tiles.append(real(*a, **kw)) or tiles[-1])
+    torch.manual_seed(6)
+    base = (torch.randn(shape[1], shape[0]) * torch.logspace(-2, 2, shape[0])).to(torch.bfloat16)
+    x = base.t()
+    assert kq.is_column_major(x)
+    q, s = ops.quantize_fp8(x, granularity)
+    rq, rs = ref.quantize_fp8(x.contiguous(), granularity)
+    assert q.is_contiguous() and torch.equal(_bits(q), _bits(rq)) and torch.equal(s, rs)
+    q8, s8 = ops.quantize_int8(x)
+    r8, rs8 = ref.quantize_int8(x.contiguous())
+    assert torch.equal(q8, r8) and torch.equal(s8, rs8)
+    assert tiles and all(t["BLOCK_M"] == 32 and t["BLOCK_K"] == 64 for t in tiles)
+
+
 def test_dequantize_round_trip():
     torch.manual_seed(5)
     x = torch.randn(130, 300)

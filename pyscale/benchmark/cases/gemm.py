@@ -3,7 +3,12 @@
 Formats (the case's dtype): `bf16` (fp32 on CPU) plain GEMM, `fp8-tensor` / `fp8-row` / `fp8-block`,
 `int8` (W8A8) and `w4a16-g128`. Implementations: pyscale's op for every quantized format, and the
 baselines `torch.mm` (the unquantized layer), `torch._scaled_mm` (FP8 tensor- and row-wise) and
-`torch._int_mm` (int8, M > 16 only: it refuses fewer rows). All cases of one layer and M share op "gemm",
+`torch._int_mm` (int8, M > 16 only: it refuses fewer rows). On CUDA, pyscale's structural variants
+(pyscale.ops.gemm_variants) are cases of their own, `pyscale:<variant>` (VARIANTS), so one run A/Bs them
+against the default `pyscale` and the baselines: TMA loads (sm_90+, also persistent), block-FP8 promotion per
+group, W4A16
+with the weights as the MMA's register operand, and W4A16's fused kernel against its dense path
+(dequantise + torch.mm) at every M. All cases of one layer and M share op "gemm",
 so each pyscale row is compared with every baseline of the same shape (pyscale.benchmark.rows). FLOPs 2·M·N·K for all; bytes are the compulsory
 traffic of the format as pyscale's op counts it (`pyscale.formulas`: operands once, scales, output once).
 """
@@ -17,6 +22,19 @@ from pyscale.benchmark.shapes import gemm_shapes
 
 FP8_FORMATS = ("fp8-tensor", "fp8-row", "fp8-block")
 GROUP = 128
+# format -> {impl: gemm_variants(...) arguments}; "tma" only where TMA exists (sm_90+)
+_TMA = {"pyscale:tma": {"tma": True}, "pyscale:tma-persistent": {"tma": True, "persistent": True}}
+VARIANTS: dict[str, dict[str, dict]] = {
+    "fp8-tensor": _TMA,
+    "fp8-row": _TMA,
+    "fp8-block": {"pyscale:group": {"fp8_block": "group"}, "pyscale:tma": {"tma": True},
+                  "pyscale:tma-group": {"tma": True, "fp8_block": "group"},
+                  "pyscale:tma-group-persistent": {"tma": True, "fp8_block": "group", "persistent": True}},
+    "int8": _TMA,
+    "w4a16-g128": {"pyscale:fused": {"w4a16_dense_min_m": "off"},
+                   "pyscale:swap": {"w4a16_swap_ab": True, "w4a16_dense_min_m": "off"},
+                   "pyscale:dense": {"w4a16_dense_min_m": 1}},
+}
 
 
 def _formats(device: str) -> list[tuple[str, str]]:
@@ -25,10 +43,14 @@ def _formats(device: str) -> list[tuple[str, str]]:
         return [("fp32", "torch.mm"), ("int8", "pyscale"), ("w4a16-g128", "pyscale")]
     import torch
 
+    cap = torch.cuda.get_device_capability()
     out = [("bf16", "torch.mm"), ("int8", "pyscale"), ("int8", "torch._int_mm"), ("w4a16-g128", "pyscale")]
-    if torch.cuda.get_device_capability() >= (8, 9):
+    if cap >= (8, 9):
         out += [(f, "pyscale") for f in FP8_FORMATS]
         out += [("fp8-tensor", "torch._scaled_mm"), ("fp8-row", "torch._scaled_mm")]
+    formats = {f for f, _ in out}
+    out += [(f, impl) for f, variants in VARIANTS.items() if f in formats for impl, chosen in variants.items()
+            if cap >= (9, 0) or not chosen.get("tma")]
     return out
 
 
@@ -71,6 +93,9 @@ def workload(case: Case, device: str) -> Workload:
     x = torch.randn(m, k, generator=gen).to(device=device, dtype=act)
     w = (torch.randn(n, k, generator=gen) / k**0.5).to(device=device, dtype=act)
     flops = float(formulas.gemm_flops(m, n, k))
+    chosen = VARIANTS.get(fmt, {}).get(impl)
+    if chosen is not None:
+        impl = "pyscale"  # the op itself, inside gemm_variants(**chosen) (below)
     if fmt in ("bf16", "fp16", "fp32"):
         x, w = x.to(torch_dtype(fmt)), w.to(torch_dtype(fmt))
         fn, args = (lambda a, b: torch.mm(a, b.t())), (x, w)
@@ -101,5 +126,17 @@ def workload(case: Case, device: str) -> Workload:
         args = (x, q.qweight, q.scales)
     else:
         raise ValueError(f"gemm: unknown format {fmt!r}")
-    return Workload(fn, args, flops=flops, model_flops=flops, bytes=_bytes(fmt, m, n, k, out_size),
-                    notes={"format": fmt})
+    notes = {"format": fmt}
+    if chosen is not None:
+        fn, notes["variants"] = _in_variants(fn, chosen), chosen
+    return Workload(fn, args, flops=flops, model_flops=flops, bytes=_bytes(fmt, m, n, k, out_size), notes=notes)
+
+
+def _in_variants(fn, chosen: dict):
+    from pyscale import ops
+
+    def run(*args):
+        with ops.gemm_variants(**chosen):
+            return fn(*args)
+
+    return run

@@ -9,16 +9,22 @@ from pyscale.testing.aot_specs import CAPABILITIES, ReportEntry
 FP8_ARCHS = ("sm_89", "sm_90a")  # Triton stores FP8 from compute capability 8.9
 
 
-def quant_spec(out: str, **constexprs) -> KernelSpec:
+def quant_spec(out: str, column_major: bool = False, **constexprs) -> KernelSpec:
+    """column_major: x is a transposed view (unit stride along M), as the FP8 training linear passes W^T."""
     warps = constexprs.pop("warps", 4)
+    unit, strided = ("stride_xm", "stride_xk") if column_major else ("stride_xk", "stride_xm")
     sig = {"x_ptr": "*bf16", "q_ptr": f"*{out}", "s_ptr": "*fp32", "M": "i32", "K": "i32", "group_k": "i32",
-           "stride_xm": "i32", "stride_xk": "constexpr", "stride_qm": "i32", "stride_qk": "constexpr",
+           "stride_xm": "i32", "stride_xk": "i32", "stride_qm": "i32", "stride_qk": "constexpr",
            "stride_sm": "i32", "stride_sk": "i32", "QMAX": "constexpr", "IS_INT": "constexpr",
            "STATIC_SCALE": "constexpr", "SHARE_ROWS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr"}
-    ce = {"stride_xk": 1, "stride_qk": 1, **constexprs}
+    sig[unit] = "constexpr"
+    ce = {unit: 1, "stride_qk": 1, **constexprs}
     return KernelSpec("pyscale.kernels.quantize:_quantize_kernel", sig, ce, num_warps=warps,
-                      label=f"{out} {constexprs}",
-                      divisible_by_16=("x_ptr", "q_ptr", "s_ptr", "K", "stride_xm", "stride_qm"))
+                      label=f"{out}{' column-major' if column_major else ''} {constexprs}",
+                      # the JIT also sees M and group_k (= K) as multiples of 16 at K = 4096; the column-major
+                      # tile's loads are vectorised along M only if it knows
+                      divisible_by_16=("x_ptr", "q_ptr", "s_ptr", "K", strided, "stride_qm",
+                                       *(("M", "group_k") if column_major else ())))
 
 
 ABSMAX = KernelSpec("pyscale.kernels.quantize:_absmax_kernel",
@@ -40,6 +46,9 @@ ENTRIES: list[ReportEntry] = [
                                                    BLOCK_M=128, BLOCK_K=32, warps=8), {"dtype": "bf16"}, FP8_ARCHS),
     _entry("quantize_fp8.row", quant_spec("fp8e4nv", **_FP8, STATIC_SCALE=False, SHARE_ROWS=False, BLOCK_M=4,
                                           BLOCK_K=512), {"dtype": "bf16", "K": 4096}, FP8_ARCHS),
+    _entry("quantize_fp8.row", quant_spec("fp8e4nv", True, **_FP8, STATIC_SCALE=False, SHARE_ROWS=False, BLOCK_M=32,
+                                          BLOCK_K=64), {"dtype": "bf16", "K": 4096, "layout": "column-major"},
+           FP8_ARCHS),
     _entry("quantize_fp8.static", quant_spec("fp8e4nv", **_FP8, STATIC_SCALE=True, SHARE_ROWS=False, BLOCK_M=4,
                                              BLOCK_K=512), {"dtype": "bf16", "K": 4096}, FP8_ARCHS),
     _entry("quantize_int8", quant_spec("i8", QMAX=127.0, IS_INT=True, STATIC_SCALE=False, SHARE_ROWS=False,
