@@ -39,7 +39,6 @@ from .attention_common import (  # noqa: F401  (block_d and seq_bucket are part 
     capability_of,
     check_row_strides,
     dummy_cu,
-    ensure_allocator,
     last_contiguous,
     layout,
     lse_shape,
@@ -50,7 +49,7 @@ from .attention_common import (  # noqa: F401  (block_d and seq_bucket are part 
     use_tma,
     window_bounds,
 )
-from .common import interpreting
+from .common import ensure_tma_allocator, interpreting
 
 # ----------------------------------------------------------------------------- forward
 
@@ -246,7 +245,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, caus
     cu_k = cu_seqlens_k if varlen else dummy_cu(q.device)
     use_desc = use_tma(tma, q, k, v)
     if use_desc:
-        ensure_allocator(q.device)
+        ensure_tma_allocator(q.device)
 
     def run(cfg: FwdConfig) -> None:
         grid = (triton.cdiv(max_q, cfg.block_m), batch * heads_q)

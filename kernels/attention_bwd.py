@@ -44,7 +44,6 @@ from .attention_common import (
     capability_of,
     check_row_strides,
     dummy_cu,
-    ensure_allocator,
     last_contiguous,
     layout,
     lse_strides,
@@ -54,7 +53,7 @@ from .attention_common import (
     use_tma,
     window_bounds,
 )
-from .common import interpreting
+from .common import ensure_tma_allocator, interpreting
 
 VARIANTS = ("split", "fused")
 DEFAULT_VARIANT = "split"
@@ -542,7 +541,7 @@ def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     common = (*strides(q), *strides(k), *strides(v), *strides(do))
     use_desc = variant == "split" and use_tma(tma, q, k, v, do)
     if use_desc:
-        ensure_allocator(q.device)
+        ensure_tma_allocator(q.device)
 
     def run(cfg: BwdConfig) -> None:
         n_blocks_k = triton.cdiv(max_k, cfg.block_n1)

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import interpreting
+from .common import interpreting, tma_compatible
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -217,12 +217,6 @@ def upcast(dtype: torch.dtype) -> bool:
     return interpreting() and dtype == torch.bfloat16
 
 
-def tma_ok(*tensors: torch.Tensor) -> bool:
-    """Tensor descriptors need 16-byte-aligned bases and (non-unit) strides in bytes."""
-    return all(t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1])
-               for t in tensors)
-
-
 def use_tma(tma: bool | None, *tensors: torch.Tensor) -> bool:
     """Whether to load through tensor descriptors: `tma`, else PYSCALE_ATTN_TMA=1 on sm_90+; never for
     tensors that are not 16-byte aligned."""
@@ -231,17 +225,4 @@ def use_tma(tma: bool | None, *tensors: torch.Tensor) -> bool:
         # Opt-in until measured on a Hopper GPU (PYSCALE_ATTN_TMA=1); the pointer path is the default.
         tma = (os.environ.get("PYSCALE_ATTN_TMA") == "1" and q.device.type == "cuda"
                and capability_of(q.device)[0] >= 9)
-    return bool(tma) and tma_ok(*tensors)
-
-
-def ensure_allocator(device: torch.device) -> None:
-    """In-kernel descriptors need scratch memory from triton's allocator; install one if none is set."""
-    if device.type != "cuda":
-        return
-    try:
-        from triton.runtime._allocation import NullAllocator, _allocator
-        missing = isinstance(_allocator.get(), NullAllocator)
-    except (ImportError, AttributeError):  # private API moved: set ours
-        missing = True
-    if missing:
-        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+    return bool(tma) and tma_compatible(*tensors)

@@ -43,10 +43,10 @@ def gemm_tile(tile, a_ptr, b_ptr, M, N, stride_am, stride_ak, stride_bn, stride_
 
 
 def tma_compatible(*tensors) -> bool:
-    """Whether these 2-D tensors can be read through tensor descriptors: the last dimension contiguous,
-    16-byte aligned base and row stride in bytes (the TMA unit's rules)."""
-    return all(t.dim() == 2 and t.stride(1) == 1 and t.data_ptr() % 16 == 0
-               and (t.stride(0) * t.element_size()) % 16 == 0 for t in tensors)
+    """Whether these tensors can be read through tensor descriptors (the TMA unit's rules): the last
+    dimension contiguous, a 16-byte aligned base and every other stride a multiple of 16 bytes."""
+    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+               and all(st * t.element_size() % 16 == 0 for st in t.stride()[:-1]) for t in tensors)
 
 
 def ensure_tma_allocator(device) -> None:
