@@ -27,8 +27,6 @@ KNOWN_SPILLS = {
         (56, "fused backward, 2 stages at d128 varlen (issue 18 item 2: the split backward)"),
     ("gemm_fp8.block", (), "sm_89"):
         (16, "per-K-step block scales on mma.sync (issue 19 item 1)"),
-    ("moe.grouped_gemm", (("mode", "swiglu"), ("dtype", "bf16")), "sm_80"):
-        (8, "two SwiGLU accumulators, 4 stages on sm_80 (issue 20 item 4)"),
 }
 
 
