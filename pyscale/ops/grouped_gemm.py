@@ -22,8 +22,10 @@ Backends: `triton` (CUDA; CPU in the interpreter), `reference` (a per-expert loo
 Tuning: `TUNING_FWD` (forward and dX GEMMs) and `TUNING_DW` (dW) through pyscale.ops._autotune, keyed by
 the layer sizes and the routed rows per expert bucketed to a power of two. PYSCALE_MOE_DW_SPLITS=N forces
 the dW row splits (an A/B knob; default: `dw_row_splits` from the shapes).
-FLOPs (`pyscale.formulas.grouped_gemm_flops`), executed: the padded rows n_pad of the layout (every row
-tile of a segment runs, padding rows included; the upper bound's extra rows do not): forward 2·n_pad·N·K
+FLOPs (`pyscale.formulas.grouped_gemm_flops`), executed: the padded rows n_pad of the layout (at the default
+row tile, the layout's block, every row tile of a segment holds a routed slot and runs, its padding rows
+included; the rows between n_pad and the upper bound are never run; a tuned shorter tile also skips
+tiles of padding only, so n_pad is then an upper bound): forward 2·n_pad·N·K
 per weight (SwiGLU: 2 weights, + 4·n_pad·N for the activation); backward 2× forward for the GEMMs (dA and
 dW), + 8·n_pad·N for the SwiGLU backward. Model (active parameters): the same GEMMs over the T·k routed
 slots instead of n_pad rows, without the elementwise SwiGLU (PaLM's convention, as pyscale.profile.flops);
