@@ -312,17 +312,35 @@ def grouped_gemm_config(n: int, k: int, rows_per_expert: float, dtype: torch.dty
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) candidates per (kind, mode) for the autotuner; the
-# config function's choice comes first. Shared memory and the row-block limit filter them per launch.
-_FWD_SPACE = {
+# config function's choice comes first. Each compiles spill-free with the default's unit strides on the
+# archs it is offered on (`report --full` lists them); shared memory and the row-block limit filter them per
+# launch, and the 256-wide tile is Hopper's only (on mma.sync it spills).
+FWD_SPACE = {
     MODE_PLAIN: ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)),
-    MODE_SWIGLU: ((128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (64, 64, 64, 4, 4), (128, 64, 32, 8, 4)),
-    MODE_SWIGLU_BWD: ((128, 64, 32, 8, 4), (64, 128, 32, 8, 3), (64, 64, 64, 4, 3), (128, 128, 32, 8, 3)),
+    MODE_SWIGLU: ((64, 128, 64, 8, 3), (64, 64, 64, 4, 4), (128, 64, 32, 8, 4)),
+    MODE_SWIGLU_BWD: ((128, 64, 32, 8, 4), (64, 128, 32, 8, 3), (128, 128, 32, 8, 3)),
 }
-_DW_SPACE = {
+DW_SPACE = {
     MODE_PLAIN: ((32, 128, 128, 8, 4), (64, 128, 64, 4, 4), (64, 64, 128, 4, 4)),
-    MODE_SWIGLU_BWD: ((64, 64, 64, 8, 3), (32, 64, 128, 8, 4), (64, 64, 128, 4, 3)),
+    MODE_SWIGLU_BWD: ((64, 64, 64, 8, 3), (32, 64, 128, 8, 4)),
 }
 DW_SPLIT_CHOICES = (1, 2, 4, 8)
+
+
+def space_shapes(kind: str, mode: int) -> tuple[tuple[int, int, int, int, int], ...]:
+    """The candidate tile shapes of one kernel launch (FWD_SPACE / DW_SPACE)."""
+    if kind == "fwd":
+        return FWD_SPACE[mode]
+    return DW_SPACE[MODE_SWIGLU_BWD if mode == MODE_SWIGLU_BWD else MODE_PLAIN]
+
+
+def offered(kind: str, mode: int, dtype: torch.dtype, capability: tuple[int, int] | None, shape: tuple,
+            max_block_m: int) -> bool:
+    """Whether candidate `shape` is in the space of this launch."""
+    bm, bn, bk, _, stages = shape
+    if bm > max_block_m or (bn > 128 and capability is not None and capability[0] < 9):
+        return False
+    return fits_shared_memory(kind, mode, dtype, capability, bm, bn, bk, stages)
 
 
 def config_space(kind: str, mode: int, dtype: torch.dtype, capability: tuple[int, int] | None, *,
@@ -330,14 +348,11 @@ def config_space(kind: str, mode: int, dtype: torch.dtype, capability: tuple[int
     """A small autotuning space around `default`: other tile shapes, and for dW other row splits. Every
     candidate has BLOCK_M <= max_block_m (a forward row tile must not straddle two experts' blocks; a dW
     step no longer than them) and fits shared memory."""
-    if kind == "fwd":
-        shapes = _FWD_SPACE[mode]
-    else:
-        shapes = _DW_SPACE[MODE_SWIGLU_BWD if mode == MODE_SWIGLU_BWD else MODE_PLAIN]
     out = []
-    for bm, bn, bk, warps, stages in shapes:
-        if bm > max_block_m or not fits_shared_memory(kind, mode, dtype, capability, bm, bn, bk, stages):
+    for shape in space_shapes(kind, mode):
+        if not offered(kind, mode, dtype, capability, shape, max_block_m):
             continue
+        bm, bn, bk, warps, stages = shape
         cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": default.get("GROUP_M", 8),
                "num_warps": warps, "num_stages": stages}
         if kind == "dw":

@@ -83,7 +83,7 @@ def tuning_key(kind: str, mode: int, dtype: torch.dtype, device: torch.device, n
     power of two, the alignment block (a forward row tile may not exceed it) and the GPU's SM count (the dW
     split heuristic's)."""
     cap = tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None
-    sms = _kernels().parallel_programs(device) // (2 if device.type == "cuda" else 1)
+    sms = _kernels().parallel_programs(device) // 2  # the SM count on a GPU; 4 in the interpreter
     return {"kind": kind, "mode": mode, "dtype": str(dtype).removeprefix("torch."),
             "capability": list(cap) if cap else None, "n": n, "k": k, "experts": n_experts, "top_k": top_k,
             "align": align, "rows_per_expert": bucket(num_slots // max(n_experts, 1)), "sms": sms}

@@ -41,12 +41,13 @@ def test_grouped_gemm_defaults_use_wgmma_on_hopper():
 
 @pytest.mark.slow
 def test_every_grouped_gemm_launch_is_pipelined_and_fits():
-    """Every grouped-GEMM launch (both dtypes, every mode and weight layout): its K loop is software-pipelined
-    (asynchronous copies in the PTX), its shared memory fits, at most a few bytes of stack."""
+    """Every grouped-GEMM launch (both dtypes, every mode and weight layout, split dW, every autotuning
+    candidate): its K loop is software-pipelined (asynchronous copies in the PTX), its shared memory fits,
+    no spill."""
     from pyscale.testing import compile_report
 
     rows = compile_report.rows([e for e in aot_specs.entries(["moe"], full=True) if "grouped_gemm" in e.op])
     assert rows
     bad = [r for r in rows if not r["ok"] or r["shared_bytes"] > r["smem_limit_bytes"] or r["async_copies"] == 0
-           or r["spill_bytes"] > 16]
+           or r["spill_bytes"] > 0]
     assert not bad, bad

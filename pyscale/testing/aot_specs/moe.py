@@ -89,6 +89,29 @@ def _dw_entry(mode: int, t: str, ci: bool, splits: int = 1) -> ReportEntry:
     return ReportEntry("moe.grouped_gemm_dw", params, build, tuple(CAPABILITIES), ci)
 
 
+def _candidate_entries(kind: str, mode: int, unit: str, t: str) -> list[ReportEntry]:
+    """The autotuning candidates of one launch (`config_space`, alignment block 128) for `report --full`:
+    one entry per candidate tile shape, on the archs it is offered on, plus (dW) the default split 4 ways."""
+    from pyscale.kernels import grouped_gemm
+
+    dtype = _torch_dtype(t)
+    out = []
+    for shape in grouped_gemm.space_shapes(kind, mode):
+        bm, bn, bk, warps, stages = shape
+
+        def build(arch: str, bm=bm, bn=bn, bk=bk, warps=warps, stages=stages):
+            cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
+                   "num_stages": stages, **({"SPLITS": 1} if kind == "dw" else {})}
+            return (fwd_spec(mode, unit, t, cfg) if kind == "fwd" else dw_spec(mode, t, cfg)), cfg
+
+        archs = tuple(a for a in CAPABILITIES if grouped_gemm.offered(kind, mode, dtype, CAPABILITIES[a], shape, 128))
+        params = {"mode": _MODE_NAMES[mode], "dtype": t, "candidate": "x".join(map(str, shape)),
+                  **({"unit_stride": unit} if kind == "fwd" else {})}
+        out.append(ReportEntry("moe.grouped_gemm" if kind == "fwd" else "moe.grouped_gemm_dw", params, build, archs,
+                               ci=False))
+    return out
+
+
 def _small(op: str, module: str, kernel: str, sig: dict[str, str], consts: dict, label: str, params: dict) -> ReportEntry:
     sig = {**sig, **{n: "constexpr" for n in consts}}
     spec = KernelSpec(f"{module}:{kernel}", sig, consts, 4, 1, label, _aligned(sig))
@@ -137,4 +160,7 @@ ENTRIES: list[ReportEntry] = [
     _dw_entry(0, "bf16", False), _dw_entry(2, "bf16", True), _dw_entry(2, "fp16", False), _dw_entry(0, "fp16", True),
     _dw_entry(0, "bf16", False, splits=4), _dw_entry(2, "bf16", False, splits=4), _DW_REDUCE,
     _COMBINE, _COMBINE_BWD,
+    *_candidate_entries("fwd", 0, "stride_bk", "bf16"), *_candidate_entries("fwd", 1, "stride_bk", "bf16"),
+    *_candidate_entries("fwd", 2, "stride_bn", "bf16"), *_candidate_entries("dw", 0, "", "bf16"),
+    *_candidate_entries("dw", 2, "", "bf16"),
 ]
