@@ -340,3 +340,62 @@ def test_dw_row_splits_follow_the_shapes():
     assert 1 < splits <= 16
     assert kern.dw_row_splits(256, 512, 16, 2, 64, small, 132) == 1  # never more splits than row steps
     assert kern.dw_row_splits(4096, 4096, 64, 1, 10**6, small, 132) == 1  # partials would not fit the budget
+
+
+def _gpu_key(kind, mode, n, k, e, slots, top_k, align):
+    """The tuning key an H100 would build for this launch."""
+    from pyscale.ops._autotune import bucket
+
+    return {"kind": kind, "mode": mode, "dtype": "float32", "capability": [9, 0], "n": n, "k": k, "experts": e,
+            "top_k": top_k, "align": align, "rows_per_expert": bucket(slots // e), "sms": 132}
+
+
+def test_tuning_keys_bucket_rows_per_expert():
+    from pyscale.ops.grouped_gemm import tuning_key
+
+    cpu = torch.device("cpu")
+    assert tuning_key("fwd", 1, torch.float16, cpu, 64, 32, 8, 300, 2, 64) == \
+        tuning_key("fwd", 1, torch.float16, cpu, 64, 32, 8, 500, 2, 64)  # 37 and 62 rows per expert: bucket 64
+    assert tuning_key("fwd", 1, torch.float16, cpu, 64, 32, 8, 300, 2, 64)["rows_per_expert"] == 64
+    assert tuning_key("fwd", 1, torch.float16, cpu, 64, 32, 8, 600, 2, 64)["rows_per_expert"] == 128
+
+
+@pytest.mark.parametrize("kind,mode", [("fwd", 0), ("fwd", 1), ("dw", 0)])
+def test_every_tuning_candidate_computes_the_same(kind, mode):
+    """The tuner may pick any candidate of the GPU space: each one (run here in the interpreter, launched as
+    the tuner would, twice, into the same outputs) gives the default config's result."""
+    from pyscale.kernels import grouped_gemm as kern
+    from pyscale.ops.grouped_gemm import TUNING_DW, TUNING_FWD
+
+    t, k, e, kdim, align = 20, 2, 4, 72, 128
+    n = 136 if kind == "fwd" else 120  # dW: one output tile per (expert, split), or the grid grows large
+    ids = _routing(t, k, e, seed=12)
+    al = moe_align(ids, e, align, capacity_factor=0.75)
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(t, kdim, generator=gen)
+    w, w2 = torch.randn(e, n, kdim, generator=gen) / 8, torch.randn(e, n, kdim, generator=gen) / 8
+    grad = torch.randn(t * k, n, generator=gen)
+    tunable = TUNING_FWD if kind == "fwd" else TUNING_DW
+    key = _gpu_key(kind, mode, n, kdim, e, t * k, k, align)
+    candidates = tunable.candidates(key)
+    assert len(candidates) >= 3 and all(c["BLOCK_M"] <= align for c in candidates)
+    if kind == "dw":
+        assert {c["SPLITS"] for c in candidates} >= {1, 2, 4, 8}
+
+    def run(cfg):
+        if kind == "fwd":
+            out, preact = kern.fwd_outputs(t * k, n, x.dtype, x.device, mode, True)
+            for _ in range(2):
+                kern.launch_fwd(x, w, w2 if mode else None, out, preact, al.sorted_ids, al.expert_ids, al.n_pad,
+                                al.slot_pos, a_div=k, align=align, mode=mode, transpose_w=False, save_preact=True,
+                                zero_dropped=True, config=cfg)
+            return [out] + ([preact] if mode else [])
+        dw, _ = kern.dw_outputs(e, n, kdim, x.dtype, x.device, mode)
+        for _ in range(2):
+            kern.launch_dw(grad, None, x, dw, None, al.sorted_ids, al.offsets, x_div=k, mode=mode, config=cfg)
+        return [dw]
+
+    expected = run(candidates[0])
+    for cfg in candidates[1:]:
+        for got, want in zip(run(cfg), expected):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m, cfg=cfg: f"{cfg}: {m}")
