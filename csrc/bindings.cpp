@@ -80,21 +80,24 @@ void bind_moe(py::module_& m) {
   m.def("moe_align_cpu", [](std::uintptr_t ids, int64_t slots, int64_t n_experts, int64_t block, int64_t capacity,
                             std::uintptr_t sorted_ids, std::uintptr_t expert_ids, std::uintptr_t n_pad,
                             std::uintptr_t slot_pos, std::uintptr_t offsets, std::uintptr_t counts,
-                            std::uintptr_t dropped) {
+                            std::uintptr_t dropped, std::uintptr_t invalid) {
     py::gil_scoped_release release;
     pyscale::moe::align_cpu(ptr<const int32_t>(ids), slots, n_experts, block, capacity, ptr<int32_t>(sorted_ids),
                             ptr<int32_t>(expert_ids), ptr<int32_t>(n_pad), ptr<int32_t>(slot_pos),
-                            ptr<int32_t>(offsets), ptr<int32_t>(counts), ptr<int32_t>(dropped));
+                            ptr<int32_t>(offsets), ptr<int32_t>(counts), ptr<int32_t>(dropped),
+                            ptr<int32_t>(invalid));
   });
 #ifdef PYSCALE_WITH_CUDA
   m.def("moe_align_cuda", [](std::uintptr_t ids, int64_t slots, int64_t n_experts, int64_t block, int64_t capacity,
                              std::uintptr_t sorted_ids, std::uintptr_t expert_ids, std::uintptr_t n_pad,
                              std::uintptr_t slot_pos, std::uintptr_t offsets, std::uintptr_t counts,
-                             std::uintptr_t dropped, std::uintptr_t workspace, std::uintptr_t stream) {
+                             std::uintptr_t dropped, std::uintptr_t invalid, std::uintptr_t workspace,
+                             std::uintptr_t stream) {
     check_cuda(pyscale::moe::align_cuda(ptr<const int32_t>(ids), slots, n_experts, block, capacity,
                                         ptr<int32_t>(sorted_ids), ptr<int32_t>(expert_ids), ptr<int32_t>(n_pad),
                                         ptr<int32_t>(slot_pos), ptr<int32_t>(offsets), ptr<int32_t>(counts),
-                                        ptr<int32_t>(dropped), ptr<int32_t>(workspace), ptr<void>(stream)),
+                                        ptr<int32_t>(dropped), ptr<int32_t>(invalid), ptr<int32_t>(workspace),
+                                        ptr<void>(stream)),
                "moe_align");
   });
 #endif

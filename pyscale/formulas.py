@@ -289,7 +289,8 @@ def grouped_gemm_flops(rows: int, n: int, k: int, *, swiglu: bool = False, backw
                        elementwise: bool = True) -> int:
     """pyscale::grouped_gemm over `rows` rows of (E, N, K) expert weights.
 
-    Executed: rows = the padded rows n_pad (the kernel computes them), elementwise=True. Forward 2·rows·N·K
+    Executed: rows = the padded rows n_pad (the kernel's row tiles cover each expert's padded segment; the
+    upper bound's extra rows are skipped on the device), elementwise=True. Forward 2·rows·N·K
     per weight (SwiGLU: two, + 4·rows·N for the fused activation); backward 2x the GEMMs (dA and dW),
     + 8·rows·N for the SwiGLU backward. Model: rows = the T·k routed slots, elementwise=False (PaLM).
     """
@@ -322,10 +323,10 @@ def moe_align_rows(slots: int, n_experts: int, block_size: int) -> int:
 
 def moe_align_bytes(tokens: int, top_k: int, n_experts: int, block_size: int) -> int:
     """pyscale::moe_align (no FLOPs: integer work): topk_ids read; sorted_ids, expert_ids, n_pad, slot_pos,
-    offsets, tokens_per_expert and dropped written, all int32 at their upper-bound sizes."""
+    offsets, tokens_per_expert, dropped and invalid_ids written, all int32 at their upper-bound sizes."""
     slots = tokens * top_k
     rows = moe_align_rows(slots, n_experts, block_size)
-    written = rows + _ceil_div(rows, block_size) + 1 + slots + (n_experts + 1) + n_experts + 1
+    written = rows + _ceil_div(rows, block_size) + 1 + slots + (n_experts + 1) + n_experts + 1 + 1
     return INDEX_ITEMSIZE * (slots + written)
 
 
@@ -549,12 +550,12 @@ def _moe_align_call_bytes(args: Sequence[Any], kwargs: Mapping[str, Any], out: A
 
 
 def _moe_combine_call_flops(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
-    y, slot_pos, top_k = args[0], args[2], int(args[4])  # (y, weights, slot_pos, sorted_ids, top_k)
+    y, slot_pos, top_k = args[0], args[2], int(args[3])  # (y, weights, slot_pos, top_k)
     return moe_combine_flops(int(slot_pos.shape[0]) // top_k, top_k, int(y.shape[1]))
 
 
 def _moe_combine_backward_call_flops(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
-    y, weights = args[1], args[2]  # (grad_out, y, weights, sorted_ids, top_k)
+    y, weights = args[1], args[2]  # (grad_out, y, weights, slot_pos, top_k)
     t, k = weights.shape
     return moe_combine_flops(int(t), int(k), int(y.shape[1]), backward=True)
 

@@ -3,6 +3,8 @@
 Per token: route (moe_route) -> align slots by expert (moe_align) -> one grouped GEMM over all experts
 gathering token rows, with SwiGLU fused (w_gate, w_up) -> one grouped GEMM (w_down) -> weighted combine
 back to token order (moe_combine). Expert e computes w_down[e] @ (silu(w_gate[e] @ x) * (w_up[e] @ x)).
+The forward never syncs the host: its value checks are counted on the device and read back later
+(pyscale.ops._deferred_check).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 
 from pyscale.formulas import moe_layer_model_flops
 from pyscale.ops._checks import check_choice, check_int
+from pyscale.ops._deferred_check import DeferredCheck
 from pyscale.ops.grouped_gemm import grouped_gemm
 from pyscale.ops.moe_align import exact_capacity_factor, moe_align, moe_block_size
 from pyscale.ops.moe_aux import (
@@ -76,7 +79,11 @@ class MoE(nn.Module):
         expert_bias: keep a per-expert selection bias buffer (auxiliary-loss-free balancing), updated by
             `update_bias(aux.tokens_per_expert)` after each optimiser step.
         bias_update_rate: the step of that update.
-        check_values: reject NaN router logits with a clear error (a device sync per call on CUDA).
+        check_values: report NaN router logits, and expert ids out of range (what NaN logits route to), with
+            a ValueError -- without a host sync: the counts are made on the device; on CUDA they are copied
+            back asynchronously and the error comes from the first later forward that finds the copy done
+            (or from `check_pending_values()`, which waits); on CPU from this forward. Off: no check, and
+            an out-of-range id only drops its slot (moe_align never indexes with it).
     Parameters: router.weight (E, d) (router is a bias-free nn.Linear(d, E)); w_gate, w_up (E, d_ff, d);
     w_down (E, d, d_ff).
     forward(x (..., d)) -> (out (..., d) in x.dtype, MoEAux).
@@ -105,6 +112,11 @@ class MoE(nn.Module):
         self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
         self.bias_update_rate = bias_update_rate
         self.check_values = check_values
+        self._value_checks = DeferredCheck((
+            "pyscale.nn.MoE: the router logits of a forward held {count} NaN value(s) (check the layer's "
+            "input and router weights)",
+            "pyscale.nn.MoE: {count} routed slot(s) of a forward had an expert id outside 0..n_experts-1 and "
+            "were left out (NaN router logits route there)"))
         kw = {"device": device, "dtype": dtype}
         # a bias-free Linear, as in Mixtral/DeepSeek checkpoints: router.weight (E, d) = (out, in) features
         self.router = nn.Linear(d_model, n_experts, bias=False, **kw)
@@ -133,18 +145,25 @@ class MoE(nn.Module):
         """Model FLOPs per token of the forward: router 2·d·E + experts 2·k·3·d·d_ff."""
         return moe_layer_model_flops(1, self.d_model, self.d_ff, self.n_experts, self.top_k)
 
+    def check_pending_values(self) -> None:
+        """Wait for the value checks of earlier forwards (a device sync) and raise if one found bad values."""
+        self._value_checks.wait()
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
         if x.shape[-1] != self.d_model:
             raise ValueError(f"x must end in d_model = {self.d_model}: got shape {tuple(x.shape)}")
+        checking = self.check_values and not torch.compiler.is_compiling()
+        if checking:
+            self._value_checks.poll()  # an earlier forward's finding, if its copy is back; never waits
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.d_model)
         # The router runs in fp32: its logits decide discrete choices, and it is a tiny GEMM.
         logits = x2.float() @ self.router.weight.float().T
+        # value checks off in the ops (each would sync): counted on the device below instead
         weights, ids = moe_route(logits, self.top_k, scoring=self.scoring, renormalize=self.renormalize,
                                  n_group=self.n_group, topk_group=self.topk_group, bias=self.expert_bias,
-                                 check_values=self.check_values)
+                                 check_values=False)
         block = moe_block_size(x2.shape[0], self.top_k, self.n_experts, x.device, x.dtype)
-        # ids come from moe_route, in range by construction: no need to read them back
         al = moe_align(ids, self.n_experts, block, capacity_factor=self.capacity_factor, check_values=False)
         h = grouped_gemm(x2, self.w_gate, al, gather=True, w2=self.w_up, activation="swiglu")
         y = grouped_gemm(h, self.w_down, al)
@@ -156,6 +175,9 @@ class MoE(nn.Module):
             tokens_per_expert=al.tokens_per_expert,
             dropped=al.dropped,
         )
+        if checking:
+            nan = torch.isnan(logits).sum(dtype=torch.int32).reshape(1)
+            self._value_checks.submit(torch.cat([nan, al.invalid_ids]))
         return out.reshape(*lead, self.d_model), aux
 
     @torch.no_grad()

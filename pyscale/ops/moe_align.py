@@ -11,6 +11,9 @@ input shapes and the fake implementation is exact:
   offsets (E + 1,)     start of each expert's padded segment
   tokens_per_expert (E,)  slots routed to each expert, before any capacity drop
   dropped (1,)         slots dropped by the capacity limit
+  invalid_ids (1,)     slots whose id lies outside 0..E-1: left out of the layout (slot_pos -1, not in
+                       tokens_per_expert), never used as an index, only counted (a device-side flag that
+                       costs no host sync; `pyscale.nn.MoE` raises from it)
 Dropless by default; with capacity_factor cf each expert keeps its first ⌈cf · T · k / E⌉ slots in slot
 (token) order and the rest are dropped (weight 0 in the combine).
 
@@ -30,6 +33,7 @@ import torch
 
 from pyscale import _ext
 from pyscale.formulas import moe_align_rows
+from pyscale.ops._autotune import bucket
 from pyscale.ops._checks import check_tensor
 from pyscale.ops._dispatch import cuda_stream_of, dispatch
 from pyscale.reference import moe_align as ref
@@ -47,6 +51,7 @@ class MoEAlignment(NamedTuple):
     offsets: torch.Tensor
     tokens_per_expert: torch.Tensor
     dropped: torch.Tensor
+    invalid_ids: torch.Tensor
     block_size: int
     top_k: int
     n_experts: int
@@ -56,7 +61,8 @@ def _empty_outputs(topk_ids: torch.Tensor, n_experts: int, block_size: int) -> t
     slots = topk_ids.numel()
     rows = moe_align_rows(slots, n_experts, block_size)
     new = lambda n: topk_ids.new_empty((n,), dtype=torch.int32)
-    return (new(rows), new(-(-rows // block_size)), new(1), new(slots), new(n_experts + 1), new(n_experts), new(1))
+    return (new(rows), new(-(-rows // block_size)), new(1), new(slots), new(n_experts + 1), new(n_experts), new(1),
+            new(1))
 
 
 def _align_native(topk_ids, n_experts, block_size, capacity, device_kind):
@@ -84,7 +90,7 @@ _ALIGN = {
 @torch.library.custom_op("pyscale::moe_align", mutates_args=())
 def _moe_align_op(topk_ids: torch.Tensor, n_experts: int, block_size: int, capacity: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                             torch.Tensor]:
+                             torch.Tensor, torch.Tensor]:
     return tuple(dispatch("moe_align", topk_ids.device, _ALIGN, topk_ids, n_experts, block_size, capacity))
 
 
@@ -142,11 +148,12 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capaci
         block_size: row-block size of the grouped GEMM that consumes the layout (>= 1).
         capacity_factor: None for dropless, else > 0: each expert keeps its first
             ⌈capacity_factor · T · k / E⌉ slots in token order (computed exactly, see expert_capacity).
-        check_values: reject ids outside 0..E-1 (reads the tensor: a device sync on CUDA; skipped under
-            torch.compile). Out-of-range ids with the check off are undefined behaviour in the native code.
+        check_values: reject ids outside 0..E-1 with a ValueError (reads the tensor: a device sync on CUDA;
+            skipped under torch.compile). With the check off, such ids are left out of the layout and
+            counted in `invalid_ids` on the device (every backend; no out-of-bounds access).
     Returns:
-        MoEAlignment(sorted_ids, expert_ids, n_pad, slot_pos, offsets, tokens_per_expert, dropped, block_size,
-        top_k, n_experts); shapes and meaning in the module docstring.
+        MoEAlignment(sorted_ids, expert_ids, n_pad, slot_pos, offsets, tokens_per_expert, dropped, invalid_ids,
+        block_size, top_k, n_experts); shapes and meaning in the module docstring.
     FLOPs: 0 (bytes: `pyscale.formulas.moe_align_bytes`).
     """
     check_tensor("topk_ids", topk_ids, ndim=2)
@@ -175,7 +182,8 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_size: int, *, capaci
 
 def moe_block_size(tokens: int, top_k: int, n_experts: int, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.bfloat16) -> int:
-    """The row-block size the grouped GEMM will use for this routing (pass it to moe_align)."""
+    """The row-block size the grouped GEMM will use for this routing (pass it to moe_align): its default
+    row tile for the routed rows per expert, bucketed as its tuning key buckets them."""
     from pyscale.kernels import grouped_gemm as kern
 
-    return kern.grouped_gemm_config(1, 1, tokens * top_k / max(n_experts, 1), dtype)["BLOCK_M"]
+    return kern.grouped_gemm_config(1, 1, bucket(tokens * top_k // max(n_experts, 1)), dtype)["BLOCK_M"]

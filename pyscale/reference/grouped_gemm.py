@@ -1,5 +1,6 @@
 """Reference grouped GEMM in plain PyTorch (the oracle of `pyscale.ops.grouped_gemm`): a per-expert loop over
-the padded layout of `moe_align` (DESIGN.md section 8), forward and backward.
+the routed slots of a `moe_align` layout (DESIGN.md section 8), forward and backward. Outputs have one row
+per slot s = t * k + j; dropped slots get zeros.
 """
 
 from __future__ import annotations
@@ -8,33 +9,39 @@ import torch
 import torch.nn.functional as F
 
 
-def _row_experts(sorted_ids: torch.Tensor, expert_ids: torch.Tensor, n_pad: torch.Tensor, align: int,
-                 num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _routed_slots(sorted_ids: torch.Tensor, expert_ids: torch.Tensor, n_pad: torch.Tensor, align: int,
+                  num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot, expert) of every row of the padded layout that holds a routed slot."""
     rows = sorted_ids.shape[0]
     row_expert = expert_ids.long().repeat_interleave(align)[:rows]
-    valid = (sorted_ids.long() < num_slots) & (row_expert >= 0) & (torch.arange(rows, device=sorted_ids.device)
-                                                                    < n_pad.long())
-    return row_expert, valid
+    sid = sorted_ids.long()
+    valid = (sid < num_slots) & (row_expert >= 0) & (torch.arange(rows, device=sorted_ids.device) < n_pad.long())
+    return sid[valid], row_expert[valid]
+
+
+def _source_rows(slots: torch.Tensor, gather_k: int) -> torch.Tensor:
+    return slots // gather_k if gather_k > 0 else slots
 
 
 def grouped_gemm(a: torch.Tensor, w: torch.Tensor, w2: torch.Tensor | None, sorted_ids: torch.Tensor,
                  expert_ids: torch.Tensor, n_pad: torch.Tensor, gather_k: int, align: int, activation: str,
                  num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-expert loop over the padded layout: out[r] = A[row(r)] @ w[e]^T (SwiGLU with w2); zeros elsewhere.
-    Returns (out (rows, N) in a.dtype, preact (rows, 2N) = [gate | up] for SwiGLU else empty)."""
-    rows, n = sorted_ids.shape[0], w.shape[1]
-    row_expert, valid = _row_experts(sorted_ids, expert_ids, n_pad, align, num_slots)
-    out = torch.zeros((rows, n), dtype=a.dtype, device=a.device)
+    """Per-expert loop: out[s] = A[row(s)] @ w[e(s)]^T (SwiGLU with w2) for every routed slot s, with
+    row(s) = s // gather_k (gather_k > 0: A holds tokens) or s (A holds slots); zeros for dropped slots.
+    Returns (out (T·k, N) in a.dtype, preact (T·k, 2N) = [gate | up] for SwiGLU else empty)."""
+    n = w.shape[1]
+    slots, experts = _routed_slots(sorted_ids, expert_ids, n_pad, align, num_slots)
+    out = torch.zeros((num_slots, n), dtype=a.dtype, device=a.device)
     swiglu = activation == "swiglu"
-    preact = torch.zeros((rows, 2 * n) if swiglu else (0,), dtype=a.dtype, device=a.device)
+    preact = torch.zeros((num_slots, 2 * n) if swiglu else (0,), dtype=a.dtype, device=a.device)
     for e in range(w.shape[0]):
-        idx = torch.nonzero(valid & (row_expert == e)).flatten()
+        idx = slots[experts == e]
         if idx.numel() == 0:
             continue
-        src = a[sorted_ids[idx].long() // gather_k] if gather_k > 0 else a[idx]
-        g = src.float() @ w[e].float().T
+        src = a[_source_rows(idx, gather_k)].float()
+        g = src @ w[e].float().T
         if swiglu:
-            u = src.float() @ w2[e].float().T
+            u = src @ w2[e].float().T
             preact[idx, :n], preact[idx, n:] = g.to(a.dtype), u.to(a.dtype)
             g = F.silu(g) * u
         out[idx] = g.to(a.dtype)
@@ -51,16 +58,16 @@ def grouped_gemm_backward(grad_out: torch.Tensor, a: torch.Tensor, w: torch.Tens
     dA rows = dg w + du w2, dW = dg^T A, dW2 = du^T A; gathered rows are summed back per token.
     """
     n = w.shape[1]
-    row_expert, valid = _row_experts(sorted_ids, expert_ids, n_pad, align, num_slots)
+    slots, experts = _routed_slots(sorted_ids, expert_ids, n_pad, align, num_slots)
     grad_a = torch.zeros(a.shape, dtype=torch.float32, device=a.device)
     grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
     swiglu = activation == "swiglu"
     grad_w2 = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if swiglu else None
     for e in range(w.shape[0]):
-        idx = torch.nonzero(valid & (row_expert == e)).flatten()
+        idx = slots[experts == e]
         if idx.numel() == 0:
             continue
-        src = sorted_ids[idx].long() // gather_k if gather_k > 0 else idx
+        src = _source_rows(idx, gather_k)
         x = a[src].float()
         dh = grad_out[idx].float()
         if swiglu:

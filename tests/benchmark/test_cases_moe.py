@@ -26,7 +26,8 @@ def test_grouped_mm_baseline_planned_where_torch_has_it(monkeypatch):
     assert moe_cases.grouped_mm_unavailable("bf16") is None
     cases = moe_cases.cases("quick", "cuda")
     gmm = [c for c in cases if c.impl == "torch._grouped_mm"]
-    assert {c.op for c in gmm} == {"moe_fwd", "moe_fwd_bwd"} and all(c.dtype == "bf16" for c in gmm)
+    assert {c.op for c in gmm} == {"moe_fwd", "moe_fwd_bwd", "moe_fwd_bwd_hot"} and all(c.dtype == "bf16" for c in gmm)
+    assert "loop" not in {c.impl for c in cases if c.op == "moe_fwd_bwd_hot"}
     assert "torch._grouped_mm" not in {c.impl for c in moe_cases.cases("quick", "cpu")}  # fp32 on CPU
 
 
@@ -47,6 +48,11 @@ def test_benchmark_cases_quick_run_and_agree():
         ours = moe_cases.layer_fn("pyscale", m, shape)(x)
         loop = moe_cases.layer_fn("loop", m, shape)(x)
     torch.testing.assert_close(ours, loop, rtol=1e-5, atol=1e-5)
+    hot = moe_cases.make_layer(shape, "cpu", torch.float32, hot=True)
+    with torch.no_grad():
+        ours_hot, aux = hot(x)
+        torch.testing.assert_close(ours_hot, moe_cases.layer_fn("loop", hot, shape)(x), rtol=1e-5, atol=1e-5)
+    assert int(aux.tokens_per_expert[0]) == shape["tokens"]  # every token's first choice
     if hasattr(torch, "_grouped_mm"):  # bf16 only; CPU support depends on the torch build
         with torch.no_grad():
             gmm = moe_cases.layer_fn("torch._grouped_mm", m.to(torch.bfloat16), shape)(x.bfloat16())

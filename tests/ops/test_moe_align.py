@@ -1,4 +1,5 @@
-"""moe_align: C++ (and CUDA on a GPU) bit-identical to the reference; layout invariants; capacity mode."""
+"""moe_align: C++ (and CUDA on a GPU) bit-identical to the reference; layout invariants; capacity mode;
+out-of-range ids with the check off (left out and counted, never used as an index)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pyscale
 from pyscale.ops import moe_align
 from pyscale.ops.moe_align import expert_capacity
 
-FIELDS = ("sorted_ids", "expert_ids", "n_pad", "slot_pos", "offsets", "tokens_per_expert", "dropped")
+FIELDS = ("sorted_ids", "expert_ids", "n_pad", "slot_pos", "offsets", "tokens_per_expert", "dropped", "invalid_ids")
 
 
 def _ids(t, k, e, seed=0, skew=None):
@@ -30,10 +31,10 @@ def _ids(t, k, e, seed=0, skew=None):
     return torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(t)]).to(torch.int32).reshape(t, k)
 
 
-def _both(ids, e, block, cf=None):
-    a = moe_align(ids, e, block, capacity_factor=cf)
+def _both(ids, e, block, cf=None, check=True):
+    a = moe_align(ids, e, block, capacity_factor=cf, check_values=check)
     with pyscale.backend("reference"):
-        b = moe_align(ids, e, block, capacity_factor=cf)
+        b = moe_align(ids, e, block, capacity_factor=cf, check_values=check)
     return a, b
 
 
@@ -42,11 +43,15 @@ def _check_invariants(al, ids, e, block, capacity):
     slots = t * k
     rows = slots + e * (block - 1)
     flat = ids.reshape(-1).long()
+    invalid = (flat < 0) | (flat >= e)
+    assert int(al.invalid_ids) == int(invalid.sum())
+    assert torch.all(al.slot_pos[invalid] == -1)
+    flat = torch.where(invalid, e, flat)  # an expert of its own that no segment holds
     assert al.sorted_ids.shape == (rows,) and al.expert_ids.shape == (math.ceil(rows / block),)
     assert al.slot_pos.shape == (slots,) and al.offsets.shape == (e + 1,) and al.n_pad.shape == (1,)
     for f in FIELDS:
         assert getattr(al, f).dtype == torch.int32
-    counts = torch.bincount(flat, minlength=e)
+    counts = torch.bincount(flat, minlength=e + 1)[:e]
     assert torch.equal(al.tokens_per_expert.long(), counts)
     kept = counts if capacity is None else counts.clamp(max=capacity)
     assert int(al.dropped) == int((counts - kept).sum())
@@ -67,7 +72,7 @@ def _check_invariants(al, ids, e, block, capacity):
     assert torch.all(al.expert_ids[n_pad // block:] == -1)
     pos = al.slot_pos.long()
     ok = pos >= 0
-    assert int((~ok).sum()) == int(al.dropped)
+    assert int((~ok).sum()) == int(al.dropped) + int(al.invalid_ids)
     assert torch.equal(sid[pos[ok]], torch.nonzero(ok).flatten())
 
 
@@ -165,6 +170,48 @@ def test_align_property(t, k, e, block, cf, seed):
     _check_invariants(a, ids, e, block, None if cf is None else expert_capacity(t, k, e, cf))
 
 
+# ids far outside 0..E-1 on both sides (an unchecked native path would index shared memory with them)
+BAD_IDS = [-1, 8, 2**31 - 1, -2**31, 1000, -7]
+
+
+@pytest.mark.parametrize("cf", [None, 0.5])
+def test_out_of_range_ids_are_left_out_and_counted(cf):
+    """With the check off, the C++ backend (the CUDA kernels' shared code) and the reference agree bit for
+    bit: bad slots get slot_pos -1, sit in no segment, count in invalid_ids and in no expert."""
+    ids = _ids(30, 3, 8, seed=7)
+    g = torch.Generator().manual_seed(8)
+    where = torch.randperm(90, generator=g)[: len(BAD_IDS) * 2]
+    flat = ids.reshape(-1).clone()
+    flat[where] = torch.tensor(BAD_IDS * 2, dtype=torch.int32)
+    bad = flat.reshape(30, 3)
+    a, b = _both(bad, 8, 16, cf, check=False)
+    for f in FIELDS:
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert int(a.invalid_ids) == len(BAD_IDS) * 2
+    _check_invariants(a, bad, 8, 16, None if cf is None else expert_capacity(30, 3, 8, cf))
+    assert int(moe_align(ids, 8, 16).invalid_ids) == 0
+
+
+def test_every_id_out_of_range():
+    ids = torch.full((5, 2), 99, dtype=torch.int32)
+    a, b = _both(ids, 4, 16, check=False)
+    for f in FIELDS:
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert int(a.invalid_ids) == 10 and int(a.n_pad) == 0 and torch.all(a.slot_pos == -1)
+    assert torch.all(a.expert_ids == -1) and int(a.tokens_per_expert.sum()) == 0
+
+
+@given(t=st.integers(0, 30), k=st.integers(1, 3), e=st.integers(3, 9), block=st.sampled_from([1, 4, 16]),
+       cf=st.sampled_from([None, 0.5]), seed=st.integers(0, 10**6))
+def test_out_of_range_property(t, k, e, block, cf, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(-3, e + 3, (t, k), generator=g, dtype=torch.int32)
+    a, b = _both(ids, e, block, cf, check=False)
+    for f in FIELDS:
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    _check_invariants(a, ids, e, block, None if cf is None else expert_capacity(t, k, e, cf))
+
+
 def test_int64_ids_accepted():
     ids = _ids(9, 2, 4).long()
     assert torch.equal(moe_align(ids, 4, 16).sorted_ids, moe_align(ids.int(), 4, 16).sorted_ids)
@@ -205,3 +252,18 @@ def test_cuda_matches_cpp(t, k, e, cf):
     gpu = moe_align(ids.cuda(), e, 64, capacity_factor=cf)
     for f in FIELDS:
         assert torch.equal(getattr(cpu, f), getattr(gpu, f).cpu()), f
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("e", [8, 256, 4096])
+def test_cuda_out_of_range_ids_match_cpp(e):
+    """The unchecked CUDA path with bad ids: no out-of-bounds access (a later sync would report it), and
+    the same bytes as the C++ backend."""
+    ids = torch.randint(0, e, (3000, 4), dtype=torch.int32)
+    ids.view(-1)[torch.randperm(ids.numel())[:300]] = torch.tensor(BAD_IDS * 50, dtype=torch.int32)
+    cpu = moe_align(ids, e, 64, check_values=False)
+    gpu = moe_align(ids.cuda(), e, 64, check_values=False)
+    torch.cuda.synchronize()
+    for f in FIELDS:
+        assert torch.equal(getattr(cpu, f), getattr(gpu, f).cpu()), f
+    assert int(gpu.invalid_ids) == 300

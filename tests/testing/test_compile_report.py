@@ -21,19 +21,6 @@ pytest.importorskip("triton")
 from pyscale.testing import aot_specs, compile_report  # noqa: E402
 from pyscale.testing.aot import ARCHS, ptx_counts  # noqa: E402
 
-# (op, params that single the entry out, arch) -> the spill bytes measured at this default today.
-KNOWN_SPILLS = {
-    ("moe.grouped_gemm", (("mode", "swiglu"), ("dtype", "bf16")), "sm_80"):
-        (8, "two SwiGLU accumulators, 4 stages on sm_80 (issue 20 item 4)"),
-}
-
-
-def _known(row: dict) -> tuple | None:
-    for (op, params, arch), value in KNOWN_SPILLS.items():
-        if row["op"] == op and row["arch"] == arch and all(row["params"].get(k) == v for k, v in params):
-            return value
-    return None
-
 
 @pytest.fixture(scope="module")
 def ci_rows() -> list[dict]:
@@ -51,23 +38,13 @@ def test_every_default_compiles_fits_and_does_not_spill(ci_rows, arch):
     problems = []
     for r in rows:
         name = f"{r['op']} {r['params']} @ {arch}"
-        known = _known(r)
         if not r["ok"]:
             problems.append(f"{name}: compile failed: {r['error']}")
         elif r["shared_bytes"] > r["smem_limit_bytes"]:
             problems.append(f"{name}: shared memory {r['shared_bytes']} B > {r['smem_limit_bytes']} B")
-        elif r["spill_bytes"] > (known[0] if known else 0):
+        elif r["spill_bytes"] > 0:
             problems.append(f"{name}: spills {r['spill_bytes']} B")
     assert not problems, "\n".join(problems)
-
-
-@pytest.mark.parametrize("known", [
-    pytest.param(key, id=f"{key[0]}-{key[2]}", marks=pytest.mark.xfail(strict=True, reason=reason))
-    for key, (_, reason) in KNOWN_SPILLS.items()])
-def test_known_spills_are_gone(ci_rows, known):
-    op, params, arch = known
-    rows = [r for r in _where(ci_rows, op=op, arch=arch) if all(r["params"].get(k) == v for k, v in params)]
-    assert rows and all(r["ok"] and r["spill_bytes"] == 0 for r in rows), rows
 
 
 # The one backward kernel allowed to skip wgmma on sm_90a, and why (kernels/attention_bwd.py, `bwd_config`).

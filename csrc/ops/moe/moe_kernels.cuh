@@ -12,11 +12,16 @@
 //   offsets (n_experts + 1,)  start of each expert's padded segment
 //   counts (n_experts,)    slots routed to each expert (before any capacity drop)
 //   dropped (1,)           slots dropped by the capacity limit
+//   invalid (1,)           slots whose expert id lies outside 0..n_experts-1: they are left out (slot_pos
+//                          -1, in no segment, not counted in `counts`), never indexed with, and counted here
 #pragma once
 #include "../../common.h"
 
 namespace pyscale {
 namespace moe {
+
+// An id that may index the per-expert arrays; any other slot is left out and counted as invalid.
+PYSCALE_HD bool valid_expert(int32_t e, int64_t n_experts) { return e >= 0 && e < n_experts; }
 
 // Slots an expert keeps: all of them when capacity < 0 (dropless), else the first `capacity`.
 PYSCALE_HD int64_t kept_count(int64_t routed, int64_t capacity) {
@@ -65,6 +70,9 @@ PYSCALE_HD void segment_offsets(const int32_t* counts, int64_t n_experts, int64_
 // Slots per chunk in the CUDA path: one warp ranks a chunk 32 slots at a time.
 constexpr int kAlignChunk = 256;
 
+// The CUDA path's per-chunk histogram row: n_experts counts, then the chunk's invalid ids.
+PYSCALE_HD int64_t hist_row(int64_t n_experts) { return n_experts + 1; }
+
 }  // namespace moe
 }  // namespace pyscale
 
@@ -74,34 +82,46 @@ extern "C" __global__ void pyscale_moe_fill_kernel(int32_t* __restrict__ out, in
   if (i < n) out[i] = value;
 }
 
-// hist[chunk * n_experts + e] = slots of chunk routed to e. Counts do not depend on atomic order.
+// hist[chunk * (n_experts + 1) + e] = slots of chunk routed to e, column n_experts its invalid ids (shared
+// memory holds n_experts + 1 counters; an invalid id only bumps the last). Counts do not depend on atomic order.
 extern "C" __global__ void pyscale_moe_chunk_hist_kernel(const int32_t* __restrict__ ids, int64_t slots,
                                                          int64_t n_experts, int32_t* __restrict__ hist) {
   extern __shared__ int32_t local[];
-  for (int64_t e = threadIdx.x; e < n_experts; e += blockDim.x) local[e] = 0;
+  const int64_t row = pyscale::moe::hist_row(n_experts);
+  for (int64_t e = threadIdx.x; e < row; e += blockDim.x) local[e] = 0;
   __syncthreads();
   const int64_t base = static_cast<int64_t>(blockIdx.x) * pyscale::moe::kAlignChunk;
   for (int64_t i = threadIdx.x; i < pyscale::moe::kAlignChunk; i += blockDim.x) {
-    if (base + i < slots) atomicAdd(&local[ids[base + i]], 1);
+    if (base + i < slots) {
+      const int32_t e = ids[base + i];
+      atomicAdd(&local[pyscale::moe::valid_expert(e, n_experts) ? e : n_experts], 1);
+    }
   }
   __syncthreads();
-  for (int64_t e = threadIdx.x; e < n_experts; e += blockDim.x) hist[blockIdx.x * n_experts + e] = local[e];
+  for (int64_t e = threadIdx.x; e < row; e += blockDim.x) hist[blockIdx.x * row + e] = local[e];
 }
 
-// One block: hist becomes the exclusive prefix over chunks per expert, then offsets, n_pad, dropped
-// and the expert of every block of the padded layout.
+// One block: hist becomes the exclusive prefix over chunks per expert, then offsets, n_pad, dropped,
+// the invalid-id total (column n_experts, summed in chunk order) and the expert of every block of the
+// padded layout.
 extern "C" __global__ void pyscale_moe_scan_kernel(int32_t* __restrict__ hist, int64_t chunks, int64_t n_experts,
                                                    int64_t block, int64_t capacity, int32_t* __restrict__ offsets,
                                                    int32_t* __restrict__ counts, int32_t* __restrict__ n_pad,
-                                                   int32_t* __restrict__ dropped, int32_t* __restrict__ expert_ids) {
-  for (int64_t e = threadIdx.x; e < n_experts; e += blockDim.x) {
+                                                   int32_t* __restrict__ dropped, int32_t* __restrict__ invalid,
+                                                   int32_t* __restrict__ expert_ids) {
+  const int64_t row = pyscale::moe::hist_row(n_experts);
+  for (int64_t e = threadIdx.x; e < row; e += blockDim.x) {
     int32_t running = 0;
     for (int64_t c = 0; c < chunks; ++c) {
-      const int32_t here = hist[c * n_experts + e];
-      hist[c * n_experts + e] = running;
+      const int32_t here = hist[c * row + e];
+      hist[c * row + e] = running;
       running += here;
     }
-    counts[e] = running;
+    if (e < n_experts) {
+      counts[e] = running;
+    } else {
+      *invalid = running;
+    }
   }
   __syncthreads();
   if (threadIdx.x == 0) pyscale::moe::segment_offsets(counts, n_experts, block, capacity, offsets, n_pad, dropped);
@@ -122,17 +142,21 @@ extern "C" __global__ void pyscale_moe_place_kernel(const int32_t* __restrict__ 
                                                     int32_t* __restrict__ sorted_ids, int32_t* __restrict__ slot_pos) {
   extern __shared__ int32_t running[];
   const unsigned lane = threadIdx.x;
-  for (int64_t e = lane; e < n_experts; e += 32) running[e] = hist[blockIdx.x * n_experts + e];
+  const int64_t row = pyscale::moe::hist_row(n_experts);
+  for (int64_t e = lane; e < n_experts; e += 32) running[e] = hist[blockIdx.x * row + e];
   __syncwarp();
   const int64_t base = static_cast<int64_t>(blockIdx.x) * pyscale::moe::kAlignChunk;
   const unsigned lower = (1u << lane) - 1u;
   for (int it = 0; it < pyscale::moe::kAlignChunk / 32; ++it) {
     const int64_t s = base + it * 32 + lane;
-    const bool valid = s < slots;
-    const int32_t e = valid ? ids[s] : -1;
+    const bool in_range = s < slots;
+    const int32_t id = in_range ? ids[s] : -1;
+    const bool valid = in_range && pyscale::moe::valid_expert(id, n_experts);
+    const int32_t e = valid ? id : -1;  // every invalid lane shares the key -1 and touches no counter
     const unsigned peers = __match_any_sync(0xffffffffu, e);
     const int32_t before = valid ? running[e] : 0;
     __syncwarp();
+    if (in_range && !valid) slot_pos[s] = -1;
     if (valid) {
       const int64_t rank = before + __popc(peers & lower);
       pyscale::moe::place_slot(s, rank, pyscale::moe::kept_count(counts[e], capacity), offsets[e], sorted_ids,

@@ -1,7 +1,12 @@
-"""MoE cases: the MoE layer of named models (pyscale.benchmark.shapes) -- forward, forward+backward and
-routing alone -- for pyscale.nn.MoE and two baselines built from PyTorch ops: a per-expert Python loop and a
-layer on `torch._grouped_mm` (bf16, where the installed torch has it; otherwise left out with a warning
-saying why, since pyscale.benchmark has no per-case skip status).
+"""MoE cases: the MoE layer of named models (pyscale.benchmark.shapes) -- forward, forward+backward,
+forward+backward with a hot expert, and routing alone -- for pyscale.nn.MoE and two baselines built from
+PyTorch ops: a per-expert Python loop and a layer on `torch._grouped_mm` (bf16, where the installed torch
+has it; otherwise left out with a warning saying why, since pyscale.benchmark has no per-case skip status).
+
+`moe_fwd_bwd_hot` routes every token's first choice to expert 0 (a selection bias, as auxiliary-loss-free
+balancing applies one; the weights are the router's), the load a weight gradient split per expert is for
+(`PYSCALE_MOE_DW_SPLITS` selects the split count for an A/B); the loop baseline, whose cost hardly depends
+on the balance, is left out of it.
 
 FLOPs: active parameters (router 2·T·d·E + experts 2·T·k·3·d·d_ff; ×3 with the backward); routing alone
 counts the gating formula of pyscale.ops.moe_route (5·T·E + 2·T·E·k + T·k). Bytes: the layer's expert weights
@@ -19,7 +24,8 @@ from pyscale.benchmark.runner import Case, Workload
 from pyscale.benchmark.shapes import moe_shapes
 
 IMPLS = ("pyscale", "torch._grouped_mm", "loop")
-OPS = ("moe_fwd", "moe_fwd_bwd", "moe_route")
+OPS = ("moe_fwd", "moe_fwd_bwd", "moe_fwd_bwd_hot", "moe_route")
+HOT_EXPERT_BIAS = 2.0  # added to expert 0's selection score: above any other (scores lie in [0, 1])
 
 
 def grouped_mm_unavailable(dtype: str) -> str | None:
@@ -46,25 +52,27 @@ def cases(shape_set: str, device: str) -> list[Case]:
     for shape in moe_shapes(shape_set):
         for op in OPS:
             for impl in ("pyscale",) if op == "moe_route" else impls:
+                if op == "moe_fwd_bwd_hot" and impl == "loop":
+                    continue
                 out.append(Case.make("moe", op, impl, shape, dtype, shape_set))
     return out
 
 
-def _route(logits, shape: dict[str, Any]):
+def _route(logits, shape: dict[str, Any], bias=None):
     from pyscale.reference import moe_route as ref
 
     return ref.moe_route(logits, shape["top_k"], shape["scoring"], True, shape.get("n_group"),
-                         shape.get("topk_group"))
+                         shape.get("topk_group"), bias)
 
 
-def loop_layer(params, x, shape: dict[str, Any]):
+def loop_layer(params, x, shape: dict[str, Any], bias=None):
     """Per-expert Python loop (the usual eager implementation): route, then for each expert gather its tokens,
     run the SwiGLU MLP and index_add the weighted result back."""
     import torch
     import torch.nn.functional as F
 
     router, w_gate, w_up, w_down = params
-    weights, ids = _route(x.float() @ router.float().T, shape)
+    weights, ids = _route(x.float() @ router.float().T, shape, bias)
     out = torch.zeros_like(x)
     for e in range(shape["n_experts"]):
         tok, j = torch.nonzero(ids == e, as_tuple=True)
@@ -76,14 +84,14 @@ def loop_layer(params, x, shape: dict[str, Any]):
     return out
 
 
-def grouped_mm_layer(params, x, shape: dict[str, Any]):
+def grouped_mm_layer(params, x, shape: dict[str, Any], bias=None):
     """Sort slots by expert, gather rows, three `torch._grouped_mm` calls (bf16), weighted index_add back."""
     import torch
     import torch.nn.functional as F
 
     router, w_gate, w_up, w_down = params
     k = shape["top_k"]
-    weights, ids = _route(x.float() @ router.float().T, shape)
+    weights, ids = _route(x.float() @ router.float().T, shape, bias)
     flat = ids.reshape(-1).long()
     order = torch.argsort(flat, stable=True)
     tok = order // k
@@ -96,30 +104,36 @@ def grouped_mm_layer(params, x, shape: dict[str, Any]):
     return torch.zeros_like(x).index_add(0, tok, y)
 
 
-def make_layer(shape: dict[str, Any], device: str, dtype):
-    """A seeded pyscale.nn.MoE for the shape (value checks off: they sync the device)."""
+def make_layer(shape: dict[str, Any], device: str, dtype, *, hot: bool = False):
+    """A seeded pyscale.nn.MoE for the shape, as the default module runs (its value checks are deferred:
+    they never sync); `hot`: every token's first choice is expert 0 (a selection bias)."""
     import torch
 
     from pyscale.nn import MoE
 
     torch.manual_seed(0)
-    return MoE(shape["d_model"], shape["d_ff"], shape["n_experts"], shape["top_k"], scoring=shape["scoring"],
-               n_group=shape.get("n_group"), topk_group=shape.get("topk_group"), check_values=False,
-               device=device, dtype=dtype)
+    m = MoE(shape["d_model"], shape["d_ff"], shape["n_experts"], shape["top_k"], scoring=shape["scoring"],
+            n_group=shape.get("n_group"), topk_group=shape.get("topk_group"), expert_bias=hot,
+            device=device, dtype=dtype)
+    if hot:
+        with torch.no_grad():
+            m.expert_bias[0] = HOT_EXPERT_BIAS
+    return m
 
 
 def layer_fn(impl: str, module, shape: dict[str, Any]):
-    """x -> out for one implementation, sharing `module`'s parameters."""
+    """x -> out for one implementation, sharing `module`'s parameters (and selection bias)."""
     params = (module.router.weight, module.w_gate, module.w_up, module.w_down)
+    bias = module.expert_bias
     if impl == "pyscale":
         return lambda x: module(x)[0]
     if impl == "loop":
-        return lambda x: loop_layer(params, x, shape)
+        return lambda x: loop_layer(params, x, shape, bias)
     if impl == "torch._grouped_mm":
         reason = grouped_mm_unavailable("bf16")
         if reason is not None:
             raise RuntimeError(f"moe: the torch._grouped_mm baseline cannot run: {reason}")
-        return lambda x: grouped_mm_layer(params, x, shape)
+        return lambda x: grouped_mm_layer(params, x, shape, bias)
     raise ValueError(f"moe: unknown implementation {impl!r} (known: {', '.join(IMPLS)})")
 
 
@@ -147,9 +161,9 @@ def workload(case: Case, device: str) -> Workload:
                         bytes=float(nbytes))
     if case.op not in OPS:
         raise ValueError(f"moe: unknown op {case.op!r} (known: {', '.join(OPS)})")
-    module = make_layer(shape, device, dtype)
+    module = make_layer(shape, device, dtype, hot=case.op == "moe_fwd_bwd_hot")
     fn = layer_fn(case.impl, module, shape)
-    backward = case.op == "moe_fwd_bwd"
+    backward = case.op in ("moe_fwd_bwd", "moe_fwd_bwd_hot")
     x = torch.randn(t, d, generator=gen).to(device=device, dtype=dtype).requires_grad_(backward)
     if backward:
         def step(inp):
