@@ -2,8 +2,7 @@
 
 Every entry of pyscale.testing.aot_specs that CI compiles (the families' AOT tests share the specs and
 the cache, so each kernel compiles once per arch): on sm_80, sm_89 and sm_90a it compiles, fits the
-arch's shared memory and does not spill, except the known spills below, each with the issue that
-removes it (its xfail(strict) test fails once it is gone: then delete the entry). On sm_90a every
+arch's shared memory and does not spill. On sm_90a every
 attention backward kernel is pipelined on wgmma (HOPPER_MMA_SYNC names the stated exception), and no
 attention default shrinks below today's tiles unless SMALLER_TILES says why.
 """
