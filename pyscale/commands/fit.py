@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also refit without the K largest compute budgets and report the extrapolation error")
     parser.add_argument("--isoflop", action="store_true",
                         help="also run IsoFLOP Approach 2 (per-budget parabolas; needs several N per budget)")
+    parser.add_argument("--isoflop-points", type=int, default=None, metavar="K",
+                        help="points nearest each budget's minimum that Approach 2's parabola uses (default "
+                             "8; 0: all of them); implies --isoflop")
     parser.add_argument("--plot", metavar="PNG", help="write loss-vs-compute, iso-loss and residual plots")
     parser.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
 
@@ -80,10 +83,14 @@ def run(args: argparse.Namespace) -> int:
                                            delta=args.delta, starts="quick" if args.quick else "grid",
                                            columns=_columns(args.columns), nan_policy=args.nan_policy,
                                            flops_per_param_token=args.flops_per_param_token)
-        if args.isoflop:
+        if args.isoflop or args.isoflop_points is not None:
             from pyscale.scaling import isoflop
 
-            iso = isoflop.approach2(data, bootstrap=max(args.bootstrap, 200), seed=args.seed,
+            if args.isoflop_points is not None and (args.isoflop_points < 0 or 0 < args.isoflop_points < 3):
+                raise ValueError(f"--isoflop-points must be 0 (all points) or >= 3 (a parabola has 3 "
+                                 f"coefficients): got {args.isoflop_points}")
+            points = isoflop.DEFAULT_POINTS if args.isoflop_points is None else (args.isoflop_points or None)
+            iso = isoflop.approach2(data, n_points=points, bootstrap=max(args.bootstrap, 200), seed=args.seed,
                                     columns=_columns(args.columns), nan_policy=args.nan_policy,
                                     flops_per_param_token=args.flops_per_param_token)
         if args.plot:
@@ -147,8 +154,10 @@ def run(args: argparse.Namespace) -> int:
     if iso is not None:
         ci_a = f" [{iso.ci_a[0]:.3f}, {iso.ci_a[1]:.3f}]" if iso.ci_a else ""
         ci_b = f" [{iso.ci_b[0]:.3f}, {iso.ci_b[1]:.3f}]" if iso.ci_b else ""
-        console.print(f"IsoFLOP approach 2 ({len(iso.budgets)} budgets): N_opt ~ C^{iso.a:.3f}{ci_a}, "
-                      f"D_opt ~ C^{iso.b:.3f}{ci_b}")
+        window = "all points" if iso.n_points is None else f"{iso.n_points} points nearest each minimum"
+        console.print(f"IsoFLOP approach 2 ({len(iso.budgets)} budgets, {window}): N_opt ~ C^{iso.a:.3f}{ci_a}, "
+                      f"D_opt ~ C^{iso.b:.3f}{ci_b}; {iso.n_bootstrap} bootstrap replicates, "
+                      f"{iso.bootstrap_failed} failed")
     if args.plot:
         console.print(f"plot written to {args.plot}")
     return 0 if result.success else 1

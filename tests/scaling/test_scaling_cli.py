@@ -71,3 +71,10 @@ def test_fit_with_validation_and_isoflop(tmp_path, capsys):
     assert rc == 0
     assert out["validation"]["n_test"] == 9 and out["validation"]["mape"] < 0.05
     assert 0.35 < out["isoflop"]["a"] < 0.55
+    assert out["isoflop"]["n_points"] == 8 and out["isoflop"]["bootstrap_failed"] == 0
+    assert main(["fit", str(path), "--quick", "--json", "--isoflop-points", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["isoflop"]["n_points"] is None  # 0: every point
+    assert main(["fit", str(path), "--quick", "--isoflop-points", "5"]) == 0
+    assert "5 points nearest each minimum" in capsys.readouterr().out
+    assert main(["fit", str(path), "--quick", "--isoflop-points", "2"]) == 2
+    assert "--isoflop-points must be 0 (all points) or >= 3" in capsys.readouterr().err
