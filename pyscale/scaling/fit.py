@@ -10,13 +10,12 @@ with projected bounds and a per-start Armijo line search runs all of them in loc
 screened for a few iterations, the best few continue to convergence, and the best of those are polished
 with scipy's L-BFGS-B. Bootstrap replicates reuse the same machinery: a replicate is a weight vector
 over rows (how often each run was drawn), every replicate starts from the best few solutions of the full
-fit, and all replicates x starts run as one batch (split over processes).
+fit, and all replicates x starts run as one batch (split over threads when asked).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -342,10 +341,13 @@ def _scipy_polish(obj: Objective, x0: np.ndarray, bounds: list[tuple[float, floa
 
 
 def _resolve_n_jobs(n_jobs: int | None, bootstrap: int) -> int:
+    """Threads for the bootstrap: one unless asked. On a 2-core machine two threads (or, before, two
+    processes) were no reliably faster than one for 1,000 refits (bench/RESULTS.md), so one is the default."""
     if n_jobs is None:
-        # Worker start-up costs ~0.5 s; below a few hundred replicates one process is faster.
-        n_jobs = (os.cpu_count() or 1) if bootstrap >= 200 else 1
-    return max(1, min(int(n_jobs), bootstrap))
+        return 1
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ValueError(f"n_jobs must be a positive int or None: got {n_jobs!r}")
+    return min(n_jobs, bootstrap)
 
 
 def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | None = None,
@@ -368,7 +370,7 @@ def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | Non
     starts: "grid" (the law's full grid; Chinchilla: Hoffmann's 4,500), "quick", an (S, P) array of
         internal values, or a list of dicts of public values.
     bootstrap: number of replicates resampling runs (`run` column; rows when absent) with replacement,
-        each refitted from the `warm_starts` best solutions of the full fit, over `n_jobs` processes.
+        each refitted from the `warm_starts` best solutions of the full fit, over `n_jobs` threads (default 1).
     fixed: public parameter values held fixed (default: the law's `default_fixed`).
     Search schedule: every start takes 5 L-BFGS steps; the best `prune` (None: all) take `screen_iter`;
     the best `keep` distinct ones run to convergence (`max_iter`); the best 3 are polished by scipy.
@@ -656,23 +658,22 @@ def _bootstrap(result: FitResult, problem: _Problem, sd: ScalingData, B: int, se
 def _refit_replicates(problem: _Problem, W: np.ndarray, warm: np.ndarray, n_jobs: int | None,
                       max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Each replicate's best free coordinates (B, P) and objective (B,), and the evaluations spent, split
-    over `n_jobs` processes (results do not depend on the split: `lbfgs_batch` rows never interact)."""
+    over `n_jobs` threads (results do not depend on the split: `lbfgs_batch` rows never interact).
+
+    Threads, not processes: numpy releases the GIL inside the batched objective's array operations, a thread
+    needs no pickling or start-up, and a script without an `if __name__ == "__main__":` guard works.
+    """
     obj, lo, hi = problem.obj, problem.lo, problem.hi
     B = len(W)
     jobs = _resolve_n_jobs(n_jobs, B)
     if jobs == 1:
         parts = [_bootstrap_chunk(obj, W, warm, lo, hi, max_iter)]
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
-        # forkserver/spawn, not fork: forking a process whose BLAS has started threads can deadlock.
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_bootstrap_chunk, obj, W[c], warm, lo, hi, max_iter)
-                       for c in np.array_split(np.arange(B), jobs)]
-            parts = [fu.result() for fu in futures]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            parts = list(pool.map(lambda c: _bootstrap_chunk(obj, W[c], warm, lo, hi, max_iter),
+                                  np.array_split(np.arange(B), jobs)))
     xb = np.vstack([p[0] for p in parts])
     fb = np.concatenate([p[1] for p in parts])
     return xb, fb, int(sum(int(p[2].sum()) for p in parts))
