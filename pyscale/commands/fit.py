@@ -21,6 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="map canonical columns to your own names")
     parser.add_argument("--loss", default="huber", choices=["huber", "mse", "asymmetric", "huber_nll"])
     parser.add_argument("--delta", type=float, default=None, help="Huber delta (default 1e-3; 1.345 for huber_nll)")
+    parser.add_argument("--space", default="log", choices=["log", "linear"],
+                        help="residuals of log loss (default) or of the loss itself (linear, needs --loss mse: "
+                             "least squares as scipy's curve_fit, e.g. Gadre et al. 2024)")
+    parser.add_argument("--fixed", default="", metavar="NAME=VALUE,...|PRESET",
+                        help="hold parameters fixed, e.g. E=1.69,alpha=0.34, or every parameter of a preset "
+                             "(hoffmann2022); with all fixed the objective and likelihood are evaluated")
+    parser.add_argument("--compare", nargs=2, metavar=("RESTRICTED.json", "FULL.json"),
+                        help="likelihood-ratio test of two saved --json fits (both --loss huber_nll, same law "
+                             "and rows, the restricted one fixing more); no data needed")
     parser.add_argument("--quick", action="store_true", help="a small start grid instead of the full one")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates over runs")
     parser.add_argument("--seed", type=int, default=0)
@@ -51,12 +60,53 @@ def _columns(spec: str) -> dict[str, str]:
     return out
 
 
+def _fixed(spec: str, law_name: str) -> dict[str, float] | None:
+    """--fixed: NAME=VALUE pairs and/or a preset's name (all its parameters); None when not given."""
+    from pyscale.scaling import presets
+
+    if not spec.strip():
+        return None
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in spec.split(","))):
+        if "=" not in item:
+            if item.lower() not in presets.PRESETS:
+                raise ValueError(f"--fixed: {item!r} is neither NAME=VALUE nor a preset "
+                                 f"({', '.join(sorted(presets.PRESETS))})")
+            preset = presets.get(item)
+            if preset.law.name != law_name.lower():
+                raise ValueError(f"--fixed: preset {item} is a {preset.law.name} law, not --law {law_name}")
+            out.update(preset.params)
+            continue
+        key, value = (t.strip() for t in item.split("=", 1))
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--fixed: {value!r} for {key} is not a number") from None
+    return out
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import sys
+
+    from pyscale.scaling import compare
+
+    try:
+        test = compare(*args.compare)
+    except ValueError as exc:
+        print(f"pyscale fit --compare: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(test.to_dict(), indent=2, sort_keys=True) if args.json else test.describe())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from pyscale.scaling import compute_optimal, fit
     from pyscale.scaling.synthetic import chinchilla_runs, write_csv
 
+    if args.compare:
+        return _compare(args)
     if args.data is None and args.synthetic is None:
         print("pyscale fit: give a CSV/Parquet file, or --synthetic to try it on generated runs", file=sys.stderr)
         return 2
@@ -71,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         result = fit(args.law, data, loss=args.loss, delta=args.delta, starts="quick" if args.quick else "grid",
                      bootstrap=args.bootstrap, seed=args.seed, columns=_columns(args.columns),
                      nan_policy=args.nan_policy, flops_per_param_token=args.flops_per_param_token,
-                     n_jobs=args.jobs)
+                     n_jobs=args.jobs, space=args.space, fixed=_fixed(args.fixed, args.law))
         frontier = None
         if args.frontier and result.success:
             frontier = compute_optimal(result, args.frontier)
@@ -122,16 +172,26 @@ def run(args: argparse.Namespace) -> int:
     table = Table(title=f"{result.law.name}: {result.law.formula}  ({source})")
     table.add_column("param", style="bold")
     table.add_column("value", justify="right")
-    table.add_column("stderr", justify="right")
+    boot = result.stderr_method == "bootstrap"
+    table.add_column(f"stderr ({result.stderr_method})", justify="right")
+    if boot:
+        table.add_column("stderr (asymptotic)", justify="right")
     table.add_column(f"{100 * result.ci_level:g}% CI (bootstrap)", justify="right")
     for name, v in result.params.items():
-        se = "fixed" if name in result.fixed else f"{result.stderr[name]:.3g}"
+        fixed = name in result.fixed
+        ses = ["fixed" if fixed else f"{result.stderr[name]:.3g}"]
+        if boot:
+            ses.append("fixed" if fixed else f"{result.stderr_asymptotic[name]:.3g}")
         ci = result.ci.get(name)
-        table.add_row(name, f"{v:.6g}", se, f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "—")
+        table.add_row(name, f"{v:.6g}", *ses, f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "—")
     console.print(table)
     d = result.to_dict()
     console.print(f"{status}: {result.message}")
-    console.print(f"loss={result.loss} (delta {result.delta:g}, {result.reduction}) · {result.flops_convention} · "
+    console.print(f"stderr: {result.stderr_label}")
+    if result.log_likelihood is not None:
+        console.print(f"log-likelihood {result.log_likelihood:.6g} (Huber likelihood, scale {result.scale:.4g})")
+    console.print(f"loss={result.loss} (delta {result.delta:g}, {result.reduction}, {result.space} space) · "
+                  f"{result.flops_convention} · "
                   f"n={result.n} rows / {result.n_runs} runs · {result.n_dropped} dropped · "
                   f"{result.n_starts} starts · nfev={result.nfev} · {result.time_s:.2f}s")
     console.print(f"objective={result.objective:.6g} · AIC={result.aic:.4g} · BIC={result.bic:.4g} · "

@@ -35,6 +35,8 @@ def test_fit_table_with_bootstrap_and_plot(csv_path, tmp_path, capsys):
                "--columns", "N=params,D=tokens,loss=val_loss"])
     out = capsys.readouterr().out
     assert rc == 0 and "alpha" in out and "bootstrap: 8 replicates" in out
+    # after a bootstrap the standard errors are its spread, and the asymptotic ones are labelled as such
+    assert "(bootstrap)" in out and "(asymptotic)" in out and "stderr: bootstrap standard deviation" in out
     assert png.stat().st_size > 10_000
 
 
@@ -78,3 +80,12 @@ def test_fit_with_validation_and_isoflop(tmp_path, capsys):
     assert "5 points nearest each minimum" in capsys.readouterr().out
     assert main(["fit", str(path), "--quick", "--isoflop-points", "2"]) == 2
     assert "--isoflop-points must be 0 (all points) or >= 3" in capsys.readouterr().err
+
+
+def test_fit_in_linear_space(csv_path, capsys):
+    cols = ["--columns", "N=params,D=tokens,loss=val_loss"]
+    assert main(["fit", csv_path, "--quick", "--json", "--loss", "mse", "--space", "linear", *cols]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["space"] == "linear" and out["loss"] == "mse" and out["success"]
+    assert main(["fit", csv_path, "--quick", "--space", "linear", *cols]) == 2
+    assert "needs loss='mse': got loss='huber'" in capsys.readouterr().err

@@ -306,3 +306,54 @@ def test_batched_lbfgs_rows_do_not_interact(runs):
     # And it descends: every finite start ends no higher than it began.
     f0, _ = obj(np.clip(starts, lo, hi))
     assert np.all(together["f"][np.isfinite(f0)] <= f0[np.isfinite(f0)])
+
+
+def test_stderr_after_a_bootstrap_is_the_bootstrap_spread(runs):
+    plain = fit("chinchilla", runs, starts="quick")
+    boot = fit("chinchilla", runs, starts="quick", bootstrap=40, seed=3)
+    assert plain.stderr_method == "asymptotic" and plain.stderr == plain.stderr_asymptotic
+    assert boot.stderr_method == "bootstrap" and boot.stderr_asymptotic == pytest.approx(plain.stderr)
+    for i, name in enumerate(boot.law.param_names):
+        assert boot.stderr[name] == pytest.approx(np.std(boot.bootstrap[:, i], ddof=1), rel=1e-12)
+    assert boot.stderr != boot.stderr_asymptotic
+    d = boot.to_dict()
+    assert d["stderr_method"] == "bootstrap" and d["stderr_asymptotic"]["alpha"] == plain.stderr["alpha"]
+    assert "stderr: bootstrap standard deviation over 40 replicates" in boot.report()
+    assert "asymptotic (Gauss-Newton)" in plain.report()
+
+
+def test_linear_space_is_curve_fit_least_squares():
+    # Gadre et al. 2024 fit L(C, M) = E + (a M^eta + b M^-eta) C^-eta by scipy's curve_fit: least squares on L.
+    from scipy.optimize import curve_fit
+
+    from pyscale.scaling.laws import OverTraining
+
+    rng = np.random.default_rng(4)
+    N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), 120))
+    D = N * np.exp(rng.uniform(np.log(5), np.log(500), 120))
+    truth = {"E": 1.8, "a": 300.0, "b": 500.0, "eta": 0.15}
+    L = OverTraining().predict(truth, N=N, D=D) + 0.02 * rng.standard_normal(120)  # additive noise on L
+    r = fit("overtraining", {"N": N, "D": D, "loss": L}, loss="mse", space="linear", starts="quick")
+    assert r.success and r.space == "linear"
+    M, C = D / N, 6 * N * D
+
+    def gadre(x, E, a, b, eta):
+        m, c = x
+        return E + (a * m**eta + b * m**-eta) * c**-eta
+
+    popt, _ = curve_fit(gadre, (M, C), L, p0=[truth[k] for k in ("E", "a", "b", "eta")], maxfev=20000)
+    for k, v in zip(("E", "a", "b", "eta"), popt):
+        assert r.params[k] == pytest.approx(v, rel=1e-4), k
+    assert r.objective == pytest.approx(np.sum((r.predicted - L) ** 2), rel=1e-9)
+    assert r.residuals == pytest.approx(np.log(r.predicted) - np.log(L))  # residuals stay log-space
+    # the log-space default minimises a different sum
+    log = fit("overtraining", {"N": N, "D": D, "loss": L}, loss="mse", starts="quick")
+    assert log.params["eta"] != pytest.approx(r.params["eta"], rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["huber", "asymmetric", "huber_nll"])
+def test_linear_space_needs_least_squares(runs, loss):
+    with pytest.raises(ValueError, match=f"space='linear'.*needs loss='mse': got loss='{loss}'"):
+        fit("chinchilla", runs, loss=loss, space="linear")
+    with pytest.raises(ValueError, match="space must be one of"):
+        fit("chinchilla", runs, space="cubic")
