@@ -151,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"pyscale fit: {exc}", file=sys.stderr)
         return 2
 
+    if frontier is not None:  # stderr: stdout stays the result (JSON with --json)
+        for line in frontier.warnings():
+            print(f"pyscale fit: warning: {line}", file=sys.stderr)
     if args.json:
         out = {"source": source, **result.to_dict()}
         if frontier is not None:
@@ -200,11 +203,21 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"bootstrap: {len(result.bootstrap)} replicates over runs, {result.bootstrap_failed} failed, "
                       f"{result.bootstrap_time_s:.2f}s")
     if frontier is not None:
+        from pyscale.scaling.frontier import extrapolation_label
+
         ft = Table(title=f"compute-optimal ({frontier.method}, {frontier.flops_convention})")
-        for col in ("C (FLOPs)", "N*", "D*", "D*/N*", "loss"):
+        cis = frontier.N_ci is not None
+        level = f"{100 * frontier.ci_level:g}%" if cis else ""
+        for col in ("C (FLOPs)", "N*", *([f"N* {level} CI"] if cis else []), "D*",
+                    *([f"D* {level} CI"] if cis else []), "D*/N*", "loss", "beyond the data"):
             ft.add_column(col, justify="right")
-        for c, n, dd, lo in zip(frontier.flops, frontier.N, frontier.D, frontier.loss):
-            ft.add_row(f"{c:.3g}", f"{n:.3g}", f"{dd:.3g}", f"{dd / n:.1f}", f"{lo:.4f}")
+        factors = (frontier.extrapolation_factor if frontier.extrapolation_factor is not None
+                   else [None] * len(frontier.flops))
+        for i, (c, n, dd, lo, f) in enumerate(zip(frontier.flops, frontier.N, frontier.D, frontier.loss, factors)):
+            n_ci = [f"[{frontier.N_ci[i][0]:.3g}, {frontier.N_ci[i][1]:.3g}]"] if cis else []
+            d_ci = [f"[{frontier.D_ci[i][0]:.3g}, {frontier.D_ci[i][1]:.3g}]"] if cis else []
+            beyond = "unknown" if f is None else (extrapolation_label(float(f)) or f"x{f:.3g}")
+            ft.add_row(f"{c:.3g}", f"{n:.3g}", *n_ci, f"{dd:.3g}", *d_ci, f"{dd / n:.1f}", f"{lo:.4f}", beyond)
         console.print(ft)
     if validation is not None:
         v = validation.summary()

@@ -249,6 +249,7 @@ class FitResult:
     stderr_method: str = "asymptotic"  # what `stderr` holds: "asymptotic" or "bootstrap"
     log_likelihood: float | None = None  # loss="huber_nll" only: the maximised Huber log-likelihood
     data_fingerprint: str = ""  # of the rows fitted (the law's columns): `compare` checks two fits share them
+    data_flops_range: tuple[float, float] | None = None  # compute of the fitted rows (C, or k*N*D)
 
     @property
     def flops_convention(self) -> str:
@@ -286,6 +287,7 @@ class FitResult:
             "loss": self.loss, "delta": self.delta, "reduction": self.reduction, "space": self.space,
             "scale": self.scale, "log_likelihood": num(self.log_likelihood),
             "data_fingerprint": self.data_fingerprint,
+            "data_flops_range": None if self.data_flops_range is None else list(self.data_flops_range),
             "flops_convention": self.flops_convention, "n_starts": self.n_starts,
             "bootstrap": 0 if self.bootstrap is None else len(self.bootstrap),
             "bootstrap_failed": self.bootstrap_failed,
@@ -607,7 +609,7 @@ def _statistics(problem: _Problem, search: _Search, sd: ScalingData, *, ci_level
              "loss": obj.loss, "delta": obj.delta, "reduction": obj.reduction, "space": obj.space,
              "flops_per_param_token": sd.flops_per_param_token, "fixed": problem.fixed, "ci_level": ci_level,
              "n_starts": search.n_starts, "n_dropped": sd.n_dropped, "nfev": search.nfev, "nit": search.nit,
-             "data_fingerprint": data_fingerprint(law, sd)}
+             "data_fingerprint": data_fingerprint(law, sd), "data_flops_range": _flops_range(sd)}
     best_x = search.best_x
     if best_x is None:
         nan = {p.name: float("nan") for p in law.params}
@@ -628,6 +630,18 @@ def _statistics(problem: _Problem, search: _Search, sd: ScalingData, *, ci_level
                      predicted=np.exp(log_pred), aic=aic, bic=bic, scale=scale, theta=theta,
                      top_starts=search.top, time_s=time.perf_counter() - t_start, data=sd,
                      log_likelihood=log_likelihood)
+
+
+def _flops_range(sd: ScalingData) -> tuple[float, float] | None:
+    """(smallest, largest) training compute among the rows: C, or k*N*D; None when the data has neither."""
+    cols = sd.columns
+    if "C" in cols:
+        c = cols["C"]
+    elif "N" in cols and "D" in cols:
+        c = sd.flops_per_param_token * cols["N"] * cols["D"]
+    else:
+        return None
+    return float(np.min(c)), float(np.max(c))
 
 
 def data_fingerprint(law: Law, sd: ScalingData) -> str:

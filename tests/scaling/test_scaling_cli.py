@@ -27,6 +27,12 @@ def test_fit_json(csv_path, capsys):
     assert set(out["params"]) == {"E", "A", "B", "alpha", "beta"}
     assert out["n_runs"] == 60 and out["flops_convention"] == "C = 6*N*D"
     assert out["frontier"]["N"][0] > 0
+    assert main(["fit", csv_path, "--quick", "--json", "--columns", "N=params,D=tokens,loss=val_loss",
+                 "--frontier", "1e21", "1e26", "--bootstrap", "8"]) == 0
+    captured = capsys.readouterr()
+    frontier = json.loads(captured.out)["frontier"]
+    assert frontier["extrapolated"] == [False, True] and len(frontier["N_ci"]) == 2
+    assert captured.err.startswith("pyscale fit: warning: C = 1e+26 FLOPs is")
 
 
 def test_fit_table_with_bootstrap_and_plot(csv_path, tmp_path, capsys):
