@@ -102,10 +102,12 @@ def error_line(exc: ValueError) -> str:
 
 
 def in_flags(text: str) -> str:
-    """A plan's reason (it names Python parameters: `mfu=`) in this command's words (`--mfu`)."""
-    from pyscale.plan import ParameterError
+    """A plan's reason in this command's words: `mfu=` -> `--mfu`, `max_days=365` -> `--max-days 365`. Only the
+    `name=` forms: a reason's free text may use a parameter's name as a word ("the profile")."""
+    import re
 
-    return ParameterError(text, *FLAGS).rephrase(FLAGS)
+    pattern = rf"\b({'|'.join(sorted(map(re.escape, FLAGS), key=len, reverse=True))})=([\w.]+)?"
+    return re.sub(pattern, lambda m: FLAGS[m.group(1)] + (f" {m.group(2)}" if m.group(2) else ""), text)
 
 
 def _plots(args: argparse.Namespace, result, hardware) -> None:
