@@ -185,8 +185,9 @@ def _plan_section(law_spec: Any, budget: str, user_hardware: Any, profile: Any, 
     c = p.config
     rows = [("N (exact)", f"{p.n_params:,}"), ("tokens", f"{p.tokens:.4g}"),
             ("tokens per parameter", f"{p.tokens_per_param:.3g}"),
-            ("predicted loss", f"{p.predicted_loss:.4f}" + ("" if p.loss_interval is None else
-                                                            f" [{p.loss_interval[0]:.4f}, {p.loss_interval[1]:.4f}]")),
+            ("predicted loss", "— (the law predicts none)" if p.predicted_loss is None else
+             f"{p.predicted_loss:.4f}" + ("" if p.loss_interval is None else
+                                          f" [{p.loss_interval[0]:.4f}, {p.loss_interval[1]:.4f}]")),
             ("architecture", f"{c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads ({c.n_kv_heads} kv), "
                              f"d_ff {c.d_ff}" + (f", {c.n_experts} experts top-{c.top_k}" if c.n_experts else "")),
             ("batch / steps", f"{p.batch.tokens:,} tokens / {p.steps:,}"), ("memory", p.memory.reason),
@@ -196,11 +197,14 @@ def _plan_section(law_spec: Any, budget: str, user_hardware: Any, profile: Any, 
             ("GPU energy", "—" if p.energy_kwh is None else f"{p.energy_kwh:.4g} kWh"),
             ("cost", "—" if p.cost_dollars is None else f"${p.cost_dollars:,.0f}")]
     s.lines += _table(["", ""], rows)
+    if p.warnings:
+        s.lines += ["", "Warnings:", *(f"- {w}" for w in p.warnings)]
     s.lines += ["", "Assumptions:", *(f"- {a}" for a in p.assumptions), f"- loss interval: {p.loss_interval_source}"]
     s.lines += [f"- {k} unavailable: {v}" for k, v in p.unavailable.items()]
-    img = out / "plan_iso_loss.png"
-    iso_loss(p, choose_law(law_spec), img)
-    s.images.append(str(img))
+    if p.predicted_loss is not None:  # an allocation law has no loss to draw
+        img = out / "plan_iso_loss.png"
+        iso_loss(p, choose_law(law_spec), img)
+        s.images.append(str(img))
     (out / "plan.json").write_text(json.dumps(p.to_dict(), indent=2, default=str))
     return s
 

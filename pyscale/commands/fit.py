@@ -21,10 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="map canonical columns to your own names")
     parser.add_argument("--loss", default="huber", choices=["huber", "mse", "asymmetric", "huber_nll"])
     parser.add_argument("--delta", type=float, default=None, help="Huber delta (default 1e-3; 1.345 for huber_nll)")
+    parser.add_argument("--space", default="log", choices=["log", "linear"],
+                        help="residuals of log loss (default) or of the loss itself (linear, needs --loss mse: "
+                             "least squares as scipy's curve_fit, e.g. Gadre et al. 2024)")
+    parser.add_argument("--fixed", default="", metavar="NAME=VALUE,...|PRESET",
+                        help="hold parameters fixed, e.g. E=1.69,alpha=0.34, or every parameter of a preset "
+                             "(hoffmann2022); with all fixed the objective and likelihood are evaluated")
+    parser.add_argument("--compare", nargs=2, metavar=("RESTRICTED.json", "FULL.json"),
+                        help="likelihood-ratio test of two saved --json fits (both --loss huber_nll, same law "
+                             "and rows, the restricted one fixing more); no data needed")
     parser.add_argument("--quick", action="store_true", help="a small start grid instead of the full one")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates over runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=None, help="processes for the bootstrap (default: cores)")
+    parser.add_argument("--jobs", type=int, default=None, help="threads for the bootstrap (default 1: on 2 cores more were not faster)")
     parser.add_argument("--flops-per-param-token", type=float, default=6.0, help="k in C = k*N*D (default 6)")
     parser.add_argument("--nan-policy", default="raise", choices=["raise", "omit"],
                         help="bad rows: raise an error listing them, or drop and count them")
@@ -34,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also refit without the K largest compute budgets and report the extrapolation error")
     parser.add_argument("--isoflop", action="store_true",
                         help="also run IsoFLOP Approach 2 (per-budget parabolas; needs several N per budget)")
+    parser.add_argument("--isoflop-points", type=int, default=None, metavar="K",
+                        help="points nearest each budget's minimum that Approach 2's parabola uses (default "
+                             "8; 0: all of them); implies --isoflop")
     parser.add_argument("--plot", metavar="PNG", help="write loss-vs-compute, iso-loss and residual plots")
     parser.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
 
@@ -48,12 +60,53 @@ def _columns(spec: str) -> dict[str, str]:
     return out
 
 
+def _fixed(spec: str, law_name: str) -> dict[str, float] | None:
+    """--fixed: NAME=VALUE pairs and/or a preset's name (all its parameters); None when not given."""
+    from pyscale.scaling import presets
+
+    if not spec.strip():
+        return None
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in spec.split(","))):
+        if "=" not in item:
+            if item.lower() not in presets.PRESETS:
+                raise ValueError(f"--fixed: {item!r} is neither NAME=VALUE nor a preset "
+                                 f"({', '.join(sorted(presets.PRESETS))})")
+            preset = presets.get(item)
+            if preset.law.name != law_name.lower():
+                raise ValueError(f"--fixed: preset {item} is a {preset.law.name} law, not --law {law_name}")
+            out.update(preset.params)
+            continue
+        key, value = (t.strip() for t in item.split("=", 1))
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--fixed: {value!r} for {key} is not a number") from None
+    return out
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import sys
+
+    from pyscale.scaling import compare
+
+    try:
+        test = compare(*args.compare)
+    except ValueError as exc:
+        print(f"pyscale fit --compare: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(test.to_dict(), indent=2, sort_keys=True) if args.json else test.describe())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from pyscale.scaling import compute_optimal, fit
     from pyscale.scaling.synthetic import chinchilla_runs, write_csv
 
+    if args.compare:
+        return _compare(args)
     if args.data is None and args.synthetic is None:
         print("pyscale fit: give a CSV/Parquet file, or --synthetic to try it on generated runs", file=sys.stderr)
         return 2
@@ -68,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         result = fit(args.law, data, loss=args.loss, delta=args.delta, starts="quick" if args.quick else "grid",
                      bootstrap=args.bootstrap, seed=args.seed, columns=_columns(args.columns),
                      nan_policy=args.nan_policy, flops_per_param_token=args.flops_per_param_token,
-                     n_jobs=args.jobs)
+                     n_jobs=args.jobs, space=args.space, fixed=_fixed(args.fixed, args.law))
         frontier = None
         if args.frontier and result.success:
             frontier = compute_optimal(result, args.frontier)
@@ -80,10 +133,14 @@ def run(args: argparse.Namespace) -> int:
                                            delta=args.delta, starts="quick" if args.quick else "grid",
                                            columns=_columns(args.columns), nan_policy=args.nan_policy,
                                            flops_per_param_token=args.flops_per_param_token)
-        if args.isoflop:
+        if args.isoflop or args.isoflop_points is not None:
             from pyscale.scaling import isoflop
 
-            iso = isoflop.approach2(data, bootstrap=max(args.bootstrap, 200), seed=args.seed,
+            if args.isoflop_points is not None and (args.isoflop_points < 0 or 0 < args.isoflop_points < 3):
+                raise ValueError(f"--isoflop-points must be 0 (all points) or >= 3 (a parabola has 3 "
+                                 f"coefficients): got {args.isoflop_points}")
+            points = isoflop.DEFAULT_POINTS if args.isoflop_points is None else (args.isoflop_points or None)
+            iso = isoflop.approach2(data, n_points=points, bootstrap=max(args.bootstrap, 200), seed=args.seed,
                                     columns=_columns(args.columns), nan_policy=args.nan_policy,
                                     flops_per_param_token=args.flops_per_param_token)
         if args.plot:
@@ -94,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"pyscale fit: {exc}", file=sys.stderr)
         return 2
 
+    if frontier is not None:  # stderr: stdout stays the result (JSON with --json)
+        for line in frontier.warnings():
+            print(f"pyscale fit: warning: {line}", file=sys.stderr)
     if args.json:
         out = {"source": source, **result.to_dict()}
         if frontier is not None:
@@ -115,16 +175,26 @@ def run(args: argparse.Namespace) -> int:
     table = Table(title=f"{result.law.name}: {result.law.formula}  ({source})")
     table.add_column("param", style="bold")
     table.add_column("value", justify="right")
-    table.add_column("stderr", justify="right")
+    boot = result.stderr_method == "bootstrap"
+    table.add_column(f"stderr ({result.stderr_method})", justify="right")
+    if boot:
+        table.add_column("stderr (asymptotic)", justify="right")
     table.add_column(f"{100 * result.ci_level:g}% CI (bootstrap)", justify="right")
     for name, v in result.params.items():
-        se = "fixed" if name in result.fixed else f"{result.stderr[name]:.3g}"
+        fixed = name in result.fixed
+        ses = ["fixed" if fixed else f"{result.stderr[name]:.3g}"]
+        if boot:
+            ses.append("fixed" if fixed else f"{result.stderr_asymptotic[name]:.3g}")
         ci = result.ci.get(name)
-        table.add_row(name, f"{v:.6g}", se, f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "—")
+        table.add_row(name, f"{v:.6g}", *ses, f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "—")
     console.print(table)
     d = result.to_dict()
     console.print(f"{status}: {result.message}")
-    console.print(f"loss={result.loss} (delta {result.delta:g}, {result.reduction}) · {result.flops_convention} · "
+    console.print(f"stderr: {result.stderr_label}")
+    if result.log_likelihood is not None:
+        console.print(f"log-likelihood {result.log_likelihood:.6g} (Huber likelihood, scale {result.scale:.4g})")
+    console.print(f"loss={result.loss} (delta {result.delta:g}, {result.reduction}, {result.space} space) · "
+                  f"{result.flops_convention} · "
                   f"n={result.n} rows / {result.n_runs} runs · {result.n_dropped} dropped · "
                   f"{result.n_starts} starts · nfev={result.nfev} · {result.time_s:.2f}s")
     console.print(f"objective={result.objective:.6g} · AIC={result.aic:.4g} · BIC={result.bic:.4g} · "
@@ -133,11 +203,21 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"bootstrap: {len(result.bootstrap)} replicates over runs, {result.bootstrap_failed} failed, "
                       f"{result.bootstrap_time_s:.2f}s")
     if frontier is not None:
+        from pyscale.scaling.frontier import extrapolation_label
+
         ft = Table(title=f"compute-optimal ({frontier.method}, {frontier.flops_convention})")
-        for col in ("C (FLOPs)", "N*", "D*", "D*/N*", "loss"):
+        cis = frontier.N_ci is not None
+        level = f"{100 * frontier.ci_level:g}%" if cis else ""
+        for col in ("C (FLOPs)", "N*", *([f"N* {level} CI"] if cis else []), "D*",
+                    *([f"D* {level} CI"] if cis else []), "D*/N*", "loss", "beyond the data"):
             ft.add_column(col, justify="right")
-        for c, n, dd, lo in zip(frontier.flops, frontier.N, frontier.D, frontier.loss):
-            ft.add_row(f"{c:.3g}", f"{n:.3g}", f"{dd:.3g}", f"{dd / n:.1f}", f"{lo:.4f}")
+        factors = (frontier.extrapolation_factor if frontier.extrapolation_factor is not None
+                   else [None] * len(frontier.flops))
+        for i, (c, n, dd, lo, f) in enumerate(zip(frontier.flops, frontier.N, frontier.D, frontier.loss, factors)):
+            n_ci = [f"[{frontier.N_ci[i][0]:.3g}, {frontier.N_ci[i][1]:.3g}]"] if cis else []
+            d_ci = [f"[{frontier.D_ci[i][0]:.3g}, {frontier.D_ci[i][1]:.3g}]"] if cis else []
+            beyond = "unknown" if f is None else (extrapolation_label(float(f)) or f"x{f:.3g}")
+            ft.add_row(f"{c:.3g}", f"{n:.3g}", *n_ci, f"{dd:.3g}", *d_ci, f"{dd / n:.1f}", f"{lo:.4f}", beyond)
         console.print(ft)
     if validation is not None:
         v = validation.summary()
@@ -147,8 +227,10 @@ def run(args: argparse.Namespace) -> int:
     if iso is not None:
         ci_a = f" [{iso.ci_a[0]:.3f}, {iso.ci_a[1]:.3f}]" if iso.ci_a else ""
         ci_b = f" [{iso.ci_b[0]:.3f}, {iso.ci_b[1]:.3f}]" if iso.ci_b else ""
-        console.print(f"IsoFLOP approach 2 ({len(iso.budgets)} budgets): N_opt ~ C^{iso.a:.3f}{ci_a}, "
-                      f"D_opt ~ C^{iso.b:.3f}{ci_b}")
+        window = "all points" if iso.n_points is None else f"{iso.n_points} points nearest each minimum"
+        console.print(f"IsoFLOP approach 2 ({len(iso.budgets)} budgets, {window}): N_opt ~ C^{iso.a:.3f}{ci_a}, "
+                      f"D_opt ~ C^{iso.b:.3f}{ci_b}; {iso.n_bootstrap} bootstrap replicates, "
+                      f"{iso.bootstrap_failed} failed")
     if args.plot:
         console.print(f"plot written to {args.plot}")
     return 0 if result.success else 1

@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     x.add_argument("--target-loss", type=float, help="the cheapest run that reaches this loss")
     parser.add_argument("--objective", choices=["flops", "time", "energy", "cost"], default=None,
                         help="what a --target-loss plan minimises (default flops); other budgets imply it")
-    parser.add_argument("--law", default="epoch2024", help="a preset (epoch2024, hoffmann2022, ...) or a saved fit JSON")
+    parser.add_argument("--law", default="epoch2024",
+                        help="a loss-law preset (epoch2024, hoffmann2022, ...), an allocation law "
+                             "(hoffmann2022_approach1, hoffmann2022_approach2: N and D, no loss) or a saved fit JSON")
     h = parser.add_argument_group("hardware (user inputs are labelled as such in the plan)")
     h.add_argument("--gpu", default=None, help="GPU name from pyscale.hw (e.g. 'H100 SXM')")
     h.add_argument("--n-gpus", type=int, default=1)
@@ -41,10 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--vocab", type=int, default=32000)
     a.add_argument("--experts", type=int, default=0)
     a.add_argument("--top-k", type=int, default=0)
-    a.add_argument("--gqa", type=int, default=1, help="query heads per kv head")
+    a.add_argument("--gqa", type=int, default=None,
+                   help="query heads per kv head (1: multi-head attention); default: 8 kv heads from 1B parameters, "
+                        "MHA below")
+    a.add_argument("--heads-multiple", type=int, default=None,
+                   help="query heads divisible by this (default 8, the usual tensor-parallel degree, from 1B "
+                        "parameters; 1: no constraint)")
+    a.add_argument("--micro-batch", type=int, default=None,
+                   help="sequences per GPU per micro-step (default: the largest that fits); the global batch is a "
+                        "multiple of --n-gpus x this, and of 8 sequences")
     a.add_argument("--inference-tokens", type=float, default=0.0, help="expected inference tokens (over-training)")
     a.add_argument("--batch-law", choices=["deepseek", "kaplan"], default="deepseek")
     a.add_argument("--recompute", choices=["auto", "none", "full"], default="auto")
+    parser.add_argument("--max-days", type=float, default=365.0,
+                        help="a plan running longer than this is reported infeasible (default 365)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot", type=Path, default=None,
                         help="directory for the iso-loss PNG (and the time-energy trade-off when power is known)")
@@ -71,6 +83,9 @@ HARDWARE_OPTIONS = {"gpu": "gpu", "mfu": "mfu", "power_w": "power_w", "profile":
                     "n_devices": "n_gpus", "dp_efficiency": "dp_efficiency", "dtype": "dtype",
                     "price_per_device_hour": "price_per_gpu_hour", "pue": "pue"}
 FLAGS = {param: "--" + dest.replace("_", "-") for param, dest in HARDWARE_OPTIONS.items()}
+# plan()'s own parameters that are flags of this command
+FLAGS.update({"inference_tokens": "--inference-tokens", "batch_law": "--batch-law", "max_days": "--max-days", "gqa_ratio": "--gqa", "heads_multiple": "--heads-multiple",
+              "micro_batch": "--micro-batch"})
 
 
 def hardware_of(args: argparse.Namespace):
@@ -86,12 +101,24 @@ def error_line(exc: ValueError) -> str:
     return exc.rephrase(FLAGS) if isinstance(exc, ParameterError) else str(exc)
 
 
+def in_flags(text: str) -> str:
+    """A plan's reason in this command's words: `mfu=` -> `--mfu`, `max_days=365` -> `--max-days 365`. Only the
+    `name=` forms: a reason's free text may use a parameter's name as a word ("the profile")."""
+    import re
+
+    pattern = rf"\b({'|'.join(sorted(map(re.escape, FLAGS), key=len, reverse=True))})=([\w.]+)?"
+    return re.sub(pattern, lambda m: FLAGS[m.group(1)] + (f" {m.group(2)}" if m.group(2) else ""), text)
+
+
 def _plots(args: argparse.Namespace, result, hardware) -> None:
     from pyscale.plan import choose_law
     from pyscale.plan.planner import equal_loss_candidates
     from pyscale.plan.plot import iso_loss, pareto
 
     args.plot.mkdir(parents=True, exist_ok=True)
+    if result.predicted_loss is None:
+        print(f"plots skipped: {args.law} is an allocation law and predicts no loss to draw", file=sys.stderr)
+        return
     iso_loss(result, choose_law(args.law), args.plot / "plan_iso_loss.png")
     if hardware is not None and hardware.flops_source is not None and hardware.power_source is not None:
         pareto(equal_loss_candidates(result, law=args.law, hardware=hardware), args.plot / "plan_time_energy.png")
@@ -107,13 +134,17 @@ def run(args: argparse.Namespace) -> int:
         hardware = hardware_of(args)
         result = plan(budget_of(args), law=args.law, hardware=hardware, objective=args.objective,
                       inference_tokens=args.inference_tokens, seq_len=args.seq_len, vocab_size=args.vocab,
-                      n_experts=args.experts, top_k=args.top_k, gqa_ratio=args.gqa, batch_law=args.batch_law,
-                      recompute=args.recompute)
+                      n_experts=args.experts, top_k=args.top_k, gqa_ratio=args.gqa,
+                      heads_multiple=args.heads_multiple, micro_batch=args.micro_batch, batch_law=args.batch_law,
+                      recompute=args.recompute, max_days=args.max_days)
         if args.plot:
             _plots(args, result, hardware)
     except ValueError as exc:
         print(f"pyscale plan: {error_line(exc)}", file=sys.stderr)
         return 2
+    for line in result.warnings:  # stderr: stdout stays the plan; an infeasible plan is still an answer
+        print(f"pyscale plan: warning: {in_flags(line)}", file=sys.stderr)
+    result.unavailable = {k: in_flags(v) for k, v in result.unavailable.items()}
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
@@ -133,16 +164,26 @@ def print_plan(p) -> None:
     t = Table(title=f"pyscale plan — {p.objective}-optimal for {p.budget.describe()}", show_header=False)
     t.add_column("", style="bold")
     t.add_column("")
+    from pyscale.scaling.frontier import extrapolation_label
+
     interval = "absent" if p.loss_interval is None else f"[{p.loss_interval[0]:.4f}, {p.loss_interval[1]:.4f}]"
+    label = extrapolation_label(p.extrapolation_factor)
+    if label:
+        interval += f" ({label})"
+    loss = "— (an allocation law predicts no loss)" if p.predicted_loss is None else f"{p.predicted_loss:.4f}"
     c = p.config
     rows = [
-        ("law", f"{p.law} ({p.flops_convention})"),
+        ("FEASIBLE" if p.feasible else "INFEASIBLE", "yes" if p.feasible else "; ".join(p.infeasible_reasons)),
+        ("law", f"{p.law}, {p.law_approach} ({p.flops_convention})"),
         ("N* (continuous optimum)", _n(p.n_params_optimal)),
         ("parameters (exact)", f"{p.n_params:,} total, {p.n_params_non_embedding:,} non-embedding"
-                               + (f", {p.n_params_active:,} active" if c.n_experts else "")),
+                               + (f", {p.n_params_active:,} active" if c.n_experts else "")
+                               + f"; the law's N {p.n_params_law:,} ({100 * p.n_params_deviation:+.2f}% from N*)"),
         ("tokens", _n(p.tokens)),
         ("tokens per parameter", _n(p.tokens_per_param, spec=".3g")),
-        ("predicted loss", f"{p.predicted_loss:.4f}  95% interval {interval}"),
+        ("predicted loss", f"{loss}  95% interval {interval}"),
+        ("beyond the law's data", "unknown" if p.extrapolation_factor is None
+                                  else f"x{p.extrapolation_factor:.3g} its largest compute"),
         ("architecture", f"{c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads ({c.n_kv_heads} kv), "
                          f"head_dim {c.head_dim}, d_ff {c.d_ff}" + (f", {c.n_experts} experts top-{c.top_k}"
                                                                     if c.n_experts else "")),
@@ -151,7 +192,8 @@ def print_plan(p) -> None:
         ("training FLOPs", f"{p.training_flops:.3e} (law), {p.model_flops:.3e} (model FLOPs)"),
         ("hardware", "—" if p.device is None else f"{p.n_devices} x {p.device}"),
         ("MFU", _n(p.mfu, spec=".3f")),
-        ("time", "—" if p.time_s is None else f"{p.time_s / 3600:.4g} h ({p.gpu_hours:.4g} GPU-h)"),
+        ("time", "—" if p.time_s is None else f"{p.time_s / 3600:.4g} h = {p.time_s / 86400:.4g} days "
+                                              f"({p.gpu_hours:.4g} GPU-h)"),
         ("GPU energy", _n(p.energy_kwh, " kWh")),
         ("facility energy", _n(p.facility_energy_kwh, " kWh")),
         ("cost", "—" if p.cost_dollars is None else f"${p.cost_dollars:,.0f}"),

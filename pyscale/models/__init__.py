@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pyscale.models.config import (
     GPTConfig,
     ParamCounts,
+    architecture_rules,
     candidate_configs,
     config_for_params,
     default_aspect_ratio,
@@ -28,6 +29,7 @@ __all__ = [
     "GPT",
     "GPTConfig",
     "ParamCounts",
+    "architecture_rules",
     "build_optimizer",
     "candidate_configs",
     "config_for_params",

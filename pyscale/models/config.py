@@ -382,6 +382,40 @@ def default_aspect_ratio(n_params: float) -> float:
     return _ASPECT_LO * (_ASPECT_HI / _ASPECT_LO) ** x
 
 
+# Shapes a team can train at scale (from 1e9 parameters): query heads divisible by the usual tensor-parallel
+# degree (8 GPUs a node), so every rank holds whole heads; grouped-query attention with 8 kv heads (Llama 2
+# 70B, Llama 3 8B/70B, Mistral 7B use 8), which also divides over 8 ranks and shrinks the KV cache.
+TRAINABLE_FROM_PARAMS = 1e9
+TENSOR_PARALLEL_HEADS = 8
+GQA_KV_HEADS = 8
+
+
+def architecture_rules(n_params: float, *, gqa_ratio: int | None = None,
+                       heads_multiple: int | None = None) -> dict[str, Any]:
+    """The head constraints `candidate_configs` takes for a model of `n_params`: from TRAINABLE_FROM_PARAMS on,
+    heads a multiple of TENSOR_PARALLEL_HEADS and GQA_KV_HEADS kv heads, unless the caller chooses.
+
+    gqa_ratio: query heads per kv head (1 = multi-head attention); None = the default (GQA_KV_HEADS kv heads
+    from 1e9 parameters, MHA below). heads_multiple: query heads divisible by it; None = the default
+    (TENSOR_PARALLEL_HEADS from 1e9 parameters, 1 below).
+    """
+    big = n_params >= TRAINABLE_FROM_PARAMS
+    for name, value in (("gqa_ratio", gqa_ratio), ("heads_multiple", heads_multiple)):
+        if value is not None:
+            _check_int(name, value, minimum=1)
+    multiple = (TENSOR_PARALLEL_HEADS if big else 1) if heads_multiple is None else heads_multiple
+    if gqa_ratio is None and big:
+        return {"gqa_ratio": 1, "n_kv_heads": GQA_KV_HEADS, "heads_multiple": multiple}
+    return {"gqa_ratio": 1 if gqa_ratio is None else gqa_ratio, "n_kv_heads": None, "heads_multiple": multiple}
+
+
+def heads_unit(head_dim: int, *, gqa_ratio: int = 1, n_kv_heads: int | None = None, heads_multiple: int = 1) -> int:
+    """The step of d_model that keeps whole heads under the constraints: d_model / head_dim must be a multiple
+    of the kv-head group (gqa_ratio, or n_kv_heads when that is fixed) and of heads_multiple."""
+    group = n_kv_heads if n_kv_heads is not None else gqa_ratio
+    return head_dim * math.lcm(group, heads_multiple)
+
+
 def default_head_dim(d_model: int) -> int:
     """64 up to d_model 1024, else 128 — the kv_size of the Chinchilla family (Hoffmann et al.
     2022, Table A9) and Llama's head dim."""
@@ -398,6 +432,8 @@ def candidate_configs(
     aspect_ratio: float | None = None,
     head_dim: int | None = None,
     gqa_ratio: int = 1,
+    n_kv_heads: int | None = None,
+    heads_multiple: int = 1,
     tile: int = 128,
     n_experts: int = 0,
     top_k: int = 0,
@@ -407,8 +443,10 @@ def candidate_configs(
     """Aligned configs near ``n_params``, best first.
 
     Counted as ``n_params(embeddings)`` (``n_active_params`` when ``active``). Every candidate
-    has d_model a multiple of ``tile`` and of head_dim·gqa_ratio, n_heads = d_model / head_dim,
-    n_kv_heads = n_heads / gqa_ratio and d_ff (and d_ff_expert) = round_up(ceil(8d/3), lcm(256, tile)).
+    has d_model a multiple of ``tile`` and of ``heads_unit`` (whole kv groups, heads a multiple of
+    ``heads_multiple``), n_heads = d_model / head_dim, n_kv_heads = n_heads / gqa_ratio (or the fixed
+    ``n_kv_heads``, which must divide n_heads) and d_ff (and d_ff_expert) = round_up(ceil(8d/3), lcm(256, tile)).
+    ``architecture_rules(n_params)`` gives the constraints of a trainable model of that size.
     For each aligned d_model the two layer counts around the target are tried. Ranking: first
     those within ``rtol`` of the target, by closeness of d_model/n_layers to ``aspect_ratio``
     (default ``default_aspect_ratio(n_params)``), then the rest by relative error.
@@ -417,8 +455,13 @@ def candidate_configs(
     the alignment step) by more than ``rtol``.
     """
     _check_positive_float("n_params", n_params)
-    for name, value in (("tile", tile), ("gqa_ratio", gqa_ratio), ("vocab_size", vocab_size), ("seq_len", seq_len)):
+    for name, value in (("tile", tile), ("gqa_ratio", gqa_ratio), ("vocab_size", vocab_size), ("seq_len", seq_len),
+                        ("heads_multiple", heads_multiple)):
         _check_int(name, value, minimum=1)
+    if n_kv_heads is not None:
+        _check_int("n_kv_heads", n_kv_heads, minimum=1)
+        if gqa_ratio != 1:
+            raise ValueError(f"n_kv_heads={n_kv_heads} and gqa_ratio={gqa_ratio} both fix the kv heads: give one")
     if head_dim is not None:
         _check_int("head_dim", head_dim, minimum=2)
     _check_positive_float("rtol", rtol)
@@ -433,7 +476,7 @@ def candidate_configs(
             n_layers=n_layers,
             d_model=d,
             n_heads=n_heads,
-            n_kv_heads=n_heads // gqa_ratio,
+            n_kv_heads=n_kv_heads if n_kv_heads is not None else n_heads // gqa_ratio,
             head_dim=hd,
             d_ff=d_ff,
             vocab_size=vocab_size,
@@ -452,7 +495,7 @@ def candidate_configs(
     while True:
         d += tile
         hd = default_head_dim(d) if head_dim is None else head_dim
-        if d % (hd * gqa_ratio):
+        if d % heads_unit(hd, gqa_ratio=gqa_ratio, n_kv_heads=n_kv_heads, heads_multiple=heads_multiple):
             continue
         one = count(build(1, d, hd))
         per_layer = count(build(2, d, hd)) - one

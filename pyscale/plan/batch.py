@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pyscale.scaling import presets
@@ -17,6 +18,9 @@ from pyscale.scaling import presets
 KAPLAN_B_STAR_TOKENS = 2e8
 KAPLAN_ALPHA_B = 0.21
 BATCH_LAWS = ("deepseek", "kaplan")
+# A global batch is a whole number of this many sequences: 8 data-parallel ranks (a node) split it evenly, and
+# it stays a multiple of data-parallel degree x micro-batch when those are known.
+BATCH_SEQUENCE_MULTIPLE = 8
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ def kaplan_critical_batch(loss: float) -> float:
 
 def choose_batch(*, law: str, seq_len: int, non_embedding_flops_per_token: float, tokens: float,
                  loss: float | None, multiple_of_sequences: int = 1) -> BatchChoice:
+    """The batch law's tokens per step, rounded to a whole number of lcm(BATCH_SEQUENCE_MULTIPLE,
+    multiple_of_sequences) sequences (at least one such group)."""
     if law == "deepseek":
         c = non_embedding_flops_per_token * tokens
         raw = presets.DEEPSEEK_BATCH_SIZE(c)
@@ -41,12 +47,14 @@ def choose_batch(*, law: str, seq_len: int, non_embedding_flops_per_token: float
                "(M = non-embedding FLOPs per token of the planned architecture)")
     elif law == "kaplan":
         if loss is None:
-            raise ValueError("batch_law='kaplan' needs a predicted loss")
+            raise ValueError("batch_law='kaplan' needs a predicted loss (an allocation law predicts none: use "
+                             "batch_law='deepseek')")
         raw = kaplan_critical_batch(loss)
         why = (f"Kaplan critical batch B* / L^(1/alpha_B) at L = {loss:.4g}; calibrated on Kaplan's loss scale, "
                "applied here to this law's loss (an assumption)")
     else:
         raise ValueError(f"batch_law must be one of {', '.join(BATCH_LAWS)}: got {law!r}")
-    unit = seq_len * max(1, multiple_of_sequences)
-    sequences = max(1, round(raw / unit)) * max(1, multiple_of_sequences)
+    multiple = math.lcm(BATCH_SEQUENCE_MULTIPLE, max(1, multiple_of_sequences))
+    sequences = max(1, round(raw / (seq_len * multiple))) * multiple
+    why += f"; {sequences} sequences, a whole number of groups of {multiple}"
     return BatchChoice(sequences * seq_len, sequences, law, float(raw), why)

@@ -98,7 +98,7 @@ class Hardware:
 
     def power(self, config: Any) -> tuple[float | None, str]:
         if self.power_source is None:
-            return None, "no power source: give --power-w or measure energy (pyscale bench --energy)"
+            return None, "no power source: give power_w= or measure energy (pyscale bench --energy)"
         return self.power_source(config)
 
 

@@ -62,11 +62,16 @@ def activation_bytes(config: Any, micro_batch: int, recompute: str) -> float:
 
 
 def fit_memory(config: Any, *, capacity_bytes: float | None, n_devices: int, recompute: str = "auto",
-               max_micro_batch: int = 64, reserve_fraction: float = 0.1) -> MemoryFit:
-    """The least intrusive setup that fits: lowest ZeRO stage, then no recompute before full, largest micro-batch.
+               max_micro_batch: int = 64, reserve_fraction: float = 0.1, micro_batch: int | None = None) -> MemoryFit:
+    """The least intrusive setup that fits: lowest ZeRO stage, then no recompute before full, largest micro-batch
+    (powers of two up to max_micro_batch; exactly `micro_batch` when given).
 
     reserve_fraction of the memory is kept free for the allocator, workspace and communication buffers.
     """
+    if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int)
+                                    or micro_batch < 1):
+        raise ValueError(f"micro_batch must be a positive int: got {micro_batch!r}")
+    first_mb = 1 if micro_batch is None else micro_batch
     n = config.n_params()
     policies = RECOMPUTE_POLICIES if recompute == "auto" else (recompute,)
     for p in policies:
@@ -74,8 +79,8 @@ def fit_memory(config: Any, *, capacity_bytes: float | None, n_devices: int, rec
             raise ValueError(f"recompute must be auto, none or full: got {recompute!r}")
     if capacity_bytes is None:
         states = model_state_bytes(n, 0, n_devices)
-        act = activation_bytes(config, 1, policies[0])
-        return MemoryFit(False, None, policies[0], 1, states + act, None, states, act,
+        act = activation_bytes(config, first_mb, policies[0])
+        return MemoryFit(False, None, policies[0], first_mb, states + act, None, states, act,
                          "device memory unknown: the fit was not checked")
     usable = capacity_bytes * (1 - reserve_fraction)
     stages = (0, 1, 2, 3) if n_devices > 1 else (0,)
@@ -83,8 +88,8 @@ def fit_memory(config: Any, *, capacity_bytes: float | None, n_devices: int, rec
         states = model_state_bytes(n, stage, n_devices)
         for policy in policies:
             best = None
-            mb = 1
-            while mb <= max_micro_batch:
+            mb = first_mb
+            while mb <= (first_mb if micro_batch is not None else max_micro_batch):
                 act = activation_bytes(config, mb, policy)
                 if states + act > usable:
                     break
@@ -96,7 +101,9 @@ def fit_memory(config: Any, *, capacity_bytes: float | None, n_devices: int, rec
                 return MemoryFit(True, stage, policy, mb, states + act, capacity_bytes, states, act,
                                  f"fits with {sharding}, recompute={policy}, micro-batch {mb}")
     states = model_state_bytes(n, stages[-1], n_devices)
-    act = activation_bytes(config, 1, policies[-1])
-    return MemoryFit(False, None, policies[-1], 1, states + act, capacity_bytes, states, act,
-                     f"does not fit even with ZeRO stage {stages[-1]}, full recompute and micro-batch 1 on "
-                     f"{n_devices} device(s): needs more devices, tensor/pipeline parallelism or offload")
+    act = activation_bytes(config, first_mb, policies[-1])
+    return MemoryFit(False, None, policies[-1], first_mb, states + act, capacity_bytes, states, act,
+                     f"does not fit even with ZeRO stage {stages[-1]}, {policies[-1]} recompute and micro-batch "
+                     f"{first_mb} on {n_devices} device(s): needs {(states + act) / 2**30:.4g} GiB a device of "
+                     f"{capacity_bytes * (1 - reserve_fraction) / 2**30:.4g} usable: more devices, tensor/pipeline "
+                     "parallelism or offload")

@@ -11,6 +11,18 @@ model prices GEMM and attention shapes, not parameter counts.
 The law's N counts the parameters a token uses: all of them for a dense model, the active ones (top_k of
 n_experts experts per layer, plus attention, router, norms and, when the law counts them, embeddings) for
 a MoE. Training compute C = k·N·D and DeepSeek's M follow the same active count.
+
+An allocation law (Hoffmann et al.'s Approaches 1 and 2) gives N_opt(C) directly and predicts no loss: a
+FLOPs budget is split by it, a time, energy or cost budget buys the compute at which its split costs the budget.
+
+Architectures are ones a team could train (`pyscale.models.config.architecture_rules`): from 1e9 parameters
+query heads divisible by 8 and 8 kv heads (GQA) unless asked otherwise, widths multiples of 128, a global batch
+of a whole number of 8 (and of data-parallel x micro-batch) sequences; the exact model is within ±5 % of N*
+and the tokens are set so the budget is spent exactly.
+
+A plan is always an answer: one that does not fit in memory or runs longer than `max_days` is returned with
+`feasible=False` and its `infeasible_reasons` (and a warning), as is one far beyond the law's data (its
+`extrapolation_factor` above EXTRAPOLATION_THRESHOLD).
 """
 
 from __future__ import annotations
@@ -22,20 +34,23 @@ from typing import Any
 
 import numpy as np
 
-from pyscale.models.config import GPTConfig, config_for_params
+from pyscale.models.config import GPTConfig, architecture_rules, config_for_params
 from pyscale.plan.batch import BatchChoice, choose_batch
 from pyscale.plan.budget import Budget
-from pyscale.plan.hardware import Hardware
+from pyscale.plan.hardware import Hardware, ParameterError
 from pyscale.plan.law import LawChoice, choose_law
 from pyscale.plan.memory import MemoryFit, fit_memory
 from pyscale.plan.shape import search_config
 from pyscale.scaling import compute_optimal
+from pyscale.scaling.frontier import EXTRAPOLATION_THRESHOLD, extrapolation_label
 
 OBJECTIVES = ("flops", "time", "energy", "cost")
 _BUDGET_OBJECTIVE = {"flops": "flops", "gpu_hours": "time", "kwh": "energy", "dollars": "cost"}
 _UNIT_SCALE = {"flops": 1.0, "gpu_hours": 3600.0, "kwh": 3.6e6, "dollars": 1.0}
 MIN_TOKENS_PER_PARAM = 1.0  # a plan that cannot afford one token per parameter is refused
 GRID_POINTS = 241
+ARCHITECTURE_RTOL = 0.05  # the exact architecture's N is within this of N* (the tokens then keep the budget)
+MAX_DAYS = 365.0  # a plan that runs longer than this is infeasible (plan(max_days=...), --max-days)
 
 
 @dataclass
@@ -70,11 +85,14 @@ class Plan:
     budget: Budget
     law: str
     law_source: str
+    law_approach: str  # the published procedure behind the law (Hoffmann's Approach 1/2/3, a refit, a fit)
     n_convention: str
     flops_convention: str
     n_params_optimal: float  # the continuous optimum N*
     tokens_optimal: float  # D* at N*
     config: GPTConfig
+    n_params_law: int  # the exact architecture's N as the law counts it (active; embeddings as the law does)
+    n_params_deviation: float  # n_params_law / N* - 1 (within ARCHITECTURE_RTOL where the sizes allow)
     n_params: int  # exact parameter count of `config` (embeddings counted)
     n_params_non_embedding: int
     n_params_active: int  # parameters a token uses (embeddings counted); n_params when dense
@@ -82,7 +100,7 @@ class Plan:
     tokens_per_param: float
     training_flops: float  # k·N·D in the law's convention
     model_flops: float  # PaLM model FLOPs (6N + 12·L·H·Q·T per token) x tokens
-    predicted_loss: float
+    predicted_loss: float | None  # None for an allocation law (the reason in `unavailable`)
     loss_interval: tuple[float, float] | None
     loss_interval_source: str
     batch: BatchChoice
@@ -93,6 +111,11 @@ class Plan:
     assumptions: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
     flops_optimal: dict[str, float] | None = None  # the FLOPs-optimal point at the same compute, for comparison
+    extrapolation_factor: float | None = None  # training FLOPs / the largest compute in the law's data
+    feasible: bool = True  # False: it does not fit in memory or runs longer than max_days (see the reasons)
+    infeasible_reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # infeasibility and extrapolation, one line each
+    architecture_options: dict[str, Any] = field(default_factory=dict)  # the gqa_ratio/heads_multiple asked for
 
     device = _cost_attribute("device")
     n_devices = _cost_attribute("n_devices")
@@ -114,6 +137,7 @@ class Plan:
             else:
                 d[key] = value
         d["budget"] = {"kind": self.budget.kind, "value": self.budget.value, "text": self.budget.describe()}
+        d["extrapolated"] = bool(extrapolation_label(self.extrapolation_factor))
         d["config"] = self.config.to_dict()
         return d
 
@@ -131,11 +155,12 @@ def _unit_cost(objective: str, hardware: Hardware | None, k: float, pue_applies:
     if objective == "flops":
         return lambda n, config=None: (k * n, "law convention")
     if hardware is None:
-        raise ValueError(f"objective {objective!r} needs hardware: give --gpu with --mfu (and --power-w), "
-                         "--profile or --store")
+        raise ParameterError(f"objective {objective!r} needs hardware: give gpu=NAME with mfu= (and power_w=), "
+                             "profile= or store=", "gpu", "mfu", "power_w", "profile", "store")
     if hardware.flops_source is None:
-        raise ValueError(f"objective {objective!r}: no throughput for {hardware.device_name}: give --mfu, "
-                         "--profile (a fitted cost model) or --store (measured gpt_step rows)")
+        raise ParameterError(f"objective {objective!r}: no throughput for {hardware.device_name}: give mfu=, "
+                             "profile= (a fitted cost model) or store= (measured gpt_step rows)",
+                             "mfu", "profile", "store")
 
     def gpu_seconds(n: float, config: GPTConfig | None = None) -> tuple[float, str]:
         priced = config or shape(n)
@@ -158,7 +183,8 @@ def _unit_cost(objective: str, hardware: Hardware | None, k: float, pue_applies:
         return joules
     if objective == "cost":
         if hardware.price_per_device_hour is None:
-            raise ValueError("objective 'cost' needs a price: give --price-per-gpu-hour (never assumed)")
+            raise ParameterError("objective 'cost' needs a price: give price_per_device_hour= (never assumed)",
+                                 "price_per_device_hour")
         def dollars(n: float, config: GPTConfig | None = None) -> tuple[float, str]:
             s, src = gpu_seconds(n, config)
             return s / 3600 * hardware.price_per_device_hour, src
@@ -209,22 +235,39 @@ def _search(law: LawChoice, unit_cost, budget_value: float | None, target_loss: 
 
 def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardware | None = None,
          objective: str | None = None, inference_tokens: float = 0.0, seq_len: int = 2048,
-         vocab_size: int = 32000, n_experts: int = 0, top_k: int = 0, gqa_ratio: int = 1,
-         batch_law: str = "deepseek", recompute: str = "auto", n_range: tuple[float, float] = (1e7, 1e13),
+         vocab_size: int = 32000, n_experts: int = 0, top_k: int = 0, gqa_ratio: int | None = None,
+         heads_multiple: int | None = None, micro_batch: int | None = None, batch_law: str = "deepseek",
+         recompute: str = "auto", n_range: tuple[float, float] = (1e7, 1e13), max_days: float = MAX_DAYS,
          ) -> Plan:
-    """Plan a training run within `budget` (see module docstring). Every assumption lands in Plan.assumptions."""
+    """Plan a training run within `budget` (see module docstring). Every assumption lands in Plan.assumptions.
+
+    law: a loss-law preset, a saved fit (path or FitResult) or an allocation law (hoffmann2022_approach1/2).
+    gqa_ratio: query heads per kv head (1: multi-head attention); None: 8 kv heads from 1e9 parameters, MHA
+        below. heads_multiple: query heads divisible by it; None: 8 (tensor parallelism) from 1e9 parameters.
+    micro_batch: sequences per device per micro-step, when fixed: the memory check uses it and the global
+        batch is a multiple of n_devices x micro_batch (and always of 8 sequences).
+    max_days: a plan whose wall-clock time exceeds it is infeasible (returned, with the reason).
+    """
     budget = Budget.parse(budget) if isinstance(budget, str) else budget
-    lc = law if isinstance(law, LawChoice) else choose_law(law)
+    lc = choose_law(law)
     objective = _objective_of(budget, objective)
     if inference_tokens < 0:
-        raise ValueError(f"inference_tokens must be >= 0: got {inference_tokens}")
+        raise ParameterError(f"inference_tokens must be >= 0: got {inference_tokens}", "inference_tokens")
+    if not (isinstance(max_days, (int, float)) and max_days > 0):
+        raise ParameterError(f"max_days must be a positive number of days: got {max_days!r}", "max_days")
+    if not lc.predicts_loss:
+        _check_allocation_options(lc, budget, inference_tokens, batch_law)
     k = lc.flops_per_param_token
-    assumptions = [f"law: {lc.name} ({lc.source}); {lc.n_convention}",
+    options = {"gqa_ratio": gqa_ratio, "heads_multiple": heads_multiple}
+    for name, value in (*options.items(), ("micro_batch", micro_batch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ParameterError(f"{name} must be a positive int (or None for the default): got {value!r}", name)
+    assumptions = [f"law: {lc.name}, {lc.approach or 'as given'} ({lc.source}); {lc.n_convention}",
                    f"FLOP convention: C = {k:g}·N·D (the law's); model FLOPs (MFU) follow PaLM: 6N + 12·L·H·Q·T "
                    "per token"]
     pue_applies = budget.kind == "kwh" and hardware is not None and hardware.pue is not None
     shape = functools.partial(search_config, embeddings=lc.embeddings_counted, vocab_size=vocab_size,
-                              seq_len=seq_len, gqa_ratio=gqa_ratio, n_experts=n_experts, top_k=top_k)
+                              seq_len=seq_len, n_experts=n_experts, top_k=top_k, **options)
     unit_cost = _unit_cost(objective, hardware, k, pue_applies, shape)
     smallest = config_for_params(n_range[0] * 5, vocab_size=vocab_size, seq_len=seq_len)
     n_min = max(n_range[0], float(smallest.n_params()) * 0.5)
@@ -232,9 +275,11 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
     budget_value = None if budget.kind == "loss" else budget.value * _UNIT_SCALE[budget.kind]
     target = budget.value if budget.kind == "loss" else None
 
-    closed_form = (objective == "flops" and budget.kind == "flops" and inference_tokens == 0
-                   and lc.law.name == "chinchilla")
-    if closed_form:
+    if not lc.predicts_loss:
+        n_star, d_star = _allocate(lc, unit_cost, budget_value, objective)
+        assumptions.append(_allocation_assumption(lc, objective))
+    elif (objective == "flops" and budget.kind == "flops" and inference_tokens == 0
+          and lc.law.name == "chinchilla"):
         opt = compute_optimal(lc.law, budget.value, params=lc.params, flops_per_param_token=k)
         n_star, d_star = float(opt.N[0]), float(opt.D[0])
         assumptions.append("FLOPs-optimal split in closed form (Hoffmann et al. Approach 3)")
@@ -248,10 +293,11 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
     if d_star < MIN_TOKENS_PER_PARAM * n_star or n_star < n_min:
         raise _too_small(budget, n_min)
 
-    # A concrete architecture near N* (the law's N: active parameters), then the tokens the budget affords
-    # for exactly that model.
+    # A concrete, trainable architecture near N* (the law's N: active parameters), then the tokens the budget
+    # affords for exactly that model.
+    rules = architecture_rules(n_star, **options)
     config = config_for_params(n_star, embeddings=lc.embeddings_counted, active=True, vocab_size=vocab_size,
-                               seq_len=seq_len, gqa_ratio=gqa_ratio, n_experts=n_experts, top_k=top_k)
+                               seq_len=seq_len, n_experts=n_experts, top_k=top_k, rtol=ARCHITECTURE_RTOL, **rules)
     n_law = float(config.n_active_params(embeddings=lc.embeddings_counted))
     per_token, cost_source = unit_cost(n_law, config)
     fixed = inference_tokens * 2 * n_law * (per_token / (k * n_law))
@@ -263,7 +309,7 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
             raise ValueError(f"budget: target loss {target:g} is not reachable with the {n_law:.3g}-parameter "
                              f"architecture")
         tokens = needed
-    assumptions.append(_architecture_assumption(config, lc.embeddings_counted))
+    assumptions.append(_architecture_assumption(config, lc.embeddings_counted, n_star, rules))
     if objective != "flops":
         assumptions.append("search: each candidate size priced on a concrete architecture of that size, shaped "
                            "by the default depth/width rule (pyscale.plan.shape)")
@@ -272,37 +318,131 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
                            "charged to the budget")
     if objective != "flops":
         assumptions.append(f"{objective} per token from: {cost_source}")
-    loss = float(lc.predict(n_law, tokens)[0])
-    interval, interval_source = lc.loss_interval(n_law, tokens)
+    unavailable: dict[str, str] = {}
+    training_flops = k * n_law * tokens
+    if lc.predicts_loss:
+        loss: float | None = float(lc.predict(n_law, tokens)[0])
+        interval, interval_source = lc.loss_interval(n_law, tokens)
+    else:
+        loss, interval = None, None
+        interval_source = f"absent: {lc.name} is an allocation law and predicts no loss"
+        unavailable["predicted_loss"] = (f"{lc.name} is an allocation law ({lc.approach}): it gives N_opt(C) and "
+                                         "D_opt(C), not a loss; use a loss law (e.g. epoch2024) for one")
+    factor, warnings = _extrapolation(lc, training_flops, unavailable)
+    if factor is not None and extrapolation_label(factor):
+        interval_source = f"{extrapolation_label(factor)}: {interval_source}"
     model_flops = float(config.model_flops_per_token()) * tokens
+
+    per_step_multiple = hardware.n_devices if hardware else 1
+    memory = fit_memory(config, capacity_bytes=None if hardware is None else hardware.memory_bytes,
+                        n_devices=per_step_multiple, recompute=recompute, micro_batch=micro_batch)
+    assumptions.append(f"memory: {memory.reason} (bf16 mixed-precision Adam, 16 B/param of model state; "
+                       "activation estimate after Korthikanti et al. 2022)")
     # DeepSeek's M: non-embedding FLOPs per token, 6·N_non-embedding + 12·L·d·seq (attention included);
     # a MoE token runs only its active experts.
     m_nonemb = 6.0 * config.n_active_params(embeddings=False) + 12.0 * config.n_layers * config.d_model * seq_len
-    per_step_multiple = hardware.n_devices if hardware else 1
     batch = choose_batch(law=batch_law, seq_len=seq_len, non_embedding_flops_per_token=m_nonemb, tokens=tokens,
-                         loss=loss, multiple_of_sequences=per_step_multiple)
+                         loss=loss, multiple_of_sequences=per_step_multiple * (micro_batch or 1))
     assumptions.append(f"batch: {batch.assumption}")
     steps = max(1, math.ceil(tokens / batch.tokens))
 
-    memory = fit_memory(config, capacity_bytes=None if hardware is None else hardware.memory_bytes,
-                        n_devices=per_step_multiple, recompute=recompute)
-    assumptions.append(f"memory: {memory.reason} (bf16 mixed-precision Adam, 16 B/param of model state; "
-                       "activation estimate after Korthikanti et al. 2022)")
-    cost, cost_assumptions, unavailable = _price(hardware, config, model_flops)
+    cost, cost_assumptions, priced_unavailable = _price(hardware, config, model_flops)
     assumptions += cost_assumptions
+    unavailable.update(priced_unavailable)
+    reasons = _infeasible(memory, cost, max_days)
+    warnings = [f"infeasible: {r}" for r in reasons] + warnings
     flops_opt = None
-    training_flops = k * n_law * tokens
-    if objective != "flops" and lc.law.name == "chinchilla":
+    if objective != "flops" and lc.predicts_loss and lc.law.name == "chinchilla":
         ref = compute_optimal(lc.law, training_flops, params=lc.params, flops_per_param_token=k)
         flops_opt = {"N": float(ref.N[0]), "D": float(ref.D[0]), "loss": float(ref.loss[0])}
-    return Plan(objective=objective, budget=budget, law=lc.name, law_source=lc.source, n_convention=lc.n_convention,
-                flops_convention=f"C = {k:g}·N·D", n_params_optimal=n_star, tokens_optimal=d_star, config=config,
+    return Plan(objective=objective, budget=budget, law=lc.name, law_source=lc.source,
+                law_approach=lc.approach, n_convention=lc.n_convention, flops_convention=f"C = {k:g}·N·D",
+                n_params_optimal=n_star, tokens_optimal=d_star, config=config, n_params_law=int(n_law),
+                n_params_deviation=n_law / n_star - 1.0,
                 n_params=int(config.n_params()), n_params_non_embedding=int(config.n_params(embeddings=False)),
                 n_params_active=int(config.n_active_params()), tokens=tokens, tokens_per_param=tokens / n_law,
                 training_flops=training_flops, model_flops=model_flops, predicted_loss=loss,
                 loss_interval=interval, loss_interval_source=interval_source, batch=batch, steps=steps,
                 memory=memory, cost=cost, inference_tokens=inference_tokens, assumptions=assumptions,
-                unavailable=unavailable, flops_optimal=flops_opt)
+                unavailable=unavailable, flops_optimal=flops_opt, extrapolation_factor=factor,
+                feasible=not reasons, infeasible_reasons=reasons, warnings=warnings,
+                architecture_options=options)
+
+
+def _check_allocation_options(lc: LawChoice, budget: Budget, inference_tokens: float, batch_law: str) -> None:
+    """What an allocation law cannot do (it predicts no loss) is an error that says why."""
+    why = f"{lc.name} is an allocation law ({lc.approach}): it splits compute into N and D and predicts no loss"
+    if budget.kind == "loss":
+        raise ParameterError(f"budget: a target loss needs a loss law; {why}. Use a loss law (epoch2024, "
+                             "hoffmann2022) or a fit")
+    if inference_tokens:
+        raise ParameterError(f"inference_tokens: an inference-aware plan trades training loss against inference "
+                             f"cost; {why}. Use a loss law (epoch2024, hoffmann2022) or a fit",
+                             "inference_tokens")
+    if batch_law == "kaplan":
+        raise ParameterError(f"batch_law: the Kaplan critical batch needs a predicted loss; {why}. Use "
+                             "batch_law='deepseek'", "batch_law")
+
+
+def _allocate(lc: LawChoice, unit_cost, budget_value: float, objective: str) -> tuple[float, float]:
+    """(N*, D*) of an allocation law: at the budget's compute, or (time, energy, cost) at the compute whose
+    compute-optimal run costs the budget (cost rises with compute, so bisection in log C finds it)."""
+    a = lc.allocation
+    if objective == "flops":
+        return float(a.N(budget_value)), float(a.D(budget_value))
+
+    def cost(log_c: float) -> float:
+        c = math.exp(log_c)
+        return unit_cost(float(a.N(c)))[0] * float(a.D(c))
+
+    lo, hi = math.log(1e10), math.log(1e35)
+    if cost(hi) < budget_value:
+        raise ValueError(f"budget: {budget_value:.3g} buys more than 1e35 FLOPs under {lc.name}")
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cost(mid) < budget_value else (lo, mid)
+        if hi - lo < 1e-12:
+            break
+    c = math.exp(hi)
+    return float(a.N(c)), float(a.D(c))
+
+
+def _allocation_assumption(lc: LawChoice, objective: str) -> str:
+    a = lc.allocation
+    text = (f"allocation law: N_opt(C) = {a.n_opt.coef:.4g}·C^{a.n_opt.exponent:g}, D = C/({a.flops_per_param_token:g}"
+            "·N); it predicts no loss, so the plan has no predicted loss or loss interval")
+    if objective != "flops":
+        text += ("; the budget buys the compute at which this split costs the budget (the law has no loss to "
+                 f"trade size against {objective}: the compute-optimal split of what the budget buys, not a "
+                 f"{objective}-optimal one)")
+    return text
+
+
+def _extrapolation(lc: LawChoice, training_flops: float, unavailable: dict[str, str]
+                   ) -> tuple[float | None, list[str]]:
+    """(training FLOPs / the largest compute of the law's data, warnings), or (None, []) with the reason."""
+    if lc.data_flops_range is None:
+        unavailable["extrapolation_factor"] = (f"the compute range of the data behind {lc.name} is not known "
+                                               "(a preset that publishes none, or a fit saved without it)")
+        return None, []
+    factor = training_flops / float(lc.data_flops_range[1])
+    if factor <= EXTRAPOLATION_THRESHOLD:
+        return factor, []
+    return factor, [f"extrapolated: {training_flops:.3g} FLOPs is {factor:.3g}x the largest compute in the data "
+                    f"behind {lc.name} ({lc.data_flops_range[1]:.3g}); beyond {EXTRAPOLATION_THRESHOLD:g}x the "
+                    "plan rests on the law's form more than on data, and its interval does not say so"]
+
+
+def _infeasible(memory: MemoryFit, cost: PlanCost, max_days: float) -> list[str]:
+    """Why the plan cannot be run as planned (empty: nothing known stops it)."""
+    reasons = []
+    if memory.capacity_bytes is not None and not memory.fits:
+        reasons.append(f"does not fit in memory: {memory.reason}")
+    if cost.time_s is not None and cost.time_s > max_days * 86400:
+        days = cost.time_s / 86400
+        span = f"{days / 365.25:.3g} years" if days > 2 * 365.25 else f"{days:.4g} days"
+        reasons.append(f"takes {span} on {cost.n_devices} x {cost.device}, longer than max_days={max_days:g}")
+    return reasons
 
 
 def _objective_of(budget: Budget, objective: str | None) -> str:
@@ -330,13 +470,13 @@ def _price(hardware: Hardware | None, config: GPTConfig, model_flops: float
     unavailable: dict[str, str] = {}
     if hardware is None:
         for key in ("time_s", "energy_kwh", "cost_dollars"):
-            unavailable[key] = "no hardware given (use --gpu with --mfu/--power-w, or a measured profile)"
+            unavailable[key] = "no hardware given (give gpu=NAME with mfu= and power_w=, profile= or store=)"
         return PlanCost(), assumptions, unavailable
     cost = PlanCost(device=hardware.device_name, n_devices=hardware.n_devices)
     assumptions.append(f"hardware: {hardware.n_devices} x {hardware.device_name}, data-parallel efficiency "
                        f"{hardware.dp_efficiency:g} ({hardware.dp_efficiency_source})")
     if hardware.flops_source is None:
-        unavailable["time_s"] = "no throughput: give --mfu, --profile (a fitted cost model) or --store"
+        unavailable["time_s"] = "no throughput: give mfu=, profile= (a fitted cost model) or store="
         return cost, assumptions, unavailable
     cost.throughput_flops_per_s, cost.throughput_source = hardware.throughput(config)
     cost.mfu = hardware.mfu(config)
@@ -353,20 +493,25 @@ def _price(hardware: Hardware | None, config: GPTConfig, model_flops: float
             cost.facility_energy_kwh = cost.energy_kwh * hardware.pue
             assumptions.append(f"facility energy = GPU energy x PUE {hardware.pue:g} (user-given)")
         else:
-            unavailable["facility_energy_kwh"] = "no PUE given (--pue)"
+            unavailable["facility_energy_kwh"] = "no PUE given (pue=)"
     if hardware.price_per_device_hour is not None:
         cost.cost_dollars = cost.gpu_hours * hardware.price_per_device_hour
         assumptions.append(f"price: ${hardware.price_per_device_hour:g} per GPU-hour (user-given)")
     else:
-        unavailable["cost_dollars"] = "no price given (--price-per-gpu-hour)"
+        unavailable["cost_dollars"] = "no price given (price_per_device_hour=)"
     return cost, assumptions, unavailable
 
 
-def _architecture_assumption(config: GPTConfig, embeddings: bool) -> str:
-    """Which parameters the law's N counts, for this architecture."""
+def _architecture_assumption(config: GPTConfig, embeddings: bool, n_star: float, rules: dict[str, Any]) -> str:
+    """Which parameters the law's N counts, for this architecture, and the shape rules it follows."""
     counted = "with" if embeddings else "without"
-    text = (f"architecture: {config.n_layers} layers x d_model {config.d_model}, {config.n_params():,} "
-            f"parameters; the law's N = {config.n_active_params(embeddings):,}, counted {counted} embeddings")
+    n_law = config.n_active_params(embeddings)
+    attention = ("multi-head attention" if config.n_kv_heads == config.n_heads
+                 else f"grouped-query attention, {config.n_kv_heads} kv heads")
+    text = (f"architecture: {config.n_layers} layers x d_model {config.d_model}, {config.n_heads} heads of "
+            f"{config.head_dim} ({attention}; heads a multiple of {rules['heads_multiple']}), d_ff {config.d_ff}, "
+            f"{config.n_params():,} parameters; the law's N = {n_law:,} ({100 * (n_law / n_star - 1):+.2f}% from "
+            f"N* = {n_star:.4g}; the tokens keep the budget), counted {counted} embeddings")
     if not config.n_experts:
         return text
     return (f"{text}, MoE: the law receives the ACTIVE parameters (top-{config.top_k} of {config.n_experts} "
@@ -379,12 +524,15 @@ def equal_loss_candidates(p: Plan, *, law: str | Any = "epoch2024", hardware: Ha
                           points: int = 41) -> list[dict[str, float]]:
     """Models from N*/span to N*·span trained to the plan's predicted loss, with their time and GPU energy:
     the time-energy trade-off around a plan (for the Pareto plot). Sizes that cannot reach the loss are left out."""
-    lc = law if isinstance(law, LawChoice) else choose_law(law)
+    lc = choose_law(law)
     if hardware.flops_source is None:
-        raise ValueError("hardware: a time-energy trade-off needs a throughput (--mfu, --profile or --store)")
+        raise ParameterError("hardware: a time-energy trade-off needs a throughput (mfu=, profile= or store=)",
+                             "mfu", "profile", "store")
+    if not lc.predicts_loss or p.predicted_loss is None:
+        raise ValueError(f"law: an equal-loss trade-off needs a loss law; {lc.name} predicts no loss")
     c = p.config
     shape = functools.partial(search_config, embeddings=lc.embeddings_counted, vocab_size=c.vocab_size,
-                              seq_len=c.seq_len, gqa_ratio=c.gqa_ratio, n_experts=c.n_experts, top_k=c.top_k)
+                              seq_len=c.seq_len, n_experts=c.n_experts, top_k=c.top_k, **p.architecture_options)
     n_law = c.n_active_params(lc.embeddings_counted)  # the law's N, not the total parameter count
     out = []
     for n in np.exp(np.linspace(math.log(n_law / span), math.log(n_law * span), points)):

@@ -45,6 +45,7 @@ carried from one step into the next.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import warnings
@@ -340,6 +341,9 @@ def _op_key(func: Any) -> str:
     return str(func._schema.name)  # "aten::mm", "pyscale::attention"
 
 
+_SCOPES = itertools.count()
+
+
 class ModuleScopes:
     """Which modules an op belongs to, forward and backward.
 
@@ -351,14 +355,21 @@ class ModuleScopes:
     modules sharing an input (q/k/v projections) overlap.
     Names: the root's class name plus the dotted path from `named_modules()` (ModuleTracker's scheme);
     modules outside a given root get their class name, made unique with "#2", "#3", ...
+    Nodes are never keyed by `id()`: the Python object of an autograd node is a temporary wrapper, and a
+    dead wrapper's id is reused by the next one (how often depends on the Python and torch versions), so a
+    walk keyed by ids would skip nodes it never saw. The walk's marks live in `node.metadata`, which the
+    C++ node owns and every wrapper of it shares.
     """
 
     def __init__(self, root: torch.nn.Module | None = None) -> None:
-        self._key = f"pyscale.flops.scope.{id(self)}"
+        self._key = f"pyscale.flops.scope.{next(_SCOPES)}"  # a counter, not id(self): ids of dead objects recur
+        self._visit_key = f"{self._key}.visited"  # the token of the last walk that passed a node
+        self._inputs_key = f"{self._key}.inputs"  # tokens of the module calls a node is an input of
         self._names: dict[int, str] = {}  # id(module) -> name, kept only while counting
         self._keep: list[torch.nn.Module] = []  # holds named modules so their ids stay unique
         self._used: set[str] = set()
-        self.stack: list[tuple[str, set[int]]] = []  # (module name, ids of its inputs' grad_fns)
+        self._frames = itertools.count()  # one token per module call: marks its inputs' nodes and its walk
+        self.stack: list[tuple[str, int]] = []  # (module name, the token of this call)
         self._handles: list[Any] = []
         if root is not None:
             self._register(root, type(root).__name__)
@@ -380,23 +391,25 @@ class ModuleScopes:
         return self._names[id(mod)]
 
     def _pre(self, mod: torch.nn.Module, args: Any) -> None:
-        inputs = {id(t.grad_fn) for t in tree_leaves(args) if isinstance(t, torch.Tensor) and t.grad_fn is not None}
-        self.stack.append((self.name(mod), inputs))
+        frame = next(self._frames)
+        for t in tree_leaves(args):
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                t.grad_fn.metadata.setdefault(self._inputs_key, set()).add(frame)
+        self.stack.append((self.name(mod), frame))
 
     def _post(self, mod: torch.nn.Module, args: Any, out: Any) -> None:
         if not self.stack:
             return
-        name, boundary = self.stack.pop()
+        name, frame = self.stack.pop()
         chain = (*(n for n, _ in self.stack), name)
         # Label every node made in this forward: walk back from the outputs to the inputs' nodes.
         todo = [t.grad_fn for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-        seen: set[int] = set()
         while todo:
             node = todo.pop()
-            if id(node) in seen or id(node) in boundary:
-                continue
-            seen.add(id(node))
             meta = node.metadata
+            if meta.get(self._visit_key) == frame or frame in meta.get(self._inputs_key, ()):
+                continue
+            meta[self._visit_key] = frame
             if self._key not in meta:  # inner modules labelled theirs first (post hooks run inside out)
                 meta[self._key] = chain
             todo.extend(nxt for nxt, _ in node.next_functions if nxt is not None)

@@ -1,7 +1,8 @@
 """Robust multi-start fitting of loss laws, with run-level bootstrap confidence intervals.
 
 The objective follows Hoffmann et al. 2022 (App. D.2): a Huber loss (delta = 1e-3) on log-space residuals
-r = log(prediction) - log(observed), *summed* over runs. The sum matters: with the mean the objective and its
+r = log(prediction) - log(observed), *summed* over runs. `space="linear"` (with loss="mse") is least squares on
+the loss itself, r = prediction - observed, as `scipy.optimize.curve_fit` fits (Gadre et al. 2024). The sum matters: with the mean the objective and its
 gradient shrink by 1/n and L-BFGS's gradient test (at default tolerances) stops it early, far from the
 minimum; the tolerances here are also tight enough that `reduction="mean"` is only a rescaling.
 
@@ -10,13 +11,12 @@ with projected bounds and a per-start Armijo line search runs all of them in loc
 screened for a few iterations, the best few continue to convergence, and the best of those are polished
 with scipy's L-BFGS-B. Bootstrap replicates reuse the same machinery: a replicate is a weight vector
 over rows (how often each run was drawn), every replicate starts from the best few solutions of the full
-fit, and all replicates x starts run as one batch (split over processes).
+fit, and all replicates x starts run as one batch (split over threads when asked).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +28,7 @@ from pyscale.scaling.data import ScalingData, load
 from pyscale.scaling.laws import Law, get_law
 
 LOSSES = ("huber", "mse", "asymmetric", "huber_nll")
+SPACES = ("log", "linear")
 # Relative-decrease stop for bootstrap refits (no scipy polish there); tighter than the screening default.
 BOOT_FTOL = 1e-13
 
@@ -41,8 +42,9 @@ class Objective:
 
     def __init__(self, law: Law, X: Mapping[str, np.ndarray], logy: np.ndarray, free: np.ndarray,
                  theta_fixed: np.ndarray, loss: str = "huber", delta: float = 1e-3, reduction: str = "sum",
-                 asymmetry: float = 0.5) -> None:
-        self.law, self.X, self.logy = law, X, logy
+                 asymmetry: float = 0.5, space: str = "log") -> None:
+        self.law, self.X, self.logy, self.space = law, X, logy, space
+        self.y = np.exp(logy) if space == "linear" else None
         self.free, self.theta_fixed = np.asarray(free), np.asarray(theta_fixed, dtype=float)
         self.loss, self.delta, self.reduction, self.asymmetry = loss, float(delta), reduction, float(asymmetry)
         self.n = len(logy)
@@ -59,7 +61,11 @@ class Objective:
         return theta
 
     def residuals(self, xf: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Residuals (S, n) in the fit's space and their derivatives by each free parameter."""
         logp, jac = self.law.log_model(self.full(xf), self.X)
+        if self.space == "linear":
+            pred = np.exp(logp)
+            return pred - self.y, [pred * jac[k] for k in self.free]
         return logp - self.logy, [jac[k] for k in self.free]
 
     def _rho_psi(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,6 +244,12 @@ class FitResult:
     time_s: float = 0.0
     bootstrap_time_s: float = 0.0
     data: ScalingData | None = field(default=None, repr=False)
+    space: str = "log"  # where the residuals of the objective live; `residuals` above are log-space always
+    stderr_asymptotic: dict[str, float] = field(default_factory=dict)  # Gauss-Newton, whatever `stderr` is
+    stderr_method: str = "asymptotic"  # what `stderr` holds: "asymptotic" or "bootstrap"
+    log_likelihood: float | None = None  # loss="huber_nll" only: the maximised Huber log-likelihood
+    data_fingerprint: str = ""  # of the rows fitted (the law's columns): `compare` checks two fits share them
+    data_flops_range: tuple[float, float] | None = None  # compute of the fitted rows (C, or k*N*D)
 
     @property
     def flops_convention(self) -> str:
@@ -266,12 +278,16 @@ class FitResult:
 
         return {
             "law": self.law.name, "formula": self.law.formula, "params": {k: num(v) for k, v in self.params.items()},
-            "stderr": {k: num(v) for k, v in self.stderr.items()},
+            "stderr": {k: num(v) for k, v in self.stderr.items()}, "stderr_method": self.stderr_method,
+            "stderr_asymptotic": {k: num(v) for k, v in self.stderr_asymptotic.items()},
             "ci": {k: [num(lo), num(hi)] for k, (lo, hi) in self.ci.items()}, "ci_level": self.ci_level,
             "fixed": self.fixed, "objective": num(self.objective), "nfev": self.nfev, "nit": self.nit,
             "success": self.success, "message": self.message, "aic": num(self.aic), "bic": num(self.bic),
             "n": self.n, "n_runs": self.n_runs, "n_free": self.n_free, "n_dropped": self.n_dropped,
-            "loss": self.loss, "delta": self.delta, "reduction": self.reduction, "scale": self.scale,
+            "loss": self.loss, "delta": self.delta, "reduction": self.reduction, "space": self.space,
+            "scale": self.scale, "log_likelihood": num(self.log_likelihood),
+            "data_fingerprint": self.data_fingerprint,
+            "data_flops_range": None if self.data_flops_range is None else list(self.data_flops_range),
             "flops_convention": self.flops_convention, "n_starts": self.n_starts,
             "bootstrap": 0 if self.bootstrap is None else len(self.bootstrap),
             "bootstrap_failed": self.bootstrap_failed,
@@ -279,22 +295,38 @@ class FitResult:
             "time_s": self.time_s, "bootstrap_time_s": self.bootstrap_time_s,
         }
 
+    @property
+    def stderr_label(self) -> str:
+        """What `stderr` is, in words a report prints next to it."""
+        if self.stderr_method == "bootstrap":
+            ok = 0 if self.bootstrap is None else len(self.bootstrap) - self.bootstrap_failed
+            return f"bootstrap standard deviation over {ok} replicates"
+        return "asymptotic (Gauss-Newton) estimate"
+
     def report(self) -> str:
         """A plain-text summary (the CLI renders the same content as a rich table)."""
         lines = [f"{self.law.name}: {self.law.formula}",
                  f"  {'success' if self.success else 'FAILED'}: {self.message}",
-                 f"  loss={self.loss} delta={self.delta:g} reduction={self.reduction}; {self.flops_convention}",
+                 f"  loss={self.loss} delta={self.delta:g} reduction={self.reduction} space={self.space}; "
+                 f"{self.flops_convention}",
                  f"  n={self.n} rows, {self.n_runs} runs, {self.n_dropped} dropped; {self.n_starts} starts, "
                  f"nfev={self.nfev}",
                  f"  objective={self.objective:.6g}  AIC={self.aic:.4g}  BIC={self.bic:.4g}  "
                  f"RMSE(log)={float(np.sqrt(np.mean(self.residuals ** 2))):.3g}"]
+        if self.log_likelihood is not None:
+            lines.append(f"  log-likelihood={self.log_likelihood:.6g} (Huber likelihood, scale {self.scale:.4g})")
         pct = f"{100 * self.ci_level:g}% CI"
-        lines.append(f"  {'param':<10}{'value':>14}{'stderr':>12}  {pct}")
+        boot = self.stderr_method == "bootstrap"
+        lines.append(f"  stderr: {self.stderr_label}" + ("; asymptotic alongside" if boot else ""))
+        lines.append(f"  {'param':<10}{'value':>14}{'stderr':>12}" + (f"{'asymptotic':>12}" if boot else "")
+                     + f"  {pct}")
         for name, v in self.params.items():
             se = "fixed" if name in self.fixed else f"{self.stderr.get(name, float('nan')):.3g}"
+            asym = "" if not boot else ("fixed" if name in self.fixed
+                                        else f"{self.stderr_asymptotic.get(name, float('nan')):.3g}")
             lo_hi = self.ci.get(name)
             c = f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""
-            lines.append(f"  {name:<10}{v:>14.6g}{se:>12}  {c}")
+            lines.append(f"  {name:<10}{v:>14.6g}{se:>12}" + (f"{asym:>12}" if boot else "") + f"  {c}")
         if self.bootstrap is not None:
             lines.append(f"  bootstrap: {len(self.bootstrap)} replicates over runs, {self.bootstrap_failed} failed")
         return "\n".join(lines)
@@ -342,10 +374,13 @@ def _scipy_polish(obj: Objective, x0: np.ndarray, bounds: list[tuple[float, floa
 
 
 def _resolve_n_jobs(n_jobs: int | None, bootstrap: int) -> int:
+    """Threads for the bootstrap: one unless asked. On a 2-core machine two threads (or, before, two
+    processes) were no reliably faster than one for 1,000 refits (bench/RESULTS.md), so one is the default."""
     if n_jobs is None:
-        # Worker start-up costs ~0.5 s; below a few hundred replicates one process is faster.
-        n_jobs = (os.cpu_count() or 1) if bootstrap >= 200 else 1
-    return max(1, min(int(n_jobs), bootstrap))
+        return 1
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ValueError(f"n_jobs must be a positive int or None: got {n_jobs!r}")
+    return min(n_jobs, bootstrap)
 
 
 def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | None = None,
@@ -354,7 +389,7 @@ def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | Non
         nan_policy: str = "raise", fixed: Mapping[str, float] | None = None,
         flops_per_param_token: float = 6.0, asymmetry: float = 0.5, n_jobs: int | None = None,
         ci_level: float = 0.95, keep: int = 16, screen_iter: int = 25, max_iter: int = 500,
-        warm_starts: int = 4, prune: int | None = 512) -> FitResult:
+        warm_starts: int = 4, prune: int | None = 512, space: str = "log") -> FitResult:
     """Fit `law` to `data` from a grid of starts; optionally bootstrap over runs.
 
     law: a Law, its class or its name ("chinchilla", "kaplan", "kaplan_compute", "overtraining",
@@ -365,21 +400,30 @@ def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | Non
         `asymmetry` on over-prediction, 1 - asymmetry on under-prediction) or "huber_nll" (Huber likelihood
         with a free scale sigma; delta is then in units of sigma, default 1.345).
     reduction: "sum" (default, as Hoffmann) or "mean" (kept to show the trap: L-BFGS stops early).
+    space: "log" (residuals log(prediction) - log(observed), the default) or "linear" (prediction - observed:
+        with loss="mse" the least squares of `scipy.optimize.curve_fit`, as Gadre et al. 2024 fit).
     starts: "grid" (the law's full grid; Chinchilla: Hoffmann's 4,500), "quick", an (S, P) array of
         internal values, or a list of dicts of public values.
     bootstrap: number of replicates resampling runs (`run` column; rows when absent) with replacement,
-        each refitted from the `warm_starts` best solutions of the full fit, over `n_jobs` processes.
-    fixed: public parameter values held fixed (default: the law's `default_fixed`).
+        each refitted from the `warm_starts` best solutions of the full fit, over `n_jobs` threads (default 1).
+        After a bootstrap `stderr` is the replicates' standard deviation; `stderr_asymptotic` keeps the
+        Gauss-Newton estimate (`stderr_method` says which `stderr` is).
+    fixed: public parameter values held fixed (default: the law's `default_fixed`). Every parameter may be
+        fixed: the objective is then evaluated, not optimised (with loss="huber_nll" the likelihood's scale is
+        still fitted), which tests a published fit against data (`pyscale.scaling.compare`).
     Search schedule: every start takes 5 L-BFGS steps; the best `prune` (None: all) take `screen_iter`;
     the best `keep` distinct ones run to convergence (`max_iter`); the best 3 are polished by scipy.
     A failed optimisation is reported in `success`/`message`; invalid input raises ValueError.
     """
     t_start = time.perf_counter()
     law = get_law(law)
-    delta = _check_options(loss, delta, reduction, asymmetry, bootstrap, ci_level)
+    delta = _check_options(loss, delta, reduction, asymmetry, bootstrap, ci_level, space)
     sd = load(data, columns=columns, target=law.target, nan_policy=nan_policy,
               flops_per_param_token=flops_per_param_token, law=law)
-    problem = _problem(law, sd, fixed, loss, delta, reduction, asymmetry)
+    problem = _problem(law, sd, fixed, loss, delta, reduction, asymmetry, space)
+    if bootstrap and problem.free.size == 0:
+        raise ValueError("bootstrap: every parameter of the law is fixed, so there is nothing to resample; "
+                         "give bootstrap=0 (or free a parameter)")
     x0 = _start_points(problem, starts)
     search = _optimise(problem, x0, keep=keep, screen_iter=screen_iter, max_iter=max_iter,
                        warm_starts=warm_starts, prune=prune)
@@ -390,10 +434,16 @@ def fit(law: Law | str, data: object, *, loss: str = "huber", delta: float | Non
 
 
 def _check_options(loss: str, delta: float | None, reduction: str, asymmetry: float, bootstrap: int,
-                   ci_level: float) -> float:
+                   ci_level: float, space: str = "log") -> float:
     """Raise on an invalid option; return delta (its default depends on the loss)."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}: got {loss!r}")
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}: got {space!r}")
+    if space == "linear" and loss != "mse":
+        raise ValueError(f"space='linear' is least squares on the loss itself and needs loss='mse': got "
+                         f"loss={loss!r} (the Huber, asymmetric and likelihood losses are defined on log "
+                         "residuals; use space='log' with them)")
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean': got {reduction!r}")
     if delta is None:
@@ -435,15 +485,13 @@ class _Problem:
 
 
 def _problem(law: Law, sd: ScalingData, fixed: Mapping[str, float] | None, loss: str, delta: float,
-             reduction: str, asymmetry: float) -> _Problem:
+             reduction: str, asymmetry: float, space: str = "log") -> _Problem:
     """The objective of `law` on `sd` with `fixed` parameters held (default: the law's own)."""
     fixed = dict(law.default_fixed if fixed is None else fixed)
     unknown = sorted(set(fixed) - set(law.param_names))
     if unknown:
         raise ValueError(f"fixed: unknown parameter(s) {unknown} for law {law.name} ({list(law.param_names)})")
     free = np.array([i for i, p in enumerate(law.params) if p.name not in fixed], dtype=np.int64)
-    if free.size == 0:
-        raise ValueError("fixed: every parameter is fixed; nothing to fit")
     theta_fixed = np.zeros(len(law.params))
     for i, p in enumerate(law.params):
         if p.name in fixed:
@@ -453,7 +501,7 @@ def _problem(law: Law, sd: ScalingData, fixed: Mapping[str, float] | None, loss:
         raise ValueError(f"data: {sd.n} usable rows cannot determine {n_free} free parameters")
     X = law.prepare(sd.columns)
     y = sd.columns[law.target]
-    obj = Objective(law, X, np.log(y), free, theta_fixed, loss, delta, reduction, asymmetry)
+    obj = Objective(law, X, np.log(y), free, theta_fixed, loss, delta, reduction, asymmetry, space)
     bounds = [law.params[i].bounds for i in free]
     if loss == "huber_nll":
         bounds.append((-30.0, 5.0))  # ln(sigma)
@@ -464,7 +512,9 @@ def _problem(law: Law, sd: ScalingData, fixed: Mapping[str, float] | None, loss:
 def _start_points(problem: _Problem, starts: str | np.ndarray | Sequence[Mapping[str, float]]) -> np.ndarray:
     """Distinct starts (S, free coordinates) in internal values: the law's grid plus its guess, or the user's."""
     law, obj, free, y = problem.law, problem.obj, problem.free, problem.observed
-    if isinstance(starts, str):
+    if free.size == 0:
+        grid = np.zeros((1, len(law.params)))  # nothing to start: only the likelihood's scale, if any, is free
+    elif isinstance(starts, str):
         if starts not in ("grid", "quick"):
             raise ValueError(f"starts must be 'grid', 'quick', an array or a list of dicts: got {starts!r}")
         grid = law.start_grid(starts, obj.X, y)
@@ -504,6 +554,13 @@ def _optimise(problem: _Problem, x0: np.ndarray, *, keep: int, screen_iter: int,
     """Screen all starts briefly, prune to the best `prune`, screen those further, continue the best `keep`
     distinct ones to convergence, and polish the best few with scipy."""
     obj, lo, hi = problem.obj, problem.lo, problem.hi
+    if x0.shape[1] == 0:  # every coordinate fixed: evaluate the objective, optimise nothing
+        f0 = float(obj(x0)[0][0])
+        ok = math.isfinite(f0)
+        return _Search(best_x=x0[0] if ok else None, best_f=f0 if ok else np.inf, success=ok,
+                       message="every parameter fixed: the objective evaluated, nothing optimised" if ok
+                       else "every parameter fixed and the objective is not finite at them",
+                       nfev=1, nit=0, n_starts=1, top=x0 if ok else np.empty((0, 0)))
     first = lbfgs_batch(obj, x0, lo, hi, max_iter=min(5, screen_iter))
     nfev = int(first["nfev"].sum())
     if prune and len(x0) > prune:
@@ -549,9 +606,10 @@ def _statistics(problem: _Problem, search: _Search, sd: ScalingData, *, ci_level
     (bootstrap intervals are added later by `_bootstrap`)."""
     law, obj = problem.law, problem.obj
     setup = {"law": law, "observed": problem.observed, "n": sd.n, "n_runs": sd.n_runs, "n_free": problem.n_free,
-             "loss": obj.loss, "delta": obj.delta, "reduction": obj.reduction,
+             "loss": obj.loss, "delta": obj.delta, "reduction": obj.reduction, "space": obj.space,
              "flops_per_param_token": sd.flops_per_param_token, "fixed": problem.fixed, "ci_level": ci_level,
-             "n_starts": search.n_starts, "n_dropped": sd.n_dropped, "nfev": search.nfev, "nit": search.nit}
+             "n_starts": search.n_starts, "n_dropped": sd.n_dropped, "nfev": search.nfev, "nit": search.nit,
+             "data_fingerprint": data_fingerprint(law, sd), "data_flops_range": _flops_range(sd)}
     best_x = search.best_x
     if best_x is None:
         nan = {p.name: float("nan") for p in law.params}
@@ -562,13 +620,41 @@ def _statistics(problem: _Problem, search: _Search, sd: ScalingData, *, ci_level
     params = law.to_public(theta)
     r, jac = obj.residuals(best_x[None, :])
     r = r[0]
+    log_pred = law.log_model(theta[None, :], obj.X)[0][0]
     scale = float(math.exp(best_x[-1])) if obj.scale else None
-    aic, bic = _information_criteria(problem, best_x, r)
-    return FitResult(**setup, params=params, stderr=_asymptotic_stderr(problem, params, r, jac, scale), ci={},
+    aic, bic, log_likelihood = _information_criteria(problem, best_x, r)
+    stderr = _asymptotic_stderr(problem, params, r, jac, scale)
+    return FitResult(**setup, params=params, stderr=stderr, stderr_asymptotic=dict(stderr), ci={},
                      objective=search.best_f, success=search.success,
-                     message=search.message + _at_bound_note(problem, best_x), residuals=r,
-                     predicted=np.exp(r + obj.logy), aic=aic, bic=bic, scale=scale, theta=theta,
-                     top_starts=search.top, time_s=time.perf_counter() - t_start, data=sd)
+                     message=search.message + _at_bound_note(problem, best_x), residuals=log_pred - obj.logy,
+                     predicted=np.exp(log_pred), aic=aic, bic=bic, scale=scale, theta=theta,
+                     top_starts=search.top, time_s=time.perf_counter() - t_start, data=sd,
+                     log_likelihood=log_likelihood)
+
+
+def _flops_range(sd: ScalingData) -> tuple[float, float] | None:
+    """(smallest, largest) training compute among the rows: C, or k*N*D; None when the data has neither."""
+    cols = sd.columns
+    if "C" in cols:
+        c = cols["C"]
+    elif "N" in cols and "D" in cols:
+        c = sd.flops_per_param_token * cols["N"] * cols["D"]
+    else:
+        return None
+    return float(np.min(c)), float(np.max(c))
+
+
+def data_fingerprint(law: Law, sd: ScalingData) -> str:
+    """A digest of the rows a fit used (the law's columns, in order): two fits on the same rows share it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(set(law.required(set(sd.columns))) | {law.target}):
+        col = sd.columns[name]
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(col, dtype=float).tobytes() if col.dtype.kind in "biuf"
+                      else "\x1f".join(map(str, col)).encode())
+    return digest.hexdigest()[:16]
 
 
 def _at_bound_note(problem: _Problem, x: np.ndarray) -> str:
@@ -585,6 +671,8 @@ def _asymptotic_stderr(problem: _Problem, params: dict[str, float], r: np.ndarra
     standard errors of the public parameters (0 for fixed ones). The bootstrap CIs are the better
     uncertainty; these are the quick ones."""
     law, free, loss, n = problem.law, problem.free, problem.obj.loss, len(r)
+    if free.size == 0:
+        return {p.name: 0.0 for p in law.params}
     J = np.column_stack([np.broadcast_to(np.asarray(j)[0] if np.ndim(j) == 2 else j, (n,)) for j in jac])
     if loss == "huber":
         s = 1.4826 * float(np.median(np.abs(r - np.median(r))))
@@ -604,17 +692,19 @@ def _asymptotic_stderr(problem: _Problem, params: dict[str, float], r: np.ndarra
     return stderr
 
 
-def _information_criteria(problem: _Problem, best_x: np.ndarray, r: np.ndarray) -> tuple[float, float]:
-    """(AIC, BIC): the exact likelihood for huber_nll, a Gaussian one on log residuals otherwise."""
+def _information_criteria(problem: _Problem, best_x: np.ndarray, r: np.ndarray
+                          ) -> tuple[float, float, float | None]:
+    """(AIC, BIC, log-likelihood): the exact Huber likelihood for huber_nll (its log-likelihood returned), a
+    Gaussian one on the fit's residuals otherwise (log-likelihood None: the loss is not a likelihood)."""
     obj, n, n_free = problem.obj, len(r), problem.n_free
     rss = float(np.sum(r * r))
     if obj.loss == "huber_nll":
         summed = Objective(problem.law, obj.X, obj.logy, problem.free, problem.theta_fixed, obj.loss, obj.delta,
                            "sum")
         nll = float(summed(best_x[None, :])[0][0])
-        return 2 * nll + 2 * n_free, 2 * nll + n_free * math.log(n)
+        return 2 * nll + 2 * n_free, 2 * nll + n_free * math.log(n), -nll
     ll_term = n * math.log(max(rss / n, 1e-300))
-    return ll_term + 2 * (n_free + 1), ll_term + (n_free + 1) * math.log(n)
+    return ll_term + 2 * (n_free + 1), ll_term + (n_free + 1) * math.log(n), None
 
 
 def bootstrap_weights(codes: np.ndarray, B: int, seed: int = 0) -> np.ndarray:
@@ -650,32 +740,37 @@ def _bootstrap(result: FitResult, problem: _Problem, sd: ScalingData, B: int, se
         col = values[ok, i]
         if col.size:
             result.ci[law.param_names[i]] = (float(np.percentile(col, q)), float(np.percentile(col, 100 - q)))
+        if col.size >= 2:
+            # the replicates' spread is the standard error the intervals imply; the asymptotic one stays in
+            # stderr_asymptotic (often 2-3x smaller when runs are few or the optimum is flat)
+            result.stderr[law.param_names[i]] = float(np.std(col, ddof=1))
+    if ok.sum() >= 2:
+        result.stderr_method = "bootstrap"
     result.bootstrap_time_s = time.perf_counter() - t0
 
 
 def _refit_replicates(problem: _Problem, W: np.ndarray, warm: np.ndarray, n_jobs: int | None,
                       max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Each replicate's best free coordinates (B, P) and objective (B,), and the evaluations spent, split
-    over `n_jobs` processes (results do not depend on the split: `lbfgs_batch` rows never interact)."""
+    over `n_jobs` threads (results do not depend on the split: `lbfgs_batch` rows never interact).
+
+    Threads, not processes: numpy releases the GIL inside the batched objective's array operations, a thread
+    needs no pickling or start-up, and a script without an `if __name__ == "__main__":` guard works.
+    """
     obj, lo, hi = problem.obj, problem.lo, problem.hi
     B = len(W)
     jobs = _resolve_n_jobs(n_jobs, B)
     if jobs == 1:
         parts = [_bootstrap_chunk(obj, W, warm, lo, hi, max_iter)]
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
-        # forkserver/spawn, not fork: forking a process whose BLAS has started threads can deadlock.
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_bootstrap_chunk, obj, W[c], warm, lo, hi, max_iter)
-                       for c in np.array_split(np.arange(B), jobs)]
-            parts = [fu.result() for fu in futures]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            parts = list(pool.map(lambda c: _bootstrap_chunk(obj, W[c], warm, lo, hi, max_iter),
+                                  np.array_split(np.arange(B), jobs)))
     xb = np.vstack([p[0] for p in parts])
     fb = np.concatenate([p[1] for p in parts])
     return xb, fb, int(sum(int(p[2].sum()) for p in parts))
 
 
-__all__ = ["LOSSES", "FitResult", "Objective", "bootstrap_weights", "fit", "lbfgs_batch"]
+__all__ = ["LOSSES", "SPACES", "FitResult", "Objective", "bootstrap_weights", "data_fingerprint", "fit", "lbfgs_batch"]

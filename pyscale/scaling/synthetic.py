@@ -30,8 +30,11 @@ def chinchilla_runs(n: int = 250, *, params: Mapping[str, float] | None = None, 
 
 def isoflop_runs(budgets: tuple[float, ...] = (1e18, 3e18, 1e19, 3e19, 1e20), per_budget: int = 9, *,
                  params: Mapping[str, float] | None = None, noise: float = 0.003, seed: int = 0,
-                 k: float = 6.0) -> dict[str, np.ndarray]:
-    """IsoFLOP profiles: at each budget, `per_budget` sizes spread over +-1 decade around the optimum."""
+                 k: float = 6.0, span: tuple[float, float] = (-1.0, 1.0), shift: float = 0.0
+                 ) -> dict[str, np.ndarray]:
+    """IsoFLOP profiles: at each budget, `per_budget` sizes log-spaced from 10^span[0] to 10^span[1] times the
+    optimum (an asymmetric span samples one side more), the whole grid moved by a uniform random offset of up
+    to `shift` decades per budget (the optimum is not known before the sweep), loss x exp(noise * z)."""
     from pyscale.scaling.frontier import chinchilla_optimal
     from pyscale.scaling.laws import Chinchilla
     from pyscale.scaling.presets import HOFFMANN_2022
@@ -41,7 +44,8 @@ def isoflop_runs(budgets: tuple[float, ...] = (1e18, 3e18, 1e19, 3e19, 1e20), pe
     Ns, Cs = [], []
     for c in budgets:
         n_opt, _ = chinchilla_optimal(p, c, k)
-        Ns.append(float(n_opt) * np.logspace(-1, 1, per_budget))
+        offset = rng.uniform(-shift, shift) if shift else 0.0
+        Ns.append(float(n_opt) * np.logspace(span[0] + offset, span[1] + offset, per_budget))
         Cs.append(np.full(per_budget, c))
     N, C = np.concatenate(Ns), np.concatenate(Cs)
     D = C / (k * N)

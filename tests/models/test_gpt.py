@@ -13,7 +13,7 @@ from torch import nn  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from pyscale.models import GPTConfig, config_for_params  # noqa: E402
+from pyscale.models import GPTConfig, architecture_rules, config_for_params  # noqa: E402
 from pyscale.models.gpt import (  # noqa: E402
     GPT,
     LOAD_BALANCING_COEF,
@@ -239,10 +239,13 @@ def test_impl_pyscale_for_real() -> None:
     [
         GPTConfig(32, 4096, 32),  # Llama-2-7B shape
         GPTConfig(32, 4096, 32, n_kv_heads=8, d_ff=14336, n_experts=8, top_k=2),  # Mixtral-8x7B shape
-        config_for_params(1.3e10, gqa_ratio=4),  # what the planner would pick
+        config_for_params(1.3e10, gqa_ratio=4),
         config_for_params(2e9, n_experts=16, top_k=2, active=True),
+        # what the planner picks: heads a multiple of 8 and 8 kv heads from 1e9 parameters
+        config_for_params(7e9, rtol=0.05, **architecture_rules(7e9)),
+        config_for_params(1.2e9, rtol=0.05, **architecture_rules(1.2e9)),
     ],
-    ids=["llama7b", "mixtral", "planned-13b-gqa", "planned-moe"],
+    ids=["llama7b", "mixtral", "13b-gqa", "moe", "planned-7b", "planned-1b"],
 )
 def test_full_size_counts_on_meta_device(cfg: GPTConfig) -> None:
     # the planner's configs are billions of parameters: build them without memory and count

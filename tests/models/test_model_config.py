@@ -264,3 +264,25 @@ def test_import_does_not_pull_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_architecture_rules_make_trainable_shapes() -> None:
+    from pyscale.models.config import architecture_rules
+
+    assert architecture_rules(5e8) == {"gqa_ratio": 1, "n_kv_heads": None, "heads_multiple": 1}
+    assert architecture_rules(2e9) == {"gqa_ratio": 1, "n_kv_heads": 8, "heads_multiple": 8}
+    assert architecture_rules(2e9, gqa_ratio=1) == {"gqa_ratio": 1, "n_kv_heads": None, "heads_multiple": 8}
+    assert architecture_rules(2e9, gqa_ratio=4, heads_multiple=1)["heads_multiple"] == 1
+    for target in (1e9, 3e9, 7e9, 3e10, 7e10, 4e11):
+        cfg = config_for_params(target, rtol=0.05, **architecture_rules(target))
+        assert abs(cfg.n_params() / target - 1) <= 0.05, target
+        assert cfg.n_heads % 8 == 0 and cfg.n_kv_heads == 8 and cfg.head_dim in (64, 128)
+        assert cfg.d_model % 128 == 0 and cfg.d_ff % 128 == 0 and cfg.n_heads * cfg.head_dim == cfg.d_model
+        mha = config_for_params(target, rtol=0.05, **architecture_rules(target, gqa_ratio=1))
+        assert mha.n_kv_heads == mha.n_heads and mha.n_heads % 8 == 0
+    with pytest.raises(ValueError, match="both fix the kv heads"):
+        candidate_configs(1e9, n_kv_heads=8, gqa_ratio=2)
+    with pytest.raises(ValueError, match="heads_multiple"):
+        candidate_configs(1e9, heads_multiple=0)
+    with pytest.raises(ValueError, match="gqa_ratio"):
+        architecture_rules(1e9, gqa_ratio=0)

@@ -249,3 +249,110 @@ def test_plan_from_a_fit_takes_its_interval_from_the_bootstrap():
     p = plan(Budget("flops", 1e21), law=result)
     assert p.loss_interval_source.startswith("19 bootstrap refits")
     assert p.loss_interval[0] < p.predicted_loss < p.loss_interval[1]
+
+
+# ------------------------------------------------------------------------------- allocation laws (item 5)
+@pytest.mark.parametrize(("law", "approach", "n_star"), [("hoffmann2022_approach1", "Approach 1", 67e9),
+                                                         ("hoffmann2022_approach2", "Approach 2", 61.41e9),
+                                                         ("hoffmann2022", "Approach 3", 32.19e9)])
+def test_each_hoffmann_approach_plans_its_own_optimum(law, approach, n_star):
+    p = plan(Budget("flops", 5.76e23), law=law)
+    assert p.law_approach.startswith(approach) and any(approach in a for a in p.assumptions)
+    assert p.n_params_optimal == pytest.approx(n_star, rel=0.002)
+    assert 6 * p.n_params_law * p.tokens == pytest.approx(5.76e23, rel=1e-9)
+    if law != "hoffmann2022":
+        assert p.predicted_loss is None and p.loss_interval is None and "predicted_loss" in p.unavailable
+        assert p.to_dict()["predicted_loss"] is None
+
+
+def test_allocation_law_prices_a_time_budget_at_the_compute_it_buys():
+    from pyscale.scaling.presets import HOFFMANN_2022_APPROACH1 as A1
+
+    p = plan(Budget("gpu_hours", 1e5), law="hoffmann2022_approach1", hardware=from_user("H100 SXM", mfu=0.4))
+    assert p.gpu_hours == pytest.approx(1e5, rel=1e-6)
+    c = 6 * p.n_params_optimal * p.tokens_optimal
+    assert p.n_params_optimal == pytest.approx(A1.N(c), rel=1e-9)
+    assert any("compute-optimal split of what the budget buys" in a for a in p.assumptions)
+
+
+def test_allocation_law_refuses_what_needs_a_loss(capsys):
+    with pytest.raises(ValueError, match="target loss needs a loss law.*predicts no loss"):
+        plan(Budget("loss", 2.2), law="hoffmann2022_approach1")
+    with pytest.raises(ValueError, match="inference_tokens: .*predicts no loss"):
+        plan(Budget("flops", 1e22), law="hoffmann2022_approach2", inference_tokens=1e12)
+    with pytest.raises(ValueError, match="batch_law: .*needs a predicted loss"):
+        plan(Budget("flops", 1e22), law="hoffmann2022_approach2", batch_law="kaplan")
+    assert cli.main(["plan", "--flops", "1e22", "--law", "hoffmann2022_approach1", "--inference-tokens", "1e12"]) == 2
+    assert "--inference-tokens: an inference-aware plan" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- extrapolation (item 6)
+def test_a_plan_far_beyond_the_fitted_data_says_so(tmp_path, capsys):
+    from pyscale.scaling import fit
+    from pyscale.scaling.synthetic import chinchilla_runs
+
+    runs = chinchilla_runs(60, seed=1)
+    largest = float(np.max(6 * runs["N"] * runs["D"]))
+    result = fit("chinchilla", runs, starts="quick", bootstrap=10)
+    near = plan(Budget("flops", largest), law=result)
+    assert near.extrapolation_factor == pytest.approx(1.0, rel=0.01) and not near.warnings
+    far = plan(Budget("flops", 1200 * largest), law=result)
+    assert far.extrapolation_factor == pytest.approx(1200, rel=0.01)
+    assert far.loss_interval_source.startswith("extrapolated x1.2e+03")
+    assert any(w.startswith("extrapolated: ") for w in far.warnings) and far.to_dict()["extrapolated"]
+    saved = tmp_path / "fit.json"
+    saved.write_text(json.dumps(result.to_dict()))
+    assert cli.main(["plan", "--flops", f"{1200 * largest:g}", "--law", str(saved), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["extrapolation_factor"] == pytest.approx(1200, rel=0.01)
+    assert err.startswith("pyscale plan: warning: extrapolated:")
+    p = plan(Budget("flops", 1e21), law="kaplan2020")  # a preset whose data range is not published here
+    assert p.extrapolation_factor is None and "extrapolation_factor" in p.unavailable
+
+
+# ------------------------------------------------------------------------------- trainable shapes (item 8)
+@pytest.mark.parametrize("flops", [1e21, 1e22, 1e23, 5.76e23, 1e25])
+def test_plans_are_architectures_a_team_could_train(flops):
+    p = plan(Budget("flops", flops))
+    c = p.config
+    assert c.d_model % 128 == 0 and c.d_ff % 128 == 0 and c.head_dim in (64, 128)
+    assert p.batch.sequences % 8 == 0
+    assert abs(p.n_params_deviation) <= 0.05 and p.n_params_law == c.n_params()
+    assert 6 * p.n_params_law * p.tokens == pytest.approx(flops, rel=1e-9)  # D moved to keep C
+    if p.n_params_law >= 1e9:
+        assert c.n_heads % 8 == 0 and c.n_kv_heads == 8
+        mha = plan(Budget("flops", flops), gqa_ratio=1)
+        assert mha.config.n_kv_heads == mha.config.n_heads and mha.config.n_heads % 8 == 0
+
+
+def test_batch_is_a_multiple_of_data_parallel_times_micro_batch(capsys):
+    hw = from_user("H100 SXM", mfu=0.4, n_devices=3, dp_efficiency=0.9)
+    p = plan(Budget("gpu_hours", 3000), hardware=hw, micro_batch=2)
+    assert p.batch.sequences % 24 == 0 and p.memory.micro_batch == 2
+    assert cli.main(["plan", "--flops", "1e23", "--gqa", "1", "--json"]) == 0
+    cfg = json.loads(capsys.readouterr().out)["config"]
+    assert cfg["n_kv_heads"] == cfg["n_heads"]
+    assert cli.main(["plan", "--flops", "1e23", "--heads-multiple", "0"]) == 2
+    assert "--heads-multiple" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- infeasible plans (item 9)
+def test_an_impossible_plan_is_an_answer_that_says_so(capsys):
+    hw = from_user("H100 SXM", mfu=0.4, power_w=650)
+    p = plan(Budget("kwh", 2e5), hardware=hw)
+    assert not p.feasible and len(p.infeasible_reasons) == 2
+    assert "does not fit in memory" in p.infeasible_reasons[0] and "years" in p.infeasible_reasons[1]
+    assert cli.main(["plan", "--kwh", "2e5", "--gpu", "H100 SXM", "--mfu", "0.4", "--power-w", "650",
+                     "--json"]) == 0
+    out, err = capsys.readouterr()
+    d = json.loads(out)
+    assert d["feasible"] is False and len(d["infeasible_reasons"]) == 2
+    assert err.count("pyscale plan: warning: infeasible:") == 2 and "longer than --max-days 365" in err
+    ok = plan(Budget("gpu_hours", 100), hardware=hw)
+    assert ok.feasible and not ok.infeasible_reasons and ok.time_s < 86400 * 365
+    slow = plan(Budget("gpu_hours", 100), hardware=hw, max_days=1)
+    assert not slow.feasible and "longer than max_days=1" in slow.infeasible_reasons[0]
+    with pytest.raises(ValueError, match="max_days"):
+        plan(Budget("gpu_hours", 100), hardware=hw, max_days=0)
+    assert cli.main(["plan", "--kwh", "2e5", "--gpu", "H100 SXM", "--mfu", "0.4", "--power-w", "650"]) == 0
+    assert "INFEASIBLE" in capsys.readouterr().out

@@ -232,6 +232,20 @@ class TinyGPT(nn.Module):
 
 
 def test_gpt_model_flops_match_palm_appendix_b():
+    _check_gpt_model_flops()
+
+
+def test_module_attribution_does_not_depend_on_object_ids(monkeypatch):
+    """Python reuses the id() of dead objects, and autograd node wrappers are temporaries: how often ids
+    repeat depends on the Python and torch versions (a stack that reused them dropped a block's attention
+    backward from its module). Here every object but a module has one id, the worst reuse possible: the
+    per-module attribution must not change."""
+    real_id = id
+    monkeypatch.setattr(fl, "id", lambda obj: real_id(obj) if isinstance(obj, nn.Module) else 0, raising=False)
+    _check_gpt_model_flops()
+
+
+def _check_gpt_model_flops():
     torch.manual_seed(0)
     L, d, heads, kv, d_ff, vocab, batch, T = 2, 32, 4, 2, 48, 50, 3, 16
     model = TinyGPT(L, d, heads, kv, d_ff, vocab)

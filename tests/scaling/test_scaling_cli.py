@@ -27,6 +27,12 @@ def test_fit_json(csv_path, capsys):
     assert set(out["params"]) == {"E", "A", "B", "alpha", "beta"}
     assert out["n_runs"] == 60 and out["flops_convention"] == "C = 6*N*D"
     assert out["frontier"]["N"][0] > 0
+    assert main(["fit", csv_path, "--quick", "--json", "--columns", "N=params,D=tokens,loss=val_loss",
+                 "--frontier", "1e21", "1e26", "--bootstrap", "8"]) == 0
+    captured = capsys.readouterr()
+    frontier = json.loads(captured.out)["frontier"]
+    assert frontier["extrapolated"] == [False, True] and len(frontier["N_ci"]) == 2
+    assert captured.err.startswith("pyscale fit: warning: C = 1e+26 FLOPs is")
 
 
 def test_fit_table_with_bootstrap_and_plot(csv_path, tmp_path, capsys):
@@ -35,6 +41,8 @@ def test_fit_table_with_bootstrap_and_plot(csv_path, tmp_path, capsys):
                "--columns", "N=params,D=tokens,loss=val_loss"])
     out = capsys.readouterr().out
     assert rc == 0 and "alpha" in out and "bootstrap: 8 replicates" in out
+    # after a bootstrap the standard errors are its spread, and the asymptotic ones are labelled as such
+    assert "(bootstrap)" in out and "(asymptotic)" in out and "stderr: bootstrap standard deviation" in out
     assert png.stat().st_size > 10_000
 
 
@@ -71,3 +79,19 @@ def test_fit_with_validation_and_isoflop(tmp_path, capsys):
     assert rc == 0
     assert out["validation"]["n_test"] == 9 and out["validation"]["mape"] < 0.05
     assert 0.35 < out["isoflop"]["a"] < 0.55
+    assert out["isoflop"]["n_points"] == 8 and out["isoflop"]["bootstrap_failed"] == 0
+    assert main(["fit", str(path), "--quick", "--json", "--isoflop-points", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["isoflop"]["n_points"] is None  # 0: every point
+    assert main(["fit", str(path), "--quick", "--isoflop-points", "5"]) == 0
+    assert "5 points nearest each minimum" in capsys.readouterr().out
+    assert main(["fit", str(path), "--quick", "--isoflop-points", "2"]) == 2
+    assert "--isoflop-points must be 0 (all points) or >= 3" in capsys.readouterr().err
+
+
+def test_fit_in_linear_space(csv_path, capsys):
+    cols = ["--columns", "N=params,D=tokens,loss=val_loss"]
+    assert main(["fit", csv_path, "--quick", "--json", "--loss", "mse", "--space", "linear", *cols]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["space"] == "linear" and out["loss"] == "mse" and out["success"]
+    assert main(["fit", csv_path, "--quick", "--space", "linear", *cols]) == 2
+    assert "needs loss='mse': got loss='huber'" in capsys.readouterr().err

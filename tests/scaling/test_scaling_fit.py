@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -165,14 +167,14 @@ def test_huber_resists_outliers_better_than_mse(runs):
     assert abs(h.params["E"] - HOFF["E"]) < 0.05
 
 
-def test_bootstrap_deterministic_with_seed_and_across_processes(runs):
-    a = fit("chinchilla", runs, starts="quick", bootstrap=16, seed=11, n_jobs=1)
+def test_bootstrap_deterministic_with_seed_and_across_threads(runs):
+    a = fit("chinchilla", runs, starts="quick", bootstrap=16, seed=11)
     b = fit("chinchilla", runs, starts="quick", bootstrap=16, seed=11, n_jobs=1)
     c = fit("chinchilla", runs, starts="quick", bootstrap=16, seed=12, n_jobs=1)
-    d = fit("chinchilla", runs, starts="quick", bootstrap=16, seed=11, n_jobs=2)
+    d = fit("chinchilla", runs, starts="quick", bootstrap=16, seed=11, n_jobs=3)
     np.testing.assert_array_equal(a.bootstrap, b.bootstrap)
     assert not np.allclose(a.bootstrap, c.bootstrap)
-    np.testing.assert_allclose(a.bootstrap, d.bootstrap, rtol=1e-9)
+    np.testing.assert_array_equal(a.bootstrap, d.bootstrap)  # rows never interact: the split changes nothing
     lo, hi = a.ci["alpha"]
     assert lo < a.params["alpha"] < hi and a.bootstrap_failed == 0
     assert a.ci_of(lambda p: p["alpha"]) == pytest.approx(a.ci["alpha"], rel=1e-12)
@@ -182,6 +184,24 @@ def test_bootstrap_deterministic_with_seed_and_across_processes(runs):
     assert n_lo < float(chinchilla_optimal(a.params, 1e22)[0]) < n_hi
     with pytest.raises(ValueError, match="no bootstrap"):
         fit("chinchilla", runs, starts="quick").ci_of(lambda p: p["E"])
+
+
+def test_parallel_bootstrap_runs_in_a_script_without_a_main_guard(tmp_path):
+    # A process pool re-imports an unguarded __main__ in every worker and crashed; threads need no guard.
+    script = tmp_path / "unguarded.py"
+    script.write_text("from pyscale.scaling import fit\n"
+                      "from pyscale.scaling.synthetic import chinchilla_runs\n"
+                      "r = fit('chinchilla', chinchilla_runs(40, seed=3), starts='quick', bootstrap=8, n_jobs=2)\n"
+                      "print('replicates', len(r.bootstrap), 'failed', r.bootstrap_failed)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "replicates 8 failed 0"
+
+
+@pytest.mark.parametrize("n_jobs", [0, -1, 1.5, True])
+def test_bad_n_jobs_raise(runs, n_jobs):
+    with pytest.raises(ValueError, match="n_jobs"):
+        fit("chinchilla", runs, starts="quick", bootstrap=4, n_jobs=n_jobs)
 
 
 def test_bootstrap_weights_resample_whole_runs():
@@ -286,3 +306,54 @@ def test_batched_lbfgs_rows_do_not_interact(runs):
     # And it descends: every finite start ends no higher than it began.
     f0, _ = obj(np.clip(starts, lo, hi))
     assert np.all(together["f"][np.isfinite(f0)] <= f0[np.isfinite(f0)])
+
+
+def test_stderr_after_a_bootstrap_is_the_bootstrap_spread(runs):
+    plain = fit("chinchilla", runs, starts="quick")
+    boot = fit("chinchilla", runs, starts="quick", bootstrap=40, seed=3)
+    assert plain.stderr_method == "asymptotic" and plain.stderr == plain.stderr_asymptotic
+    assert boot.stderr_method == "bootstrap" and boot.stderr_asymptotic == pytest.approx(plain.stderr)
+    for i, name in enumerate(boot.law.param_names):
+        assert boot.stderr[name] == pytest.approx(np.std(boot.bootstrap[:, i], ddof=1), rel=1e-12)
+    assert boot.stderr != boot.stderr_asymptotic
+    d = boot.to_dict()
+    assert d["stderr_method"] == "bootstrap" and d["stderr_asymptotic"]["alpha"] == plain.stderr["alpha"]
+    assert "stderr: bootstrap standard deviation over 40 replicates" in boot.report()
+    assert "asymptotic (Gauss-Newton)" in plain.report()
+
+
+def test_linear_space_is_curve_fit_least_squares():
+    # Gadre et al. 2024 fit L(C, M) = E + (a M^eta + b M^-eta) C^-eta by scipy's curve_fit: least squares on L.
+    from scipy.optimize import curve_fit
+
+    from pyscale.scaling.laws import OverTraining
+
+    rng = np.random.default_rng(4)
+    N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), 120))
+    D = N * np.exp(rng.uniform(np.log(5), np.log(500), 120))
+    truth = {"E": 1.8, "a": 300.0, "b": 500.0, "eta": 0.15}
+    L = OverTraining().predict(truth, N=N, D=D) + 0.02 * rng.standard_normal(120)  # additive noise on L
+    r = fit("overtraining", {"N": N, "D": D, "loss": L}, loss="mse", space="linear", starts="quick")
+    assert r.success and r.space == "linear"
+    M, C = D / N, 6 * N * D
+
+    def gadre(x, E, a, b, eta):
+        m, c = x
+        return E + (a * m**eta + b * m**-eta) * c**-eta
+
+    popt, _ = curve_fit(gadre, (M, C), L, p0=[truth[k] for k in ("E", "a", "b", "eta")], maxfev=20000)
+    for k, v in zip(("E", "a", "b", "eta"), popt):
+        assert r.params[k] == pytest.approx(v, rel=1e-4), k
+    assert r.objective == pytest.approx(np.sum((r.predicted - L) ** 2), rel=1e-9)
+    assert r.residuals == pytest.approx(np.log(r.predicted) - np.log(L))  # residuals stay log-space
+    # the log-space default minimises a different sum
+    log = fit("overtraining", {"N": N, "D": D, "loss": L}, loss="mse", starts="quick")
+    assert log.params["eta"] != pytest.approx(r.params["eta"], rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["huber", "asymmetric", "huber_nll"])
+def test_linear_space_needs_least_squares(runs, loss):
+    with pytest.raises(ValueError, match=f"space='linear'.*needs loss='mse': got loss='{loss}'"):
+        fit("chinchilla", runs, loss=loss, space="linear")
+    with pytest.raises(ValueError, match="space must be one of"):
+        fit("chinchilla", runs, space="cubic")

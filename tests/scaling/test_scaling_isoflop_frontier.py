@@ -135,3 +135,24 @@ def test_presets_state_conventions_and_sources():
         assert presets.DEEPSEEK_M_OPT(c) * presets.DEEPSEEK_D_OPT(c) == pytest.approx(c, rel=2e-3)
     with pytest.raises(ValueError, match="unknown"):
         presets.get("nope")
+
+
+def test_frontier_states_extrapolation_and_bootstrap_intervals():
+    runs = chinchilla_runs(60, noise=0.005, seed=4)
+    largest = float(np.max(6 * runs["N"] * runs["D"]))
+    r = fit("chinchilla", runs, starts="quick", bootstrap=30)
+    assert r.data_flops_range[1] == pytest.approx(largest) and r.to_dict()["data_flops_range"][1] == largest
+    co = compute_optimal(r, [largest / 10, 1200 * largest])
+    np.testing.assert_allclose(co.extrapolation_factor, [0.1, 1200])
+    assert co.extrapolated.tolist() == [False, True] and len(co.warnings()) == 1
+    assert co.n_bootstrap == 30 and co.ci_level == 0.95
+    for i in range(2):
+        assert co.N_ci[i][0] < co.N[i] < co.N_ci[i][1] and co.D_ci[i][0] < co.D[i] < co.D_ci[i][1]
+    # far beyond the data the interval widens: relative width grows with the extrapolation
+    width = (co.N_ci[:, 1] - co.N_ci[:, 0]) / co.N
+    assert width[1] > width[0]
+    d = co.to_dict()
+    assert d["extrapolated"] == [False, True] and len(d["N_ci"]) == 2
+    assert compute_optimal(presets.KAPLAN_2020, 1e21).extrapolation_factor is None  # range unknown
+    plain = compute_optimal(presets.EPOCH_2024, 5.76e23)
+    assert plain.N_ci is None and plain.extrapolation_factor[0] == pytest.approx(5.76e23 / (6 * 16e9 * 500e9))
