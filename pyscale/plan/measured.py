@@ -37,7 +37,7 @@ def measured_points(store: Store, device_name: str | None = None) -> tuple[str, 
 def hardware_from_store(path: str | Path, *, device_name: str | None = None, n_devices: int = 1,
                         dp_efficiency: float | None = None, dtype: str = "bf16",
                         price_per_device_hour: float | None = None, pue: float | None = None) -> Hardware:
-    with Store(path) as store:
+    with Store(path, read_only=True) as store:  # a plan reads the store, never writes it
         name, points = measured_points(store, device_name)
     spec = hw.lookup(name)
     known = not isinstance(spec, hw.UnknownGPU)
