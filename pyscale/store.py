@@ -410,8 +410,9 @@ def process_exists(pid: int, started_at: float | None) -> bool | None:
 
 # --------------------------------------------------------------------------- the store
 
-def _check_file(path: Path, read_only: bool) -> None:
-    """What can be said of the file before SQLite opens it, in words a user can act on."""
+def check_store_file(path: Path, read_only: bool) -> None:
+    """Raise StoreError when `path` cannot be a store (for writing, unless `read_only`): what can be said
+    before SQLite opens it, in words a user can act on."""
     if path.is_dir():
         raise StoreError(f"{path} is a directory: give the store's file (e.g. {path / DB_NAME})")
     if not path.exists():
@@ -463,7 +464,7 @@ class Store:
         self.timeout_s = float(timeout_s)
         in_memory = str(self.path) == ":memory:"
         if not in_memory:
-            _check_file(self.path, read_only)
+            check_store_file(self.path, read_only)
         if read_only and not in_memory:
             self._conn = self._open_read_only()
         else:

@@ -4,38 +4,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from pyscale.commands.usage import (
+    RUNS,
+    InputFile,
+    OutputFile,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    require,
+)
 
 HELP = "fit a scaling law (chinchilla, kaplan, ...) to training runs; report parameters, CIs and plots"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", nargs="?", help="CSV or Parquet with columns N, D (or C), loss[, run, step]")
+    parser.add_argument("data", nargs="?", type=InputFile(RUNS, table=True),
+                        help="CSV or Parquet with columns N, D (or C), loss[, run, step]")
     parser.add_argument("--law", default="chinchilla",
                         help="chinchilla (default), kaplan, kaplan_compute, overtraining, data_constrained, qat, "
                              "downstream")
-    parser.add_argument("--synthetic", type=int, nargs="?", const=250, metavar="N_RUNS",
+    parser.add_argument("--synthetic", type=positive_int, nargs="?", const=250, metavar="N_RUNS",
                         help="fit N_RUNS (default 250) synthetic runs drawn from Hoffmann et al.'s law with 1%% "
                              "noise instead of a file (to try the command)")
-    parser.add_argument("--save-synthetic", metavar="CSV", help="also write the synthetic runs to this CSV")
+    parser.add_argument("--save-synthetic", metavar="CSV", type=OutputFile("the synthetic runs", (".csv",)),
+                        help="also write the synthetic runs to this CSV")
     parser.add_argument("--columns", default="", metavar="N=params,loss=val_loss",
                         help="map canonical columns to your own names")
     parser.add_argument("--loss", default="huber", choices=["huber", "mse", "asymmetric", "huber_nll"])
-    parser.add_argument("--delta", type=float, default=None, help="Huber delta (default 1e-3; 1.345 for huber_nll)")
+    parser.add_argument("--delta", type=positive_float, default=None, help="Huber delta (default 1e-3; 1.345 for huber_nll)")
     parser.add_argument("--quick", action="store_true", help="a small start grid instead of the full one")
-    parser.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates over runs")
+    parser.add_argument("--bootstrap", type=nonnegative_int, default=0, metavar="B", help="bootstrap replicates over runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=None, help="processes for the bootstrap (default: cores)")
-    parser.add_argument("--flops-per-param-token", type=float, default=6.0, help="k in C = k*N*D (default 6)")
+    parser.add_argument("--jobs", type=positive_int, default=None, help="processes for the bootstrap (default: cores)")
+    parser.add_argument("--flops-per-param-token", type=positive_float, default=6.0, help="k in C = k*N*D (default 6)")
     parser.add_argument("--nan-policy", default="raise", choices=["raise", "omit"],
                         help="bad rows: raise an error listing them, or drop and count them")
-    parser.add_argument("--frontier", type=float, nargs="*", default=None, metavar="FLOPS",
+    parser.add_argument("--frontier", type=positive_float, nargs="*", default=None, metavar="FLOPS",
                         help="also report compute-optimal N*, D* at these budgets")
-    parser.add_argument("--validate", type=int, default=None, metavar="K",
+    parser.add_argument("--validate", type=positive_int, default=None, metavar="K",
                         help="also refit without the K largest compute budgets and report the extrapolation error")
     parser.add_argument("--isoflop", action="store_true",
                         help="also run IsoFLOP Approach 2 (per-budget parabolas; needs several N per budget)")
-    parser.add_argument("--plot", metavar="PNG", help="write loss-vs-compute, iso-loss and residual plots")
+    parser.add_argument("--plot", metavar="PNG", type=OutputFile("the plots", (".png", ".pdf", ".svg")),
+                        help="write loss-vs-compute, iso-loss and residual plots")
     parser.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
+
+
+# fit()'s parameters spelled otherwise on this command line
+FLAGS = {"n_jobs": "--jobs", "n_largest": "--validate"}
 
 
 def _columns(spec: str) -> dict[str, str]:
@@ -49,50 +67,50 @@ def _columns(spec: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     from pyscale.scaling import compute_optimal, fit
     from pyscale.scaling.synthetic import chinchilla_runs, write_csv
 
     if args.data is None and args.synthetic is None:
-        print("pyscale fit: give a CSV/Parquet file, or --synthetic to try it on generated runs", file=sys.stderr)
+        print("pyscale fit: give a CSV/Parquet file of runs, or --synthetic to try it on generated runs",
+              file=sys.stderr)
         return 2
-    try:
-        if args.data is None:
-            data = chinchilla_runs(args.synthetic, seed=args.seed)
-            if args.save_synthetic:
-                write_csv(data, args.save_synthetic)
-            source = f"synthetic: {args.synthetic} runs from hoffmann2022 with 1% noise (seed {args.seed})"
-        else:
-            data, source = args.data, args.data
-        result = fit(args.law, data, loss=args.loss, delta=args.delta, starts="quick" if args.quick else "grid",
-                     bootstrap=args.bootstrap, seed=args.seed, columns=_columns(args.columns),
-                     nan_policy=args.nan_policy, flops_per_param_token=args.flops_per_param_token,
-                     n_jobs=args.jobs)
-        frontier = None
-        if args.frontier and result.success:
-            frontier = compute_optimal(result, args.frontier)
-        validation = iso = None
-        if args.validate:
-            from pyscale.scaling import leave_largest_out
+    if args.plot:
+        require("matplotlib", "--plot", "run without --plot")
+    if args.data is None:
+        data = chinchilla_runs(args.synthetic, seed=args.seed)
+        if args.save_synthetic:
+            write_csv(data, args.save_synthetic)
+        source = f"synthetic: {args.synthetic} runs from hoffmann2022 with 1% noise (seed {args.seed})"
+    else:
+        data, source = args.data, str(args.data)
+    result = fit(args.law, data, loss=args.loss, delta=args.delta, starts="quick" if args.quick else "grid",
+                 bootstrap=args.bootstrap, seed=args.seed, columns=_columns(args.columns),
+                 nan_policy=args.nan_policy, flops_per_param_token=args.flops_per_param_token,
+                 n_jobs=args.jobs)
+    frontier = None
+    if args.frontier and result.success:
+        frontier = compute_optimal(result, args.frontier)
+    validation = iso = None
+    if args.validate:
+        from pyscale.scaling import leave_largest_out
 
-            validation = leave_largest_out(args.law, data, n_largest=args.validate, loss=args.loss,
-                                           delta=args.delta, starts="quick" if args.quick else "grid",
-                                           columns=_columns(args.columns), nan_policy=args.nan_policy,
-                                           flops_per_param_token=args.flops_per_param_token)
-        if args.isoflop:
-            from pyscale.scaling import isoflop
+        validation = leave_largest_out(args.law, data, n_largest=args.validate, loss=args.loss,
+                                       delta=args.delta, starts="quick" if args.quick else "grid",
+                                       columns=_columns(args.columns), nan_policy=args.nan_policy,
+                                       flops_per_param_token=args.flops_per_param_token)
+    if args.isoflop:
+        from pyscale.scaling import isoflop
 
-            iso = isoflop.approach2(data, bootstrap=max(args.bootstrap, 200), seed=args.seed,
-                                    columns=_columns(args.columns), nan_policy=args.nan_policy,
-                                    flops_per_param_token=args.flops_per_param_token)
-        if args.plot:
-            from pyscale.scaling.plot import plot_fit
+        iso = isoflop.approach2(data, bootstrap=max(args.bootstrap, 200), seed=args.seed,
+                                columns=_columns(args.columns), nan_policy=args.nan_policy,
+                                flops_per_param_token=args.flops_per_param_token)
+    if args.plot:
+        from pyscale.scaling.plot import plot_fit
 
-            plot_fit(result, args.plot)
-    except ValueError as exc:
-        print(f"pyscale fit: {exc}", file=sys.stderr)
-        return 2
+        plot_fit(result, args.plot)
+    if not result.success:
+        print(f"pyscale fit: the fit did not converge ({result.message}); try the full start grid (without "
+              "--quick) or another --loss", file=sys.stderr)
 
     if args.json:
         out = {"source": source, **result.to_dict()}
@@ -103,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         if iso is not None:
             out["isoflop"] = iso.to_dict()
         if args.plot:
-            out["plot"] = args.plot
+            out["plot"] = str(args.plot)
         print(json.dumps(out, indent=2, sort_keys=True))
         return 0 if result.success else 1
 

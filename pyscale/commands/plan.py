@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from pyscale.commands.usage import InputFile, OutputDir, StorePath, positive_float, positive_int, require
 
 HELP = "plan a FLOPs-, time-, energy- or cost-optimal training run from a loss law and GPU costs"
 
@@ -13,41 +14,50 @@ HELP = "plan a FLOPs-, time-, energy- or cost-optimal training run from a loss l
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     b = parser.add_argument_group("budget (exactly one)")
     x = b.add_mutually_exclusive_group(required=True)
-    x.add_argument("--flops", type=float, help="training compute budget in FLOPs")
-    x.add_argument("--gpu-hours", type=float, help="GPU-hours (time-optimal)")
-    x.add_argument("--deadline-hours", type=float, help="wall-clock hours on --n-gpus GPUs (time-optimal)")
-    x.add_argument("--kwh", type=float, help="GPU energy in kWh (facility energy if --pue is given)")
-    x.add_argument("--dollars", type=float, help="money, with --price-per-gpu-hour")
-    x.add_argument("--target-loss", type=float, help="the cheapest run that reaches this loss")
+    x.add_argument("--flops", type=positive_float, help="training compute budget in FLOPs")
+    x.add_argument("--gpu-hours", type=positive_float, help="GPU-hours (time-optimal)")
+    x.add_argument("--deadline-hours", type=positive_float, help="wall-clock hours on --n-gpus GPUs (time-optimal)")
+    x.add_argument("--kwh", type=positive_float, help="GPU energy in kWh (facility energy if --pue is given)")
+    x.add_argument("--dollars", type=positive_float, help="money, with --price-per-gpu-hour")
+    x.add_argument("--target-loss", type=positive_float, help="the cheapest run that reaches this loss")
     parser.add_argument("--objective", choices=["flops", "time", "energy", "cost"], default=None,
                         help="what a --target-loss plan minimises (default flops); other budgets imply it")
-    parser.add_argument("--law", default="epoch2024", help="a preset (epoch2024, hoffmann2022, ...) or a saved fit JSON")
+    parser.add_argument("--law", default="epoch2024", type=InputFile("a saved fit (pyscale fit RUNS --json > fit.json)",
+                                                                     names=_presets),
+                        help="a preset (epoch2024, hoffmann2022, ...) or a saved fit JSON")
     h = parser.add_argument_group("hardware (user inputs are labelled as such in the plan)")
     h.add_argument("--gpu", default=None, help="GPU name from pyscale.hw (e.g. 'H100 SXM')")
-    h.add_argument("--n-gpus", type=int, default=1)
+    h.add_argument("--n-gpus", type=positive_int, default=1)
     h.add_argument("--dp-efficiency", type=float, default=None, help="data-parallel scaling efficiency (required if n>1)")
     h.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation to assume")
-    h.add_argument("--power-w", type=float, default=None, help="average power per GPU while training")
-    h.add_argument("--price-per-gpu-hour", type=float, default=None)
+    h.add_argument("--power-w", type=positive_float, default=None, help="average power per GPU while training")
+    h.add_argument("--price-per-gpu-hour", type=positive_float, default=None)
     h.add_argument("--pue", type=float, default=None, help="power usage effectiveness for facility energy")
     h.add_argument("--dtype", default=None,
                    help="training dtype (default bf16; with a profile, the first of bf16, fp16, fp32 it models)")
-    h.add_argument("--profile", type=Path, default=None,
+    h.add_argument("--profile", type=InputFile("a device profile JSON (pyscale costmodel fit --out PROFILE.json)"),
+                   default=None,
                    help="a fitted device profile JSON (pyscale costmodel fit --out): MFU and power per architecture")
-    h.add_argument("--store", type=Path, default=None,
+    h.add_argument("--store", type=StorePath(write=False), default=None,
                    help="use measured training steps of --gpu (or this device) from this store")
     a = parser.add_argument_group("architecture")
-    a.add_argument("--seq-len", type=int, default=2048)
-    a.add_argument("--vocab", type=int, default=32000)
+    a.add_argument("--seq-len", type=positive_int, default=2048)
+    a.add_argument("--vocab", type=positive_int, default=32000)
     a.add_argument("--experts", type=int, default=0)
     a.add_argument("--top-k", type=int, default=0)
-    a.add_argument("--gqa", type=int, default=1, help="query heads per kv head")
+    a.add_argument("--gqa", type=positive_int, default=1, help="query heads per kv head")
     a.add_argument("--inference-tokens", type=float, default=0.0, help="expected inference tokens (over-training)")
     a.add_argument("--batch-law", choices=["deepseek", "kaplan"], default="deepseek")
     a.add_argument("--recompute", choices=["auto", "none", "full"], default="auto")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--plot", type=Path, default=None,
+    parser.add_argument("--plot", type=OutputDir("the plan's plots"), default=None,
                         help="directory for the iso-loss PNG (and the time-energy trade-off when power is known)")
+
+
+def _presets() -> list[str]:
+    from pyscale.scaling import presets
+
+    return list(presets.PRESETS)
 
 
 def budget_of(args: argparse.Namespace):
@@ -79,22 +89,16 @@ def hardware_of(args: argparse.Namespace):
     return choose_hardware(**{param: getattr(args, dest) for param, dest in HARDWARE_OPTIONS.items()})
 
 
-def error_line(exc: ValueError) -> str:
-    """An error in the command line's words: parameters the library names become this command's flags."""
-    from pyscale.plan import ParameterError
-
-    return exc.rephrase(FLAGS) if isinstance(exc, ParameterError) else str(exc)
-
-
 def _plots(args: argparse.Namespace, result, hardware) -> None:
     from pyscale.plan import choose_law
     from pyscale.plan.planner import equal_loss_candidates
     from pyscale.plan.plot import iso_loss, pareto
 
     args.plot.mkdir(parents=True, exist_ok=True)
-    iso_loss(result, choose_law(args.law), args.plot / "plan_iso_loss.png")
+    iso_loss(result, choose_law(str(args.law)), args.plot / "plan_iso_loss.png")
     if hardware is not None and hardware.flops_source is not None and hardware.power_source is not None:
-        pareto(equal_loss_candidates(result, law=args.law, hardware=hardware), args.plot / "plan_time_energy.png")
+        pareto(equal_loss_candidates(result, law=str(args.law), hardware=hardware),
+               args.plot / "plan_time_energy.png")
     else:  # stderr: stdout stays the plan (JSON with --json)
         print("time-energy plot skipped: it needs a throughput and a power (--mfu and --power-w, or --profile)",
               file=sys.stderr)
@@ -103,17 +107,15 @@ def _plots(args: argparse.Namespace, result, hardware) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyscale.plan import plan
 
-    try:
-        hardware = hardware_of(args)
-        result = plan(budget_of(args), law=args.law, hardware=hardware, objective=args.objective,
-                      inference_tokens=args.inference_tokens, seq_len=args.seq_len, vocab_size=args.vocab,
-                      n_experts=args.experts, top_k=args.top_k, gqa_ratio=args.gqa, batch_law=args.batch_law,
-                      recompute=args.recompute)
-        if args.plot:
-            _plots(args, result, hardware)
-    except ValueError as exc:
-        print(f"pyscale plan: {error_line(exc)}", file=sys.stderr)
-        return 2
+    if args.plot:
+        require("matplotlib", "--plot", "run without --plot")
+    hardware = hardware_of(args)
+    result = plan(budget_of(args), law=str(args.law), hardware=hardware, objective=args.objective,
+                  inference_tokens=args.inference_tokens, seq_len=args.seq_len, vocab_size=args.vocab,
+                  n_experts=args.experts, top_k=args.top_k, gqa_ratio=args.gqa, batch_law=args.batch_law,
+                  recompute=args.recompute)
+    if args.plot:
+        _plots(args, result, hardware)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:

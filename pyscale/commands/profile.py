@@ -15,9 +15,21 @@ import json
 import sys
 from typing import Any
 
+from pyscale.commands.usage import (
+    StorePath,
+    UsageError,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+
 HELP = "profile a training step (the built-in GPT or your function): FLOPs, time, energy, MFU per module"
 
 DTYPES = ("float32", "bfloat16", "float16")
+# GPTConfig's fields and the flags that give them
+FLAGS = {"n_layers": "--layers", "d_model": "--d-model", "n_heads": "--heads", "n_kv_heads": "--kv-heads",
+         "d_ff": "--d-ff", "n_experts": "--experts", "top_k": "--top-k", "vocab_size": "--vocab", "seq_len": "--seq"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,56 +38,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("-m", "--function", metavar="MODULE:FUNCTION",
                       help="profile FUNCTION() from an importable MODULE as the step (called with no arguments)")
     g = parser.add_argument_group("built-in model (--model gpt)")
-    g.add_argument("--layers", type=int, default=12)
-    g.add_argument("--d-model", type=int, default=768)
-    g.add_argument("--heads", type=int, default=12)
-    g.add_argument("--kv-heads", type=int, default=None, help="key/value heads (GQA); default: --heads")
-    g.add_argument("--d-ff", type=int, default=None, help="MLP hidden size; default: the config's")
-    g.add_argument("--experts", type=int, default=0, help="MoE experts (0: dense MLP)")
-    g.add_argument("--top-k", type=int, default=0, help="experts per token")
-    g.add_argument("--vocab", type=int, default=None, help="vocabulary size; default: the config's")
-    g.add_argument("--seq", type=int, default=256, help="sequence length")
-    g.add_argument("--batch", type=int, default=4, help="sequences per step")
+    g.add_argument("--layers", type=positive_int, default=12)
+    g.add_argument("--d-model", type=positive_int, default=768)
+    g.add_argument("--heads", type=positive_int, default=12)
+    g.add_argument("--kv-heads", type=positive_int, default=None, help="key/value heads (GQA); default: --heads")
+    g.add_argument("--d-ff", type=positive_int, default=None, help="MLP hidden size; default: the config's")
+    g.add_argument("--experts", type=nonnegative_int, default=0, help="MoE experts (0: dense MLP)")
+    g.add_argument("--top-k", type=nonnegative_int, default=0, help="experts per token")
+    g.add_argument("--vocab", type=positive_int, default=None, help="vocabulary size; default: the config's")
+    g.add_argument("--seq", type=positive_int, default=256, help="sequence length")
+    g.add_argument("--batch", type=positive_int, default=4, help="sequences per step")
     g.add_argument("--impl", choices=("auto", "pyscale", "torch"), default="auto",
                    help="pyscale modules where they exist, or plain PyTorch")
-    g.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    g.add_argument("--lr", type=positive_float, default=3e-4, help="AdamW learning rate")
     g.add_argument("--seed", type=int, default=0)
     p = parser.add_argument_group("measurement")
-    p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--steps", type=positive_int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=nonnegative_int, default=3, help="untimed steps first")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: the current GPU, else cpu)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--meter", choices=("auto", "nvml", "rapl", "null"), default="auto")
-    p.add_argument("--min-window", type=float, default=1.0, help="shortest energy window in seconds")
-    p.add_argument("--idle", type=float, default=1.0, help="seconds of idle power measurement (0: skip)")
+    p.add_argument("--min-window", type=positive_float, default=1.0, help="shortest energy window in seconds")
+    p.add_argument("--idle", type=nonnegative_float, default=1.0, help="seconds of idle power measurement (0: skip)")
     p.add_argument("--sampler", action="store_true", help="also record a power trace (native NVML sampler)")
-    p.add_argument("--store", default=None, help="SQLite store path (default: pyscale's store)")
+    p.add_argument("--store", type=StorePath(write=True), default=None,
+                   help="SQLite store path (default: pyscale's store)")
     p.add_argument("--no-store", action="store_true", help="write nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
-
-
-class ProfileError(RuntimeError):
-    """A problem with the command line's request, reported without a traceback."""
 
 
 def _load_function(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ProfileError(f"-m expects MODULE:FUNCTION, e.g. mypkg.bench:step: got {spec!r}")
+        raise UsageError(f"-m expects MODULE:FUNCTION, e.g. mypkg.bench:step: got {spec!r}")
     if "" not in sys.path:
         sys.path.insert(0, "")  # like `python -m`: modules in the current directory are importable
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ProfileError(f"cannot import {module_name!r}: {exc}") from exc
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
     fn = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
         if fn is None:
-            raise ProfileError(f"{module_name!r} has no attribute {attr!r}")
+            raise UsageError(f"{module_name!r} has no attribute {attr!r}")
     if not callable(fn):
-        raise ProfileError(f"{spec} is not callable")
+        raise UsageError(f"{spec} is not callable")
     return fn
+
+
+def _check_meter(meter: str, device: Any) -> None:
+    """A meter asked for by name must work here: said before the model is built, not after."""
+    if meter not in ("nvml", "rapl"):
+        return
+    from pyscale.profile.power import MeterError, make_meter
+
+    try:
+        make_meter(meter, device_kind=device.type, index=device.index or 0).close()
+    except MeterError as exc:
+        raise UsageError(f"--meter {meter}: {exc}; use --meter auto (energy is then reported unavailable, "
+                         "with the reason) or --meter null") from exc
 
 
 def _gpt_step(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any, Any, float, dict[str, Any]]:
@@ -86,7 +108,7 @@ def _gpt_step(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any, A
         config_mod = importlib.import_module("pyscale.models.config")
         gpt = importlib.import_module("pyscale.models.gpt")
     except ImportError as exc:
-        raise ProfileError(f"the built-in model is not available: pyscale.models.gpt could not be imported ({exc}); "
+        raise UsageError(f"the built-in model is not available: pyscale.models.gpt could not be imported ({exc}); "
                            f"profile your own step with -m MODULE:FUNCTION instead") from exc
     options: dict[str, Any] = {"n_layers": args.layers, "d_model": args.d_model, "n_heads": args.heads,
                                "seq_len": args.seq, "n_experts": args.experts, "top_k": args.top_k}
@@ -96,7 +118,7 @@ def _gpt_step(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any, A
     try:
         config = config_mod.GPTConfig(**options)
     except (TypeError, ValueError) as exc:
-        raise ProfileError(f"invalid model configuration: {exc}") from exc
+        raise UsageError(f"invalid model: {exc}", *FLAGS) from exc
     torch.manual_seed(args.seed)
     model = gpt.GPT(config, impl=args.impl, dtype=dtype, device=device)
     build_optimizer = getattr(gpt, "build_optimizer", None)
@@ -122,12 +144,16 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
 
     from pyscale.profile.profiler import Profiler
 
-    if args.steps < 1:
-        raise ProfileError(f"--steps must be >= 1: got {args.steps}")
-    device = torch.device(args.device) if args.device else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device) if args.device else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError as exc:
+        raise UsageError(f"--device {args.device}: not a device ({exc}); use cuda, cuda:1 or cpu") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProfileError(f"--device {args.device}: no CUDA device is available here")
+        raise UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    if device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--device {args.device}: pyscale profiles on cuda or cpu; use one of them")
+    _check_meter(args.meter, device)
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = getattr(torch, dtype_name)
 
@@ -139,9 +165,9 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         op = args.function
     store = None
     if not args.no_store:
-        from pyscale.store import Store
+        from pyscale.commands.usage import open_store
 
-        store = Store(args.store) if args.store else Store()
+        store = open_store(args.store, write=True)
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     try:
         with Profiler(store=store, device=device, meter=args.meter, min_window_s=args.min_window,
@@ -188,11 +214,7 @@ def _mfu(m: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        out = collect(args)
-    except ProfileError as exc:
-        print(f"pyscale profile: error: {exc}", file=sys.stderr)
-        return 2
+    out = collect(args)
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True, default=str))
         return 0

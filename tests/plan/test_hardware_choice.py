@@ -29,13 +29,13 @@ def test_api_errors_name_parameters_not_flags(kwargs, message):
     assert "--" not in str(info.value)
 
 
-def test_rephrase_spells_each_listed_parameter_once_as_its_flag():
+def test_the_cli_spells_each_listed_parameter_once_as_its_flag():
     err = ParameterError("price_per_device_hour given without hardware: add gpu=NAME (with mfu=), or dtype",
                          "price_per_device_hour", "gpu", "mfu")
-    assert err.rephrase(FLAGS) == ("--price-per-gpu-hour given without hardware: add --gpu NAME (with --mfu), "
-                                   "or dtype")  # dtype is not listed: left as written
-    assert ParameterError("n_devices=8 needs dp_efficiency=0.9", "n_devices", "dp_efficiency").rephrase(FLAGS) == \
-        "--n-gpus 8 needs --dp-efficiency 0.9"
+    assert cli.in_flags(str(err), FLAGS, err.parameters) == (
+        "--price-per-gpu-hour given without hardware: add --gpu NAME (with --mfu), or dtype")  # dtype: not listed
+    err = ParameterError("n_devices=8 needs dp_efficiency=0.9", "n_devices", "dp_efficiency")
+    assert cli.in_flags(str(err), FLAGS, err.parameters) == "--n-gpus 8 needs --dp-efficiency 0.9"
 
 
 @pytest.mark.parametrize(("flags", "line"), [
