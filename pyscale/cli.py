@@ -110,16 +110,17 @@ _VALUE = r"""'[^']*'|"[^"]*"|\{[^{}]*\}|\[[^\[\]]*\]|[\w.+\-]+"""
 
 def _as_typed(value: str) -> str:
     """A Python literal as it is typed in a shell: 'omit' -> omit, 'H100 SXM' -> 'H100 SXM' (quoted),
-    {'N': 'params'} -> N=params, [1e21, 1e22] -> 1e21 1e22."""
-    try:
-        obj = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
-    if isinstance(obj, dict):
-        return shlex.quote(",".join(f"{k}={v}" for k, v in obj.items()))
-    if isinstance(obj, (list, tuple)):
-        return " ".join(shlex.quote(str(v)) for v in obj)
-    return shlex.quote(str(obj))
+    {'N': 'params'} -> N=params, [1e21, 1e22] -> 1e21 1e22; a bare word or number as it is."""
+    if value[0] == "{":
+        try:
+            return shlex.quote(",".join(f"{k}={v}" for k, v in ast.literal_eval(value).items()))
+        except (ValueError, SyntaxError, AttributeError):
+            return value
+    if value[0] == "[":
+        return " ".join(shlex.quote(v.strip().strip("'\"")) for v in value[1:-1].split(",") if v.strip())
+    if value[0] in "'\"":
+        return shlex.quote(value[1:-1])
+    return value
 
 
 def in_flags(message: str, flags: Mapping[str, str], parameters: Sequence[str] = ()) -> str:
@@ -130,7 +131,8 @@ def in_flags(message: str, flags: Mapping[str, str], parameters: Sequence[str] =
     if not names:
         return message
     bare = set(parameters)
-    pattern = rf"(?<![\w\-])({'|'.join(map(re.escape, names))})(?:=({_VALUE})?)?(?![\w\-])"
+    # a name inside a word, a flag or quotes ('law', a key) is no parameter
+    pattern = rf"(?<![\w\-'\"])({'|'.join(map(re.escape, names))})(?:=({_VALUE})?)?(?![\w\-'\"])"
 
     def spell(m: re.Match) -> str:
         name, value = m.group(1), m.group(2)
@@ -170,7 +172,9 @@ def classify(exc: BaseException, flags: Mapping[str, str]) -> tuple[int, str] | 
     """(exit status, line) of an error that is no bug, else None."""
     import sqlite3
 
-    if isinstance(exc, ValueError) and _raised_by_pyscale(exc):
+    # pyscale's word on the input: raised in its code, or an error that names parameters (UsageError,
+    # ParameterError) wherever it was raised
+    if isinstance(exc, ValueError) and (_raised_by_pyscale(exc) or hasattr(exc, "parameters")):
         return USER_ERROR, in_flags(str(exc), flags, getattr(exc, "parameters", ()))
     need = importlib.import_module("pyscale.commands.usage").missing_dependency(getattr(exc, "name", None))
     if isinstance(exc, ModuleNotFoundError) and need:

@@ -433,6 +433,11 @@ def check_store_file(path: Path, read_only: bool) -> None:
                          f"it writable (chmod u+w {path})")
 
 
+def _damaged(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    return StoreError(f"{path} is damaged or not a pyscale store (SQLite: {exc}); give another store, or move this "
+                      "file away to start a new one")
+
+
 def _newer(path: Path, version: int) -> StoreError:
     return StoreError(f"{path} has schema v{version}, newer than this pyscale's v{SCHEMA_VERSION}: upgrade pyscale")
 
@@ -472,15 +477,17 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), one per write.
             self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
-            self._configure()
             try:
+                self._configure()
                 self._set_wal()
                 self._migrate()
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
                 self._conn.close()
                 if "readonly" in str(exc) or "read-only" in str(exc):
                     raise StoreError(f"{self.path} is read-only: this command writes to its store; give a writable "
-                                     "store (--store PATH) or make it writable") from exc
+                                     "store or make it writable") from exc
+                if not isinstance(exc, sqlite3.OperationalError):  # corrupt, or not a database after all
+                    raise _damaged(self.path, exc) from exc
                 raise
             self.interrupted_now = self._mark_interrupted_runs()
             return
@@ -501,7 +508,10 @@ class Store:
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=self.timeout_s, isolation_level=None)
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        except sqlite3.OperationalError as exc:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if not isinstance(exc, sqlite3.OperationalError):
+                raise _damaged(self.path, exc) from exc
             wal = Path(f"{self.path}-wal")
             if wal.is_file() and wal.stat().st_size > 0:
                 raise StoreError(f"{self.path} cannot be read here: its folder is read-only and its write-ahead "

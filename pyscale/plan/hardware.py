@@ -219,7 +219,7 @@ def _from_profile(profile: Any, dtype: str | None, fleet: dict[str, Any], gpu: s
     if isinstance(profile, (str, os.PathLike)):
         profile = DeviceProfile.from_json(profile)
     if gpu and not same_device(gpu, profile.device_name):
-        raise ParameterError(f"gpu={gpu!r} and profile= disagree: the profile is of {profile.device_name!r}, another "
-                             "device; drop gpu= to plan on the profile's device, or drop profile= to plan on "
-                             f"{gpu!r}", "gpu", "profile")
+        raise ParameterError(f"gpu={gpu!r} and profile= name different devices: profile= was measured on "
+                             f"{profile.device_name!r}; drop gpu= to plan on that device, or drop profile= to plan "
+                             f"on {gpu!r}", "gpu", "profile")
     return hardware_for_profile(profile, dtype, **fleet)

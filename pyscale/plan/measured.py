@@ -26,9 +26,9 @@ def measured_points(store: Store, device_name: str | None = None) -> tuple[str, 
     if not rows:
         others = sorted({r["device_name"] for r in measured})
         if others:
-            raise ParameterError(f"gpu={device_name!r} and store= disagree: the store's {STEP_OP} steps are of "
-                                 f"{', '.join(map(repr, others))}, not of {device_name!r}; drop gpu= to plan on "
-                                 "the measured device, or drop store= to plan on the GPU", "gpu", "store")
+            raise ParameterError(f"gpu={device_name!r} and store= name different devices: store= holds {STEP_OP} "
+                                 f"steps of {', '.join(map(repr, others))} only; drop gpu= to plan on the measured "
+                                 f"device, or drop store= to plan on {device_name!r}", "gpu", "store")
         where = f" on {device_name!r}" if device_name else ""
         raise ParameterError(f"store: no measured {STEP_OP} rows{where}; run `pyscale profile --model gpt ...` first",
                              "store")
