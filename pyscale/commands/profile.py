@@ -190,27 +190,72 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _si(value: float | None, unit: str) -> str:
+def _si(value: float | None, unit: str = "") -> str:
     if value is None:
         return "—"
     for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
+            return f"{value / factor:.3g}{prefix}{unit}"
+    return f"{value:.3g}{unit}"
 
 
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value * 1e3:.3f}"
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    for factor, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if seconds >= factor:
+            return f"{seconds / factor:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
 
 
-def _energy(m: dict[str, Any]) -> str:
-    if m["energy_j"] is None:
-        return f"unavailable: {m['energy_j_unavailable_reason']}"
-    return f"{m['energy_j']:.4g}" + (" (attributed)" if m["energy_attributed"] else "")
+def profile_table(out: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The per-step table of `collect`'s result and its notes. One statistic throughout: the step's median
+    time over the steps asked for, a module's share of that (measured in steps with module hooks). Module
+    names relative to the model, never cut; a column nobody has a value for is left out and each reason is
+    said once, as a note. Legible at 80 columns."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
 
+    from pyscale.benchmark.rows import Footnotes
 
-def _mfu(m: dict[str, Any]) -> str:
-    return f"{100 * m['mfu']:.1f} %" if m["mfu"] is not None else "—"
+    s, modules = out["summary"], out["modules"]
+    rows = [s, *modules]
+    notes = Footnotes()
+    energy = any(m["energy_j"] is not None for m in rows)
+    mfu = any(m["mfu"] is not None for m in rows)
+    if not energy:
+        notes.note(f"energy: {s['energy_j_unavailable_reason']}")
+    if not mfu:
+        notes.note(f"MFU: {s['mfu_unavailable_reason']}")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    table.add_column("module", overflow="fold", ratio=1, min_width=12)
+    for header in ("FLOP", "fwd/bwd FLOP", "time", "share", *(["J"] if energy else []), *(["MFU"] if mfu else [])):
+        table.add_column(header, justify="right", no_wrap=True)
+    # names relative to the model (its class name, the first part of every module's path)
+    root = modules[0]["extra"].get("module", "").split(".")[0] if modules else ""
+    for m in rows:
+        extra = m["extra"]
+        if m is s:
+            name, share = "[bold]step[/]", "100%"
+        else:
+            path = extra.get("module", m["name"])
+            name = escape(path.removeprefix(f"{root}.") if path != root else f"{root} (the model)")
+            share = "—" if extra.get("time_share") is None else f"{100 * extra['time_share']:.1f}%"
+        time = _duration(m["time_s"])
+        if m is not s and m["time_s"] is not None and extra.get("backward_timed") is False:
+            time += notes.mark("forward only: hooks cannot time the backward of a module whose inputs need no "
+                               "gradient (the model itself, the embedding)")
+        cells = [name, _si(m["flops"]), f"{_si(extra.get('forward_flops'))}/{_si(extra.get('backward_flops'))}",
+                 time, share]
+        if energy:
+            cells.append(f"{m['energy_j']:.3g}" if m["energy_j"] is not None else
+                         "—" + notes.mark(f"energy: {m['energy_j_unavailable_reason']}"))
+        if mfu:
+            cells.append(f"{100 * m['mfu']:.1f}%" if m["mfu"] is not None else
+                         "—" + notes.mark(f"MFU: {m['mfu_unavailable_reason']}"))
+        table.add_row(*cells)
+    return table, notes.lines()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -218,37 +263,39 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True, default=str))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
-    console = Console()
+    from pyscale.benchmark.rows import table_console
+
+    console = table_console()
     s = out["summary"]
-    table = Table(title=f"{out['op']} on {out['device']} ({out['dtype']}), per step")
-    for col in ("module", "FLOPs", "fwd / bwd FLOPs", "model FLOPs", "time ms", "share", "energy J", "MFU"):
-        table.add_column(col, justify="left" if col in ("module", "energy J") else "right")
-    table.add_row("[bold]step[/]", _si(s["flops"], "FLOP"),
-                  f"{_si(s['extra'].get('forward_flops'), '')} / {_si(s['extra'].get('backward_flops'), '')}",
-                  _si(s["model_flops"], "FLOP"), _ms(s["time_s"]), "100 %", _energy(s), _mfu(s))
-    for m in out["modules"]:
-        share = m["extra"].get("time_share")
-        table.add_row(m["extra"].get("module", m["name"]), _si(m["flops"], "FLOP"),
-                      f"{_si(m['extra'].get('forward_flops'), '')} / {_si(m['extra'].get('backward_flops'), '')}",
-                      _si(m["model_flops"], "FLOP"), _ms(m["time_s"]),
-                      "—" if share is None else f"{100 * share:.1f} %", _energy(m), _mfu(m))
+    extra = s["extra"]
+    hooked = out["modules"][0]["extra"].get("hooked_steps") if out["modules"] else None
+    console.print(f"[bold]{escape(out['op'])} on {out['device']} ({out['dtype']}), per step[/]")
+    how = (f"time: median of the {s['repeats']} steps asked for (p20 {_duration(s['time_s_p20'])}, p80 "
+           f"{_duration(s['time_s_p80'])}).")
+    if hooked:
+        model = out["modules"][0]["extra"].get("module", "").split(".")[0]
+        how += (f" A module's time: its share of a step run with module hooks (median of {hooked} such steps), "
+                f"times the step's time. Modules of {escape(model)}:")
+    console.print(how, highlight=False)
+    table, notes = profile_table(out)
     console.print(table)
-    console.print(f"step time median {_ms(s['time_s'])} ms (p20 {_ms(s['time_s_p20'])}, p80 {_ms(s['time_s_p80'])}), "
-                  f"{s['repeats']} steps")
-    if s["mfu"] is None:
-        console.print(f"MFU unavailable: {s['mfu_unavailable_reason']}")
-    power = (f"avg power {s['avg_power_w']:.1f} W" if s["avg_power_w"] is not None
-             else f"power unavailable: {s['avg_power_w_unavailable_reason']}")
-    idle = (f"idle {s['idle_power_w']:.1f} W (not subtracted)" if s["idle_power_w"] is not None
-            else f"idle power unavailable: {s['idle_power_w_unavailable_reason']}")
-    console.print(f"{power}; {idle}")
+    for line in notes:
+        console.print(line, markup=False, highlight=False)
+    console.print(f"model FLOPs per step: {_si(s['model_flops'])} FLOP ({extra.get('model_flops_source')}); "
+                  f"FLOP and fwd/bwd columns: as executed", highlight=False)
+    if s["energy_j"] is not None:
+        console.print(f"energy: over a {s['window_s']:.3g} s window of {extra['steps_in_energy_window']} steps "
+                      "(the steps asked for, repeated to fill it); module energy is attributed by time share",
+                      highlight=False)
+    power = (f"avg power {s['avg_power_w']:.1f} W" if s["avg_power_w"] is not None else None)
+    idle = (f"idle {s['idle_power_w']:.1f} W (not subtracted)" if s["idle_power_w"] is not None else None)
+    if power or idle:
+        console.print("; ".join(x for x in (power, idle) if x), highlight=False)
     if out.get("tokens_per_s") is not None:
         per_token = out["energy_j_per_token"]
         console.print(f"{out['tokens_per_s']:.1f} tokens/s" +
-                      (f", {per_token:.3g} J/token" if per_token is not None else ""))
-    console.print("module energy is attributed by time share; " +
-                  (f"stored in {out['store']}" if out["store"] else "nothing stored (--no-store)"))
+                      (f", {per_token:.3g} J/token" if per_token is not None else ""), highlight=False)
+    console.print(f"stored in {out['store']}" if out["store"] else "nothing stored (--no-store)", highlight=False)
     return 0
