@@ -113,4 +113,4 @@ def test_the_table_is_legible_at_80_columns():
     assert "... (the whole error is in the store)" in text
     assert text.count("NVML energy counter did not advance") == 1
     assert "every row: n=14336, k=4096, layer=mlp_up" in text  # shared parameters said once
-    assert len(lines) < 30
+    assert len(lines) < 40
