@@ -326,6 +326,7 @@ def test_rephrasing_library_parameters_as_flags():
     assert cli.in_flags("gpu is unknown; nan_policy", flags) == "gpu is unknown; nan_policy"  # bare: only if listed
     assert cli.in_flags("gpu is unknown", flags, ("gpu",)) == "--gpu is unknown"
     assert cli.in_flags("use --price-per-gpu-hour", flags, ("gpu",)) == "use --price-per-gpu-hour"  # a flag stays
+    assert cli.in_flags("columns: no column 'x'; gpu: other", flags) == "--columns: no column 'x'; gpu: other"
 
 
 # ------------------------------------------------------------------------------------------- real processes

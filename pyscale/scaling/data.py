@@ -192,7 +192,7 @@ def load(data: object, *, columns: Mapping[str, str] | None = None, required: Se
         req.append(target)
     missing = [c for c in req if c not in available]
     if missing:
-        raise ValueError(f"data: missing column(s) {missing}; it has {sorted(available)} "
+        raise ValueError(f"data: missing column(s) {missing}; its columns are {sorted(cols)} "
                          "(map your own names with columns=, e.g. columns={'N': 'params'})")
     n = lengths[next(iter(lengths))] if lengths else 0
     if n == 0:
