@@ -15,6 +15,13 @@ Every failure ends in one line on stderr, `pyscale <command>: <what is wrong>, <
 - 130, Ctrl-C.
 Anything else is a bug in pyscale (or in a user's own code it runs): its traceback, then the line. `--debug`
 prints the traceback of every error.
+
+A new command adopts all of this by registering itself in COMMANDS and, in its module: giving each path
+argument a type from `pyscale.commands.usage` (InputFile, OutputFile, OutputDir, StorePath: the generated
+test in tests/test_cli_errors.py then covers it), numbers a checked type (positive_int, ...), opening the
+store with `usage.open_store(path, write=...)`, raising `usage.UsageError` for what only it can check,
+`usage.require(...)` for an optional dependency, FLAGS for library parameters spelled otherwise than its
+flags, and returning 1 when work failed. It catches nothing itself.
 """
 
 from __future__ import annotations
