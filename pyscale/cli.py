@@ -133,7 +133,8 @@ def _as_typed(value: str) -> str:
 def in_flags(message: str, flags: Mapping[str, str], parameters: Sequence[str] = ()) -> str:
     """`message` in a command line's words: `name=value` and `name=` of a known parameter become its flag
     (`nan_policy='omit'` -> `--nan-policy omit`), and so do the bare `parameters` (those a
-    `ParameterError` lists) and an option's name opening the message (`law: unknown` -> `--law: unknown`).
+    `ParameterError` lists) and an option's name opening the message (`law: unknown` -> `--law: unknown`,
+    `top_k must be ...` -> `--top-k must be ...`).
     One pass, so that a flag written in is never respelled."""
     names = sorted(flags, key=len, reverse=True)
     if not names:
@@ -145,8 +146,9 @@ def in_flags(message: str, flags: Mapping[str, str], parameters: Sequence[str] =
     def spell(m: re.Match) -> str:
         name, value = m.group(1), m.group(2)
         if "=" not in m.group(0):
-            # bare: a listed parameter, or the "name: ..." that opens a library message (an option's)
-            opening = m.start() == 0 and message[m.end():m.end() + 1] == ":" and flags[name].startswith("-")
+            # bare: a listed parameter, or the option's name that opens a library message ("name: ...",
+            # "name must ...": the library's way of naming the argument)
+            opening = m.start() == 0 and message[m.end():m.end() + 1] in (":", " ") and flags[name].startswith("-")
             return flags[name] if name in bare or opening else m.group(0)
         return flags[name] if value is None else f"{flags[name]} {_as_typed(value)}"
 

@@ -80,7 +80,10 @@ def budget_of(args: argparse.Namespace):
 HARDWARE_OPTIONS = {"gpu": "gpu", "mfu": "mfu", "power_w": "power_w", "profile": "profile", "store": "store",
                     "n_devices": "n_gpus", "dp_efficiency": "dp_efficiency", "dtype": "dtype",
                     "price_per_device_hour": "price_per_gpu_hour", "pue": "pue"}
-FLAGS = {param: "--" + dest.replace("_", "-") for param, dest in HARDWARE_OPTIONS.items()}
+FLAGS = {**{param: "--" + dest.replace("_", "-") for param, dest in HARDWARE_OPTIONS.items()},
+         # plan()'s architecture parameters (the error path spells library messages with these)
+         "n_experts": "--experts", "top_k": "--top-k", "seq_len": "--seq-len", "vocab_size": "--vocab",
+         "gqa_ratio": "--gqa"}
 
 
 def hardware_of(args: argparse.Namespace):
