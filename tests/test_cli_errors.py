@@ -323,8 +323,9 @@ def test_rephrasing_library_parameters_as_flags():
     assert cli.in_flags("pass nan_policy='omit'", flags) == "pass --nan-policy omit"
     assert cli.in_flags("e.g. columns={'N': 'params', 'loss': 'val'}", flags) == "e.g. --columns N=params,loss=val"
     assert cli.in_flags("gpu='H100 SXM' and frontier=[1e21, 1e22]", flags) == "--gpu 'H100 SXM' and --frontier 1e21 1e22"
-    assert cli.in_flags("gpu is unknown; nan_policy", flags) == "gpu is unknown; nan_policy"  # bare: only if listed
-    assert cli.in_flags("gpu is unknown", flags, ("gpu",)) == "--gpu is unknown"
+    assert cli.in_flags("the gpu is unknown; nan_policy", flags) == "the gpu is unknown; nan_policy"  # bare: no
+    assert cli.in_flags("the gpu is unknown", flags, ("gpu",)) == "the --gpu is unknown"  # ... unless listed
+    assert cli.in_flags("gpu must be known", flags) == "--gpu must be known"  # or opening the message
     assert cli.in_flags("use --price-per-gpu-hour", flags, ("gpu",)) == "use --price-per-gpu-hour"  # a flag stays
     assert cli.in_flags("columns: no column 'x'; gpu: other", flags) == "--columns: no column 'x'; gpu: other"
 
