@@ -202,9 +202,16 @@ def classify(exc: BaseException, flags: Mapping[str, str]) -> tuple[int, str] | 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except KeyboardInterrupt:  # Ctrl-C while the command modules load
+        print("pyscale: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
     try:
         args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("pyscale: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
     except CommandLineError as exc:
         line = str(exc)
         command = next((a for a in argv if a in dict(COMMANDS)), None)
