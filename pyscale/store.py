@@ -465,9 +465,9 @@ class Store:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, read_only: bool = False,
                  timeout_s: float = 60.0) -> None:
         self.path = Path(path) if path is not None else default_path()
-        self.read_only = read_only
         self.timeout_s = float(timeout_s)
         in_memory = str(self.path) == ":memory:"
+        self.read_only = read_only and not in_memory  # an in-memory store is private: nothing to protect
         if not in_memory:
             check_store_file(self.path, read_only)
         if read_only and not in_memory:
