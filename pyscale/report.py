@@ -1,7 +1,10 @@
 """pyscale's main job, end to end: device -> quick benchmark -> cost model -> loss law -> plan -> report.
 
-`run_main_job(...)` writes one Markdown file plus PNG plots into a directory and returns its path. Each
-stage says what it measured or used, and why anything is missing; nothing is filled in by assumption.
+`run_main_job(...)` checks its inputs before any stage runs (a bad budget, law, data file or GPU raises a
+ValueError naming the parameter), then writes one Markdown file plus PNG plots into a directory. Each
+stage says what it measured or used, and why anything is missing; nothing is filled in by assumption. A
+stage that fails is reported in the document and in the result (`MainJob.failed`); by default the stages
+after it do not run (`keep_going=True` runs them anyway).
 """
 
 from __future__ import annotations
@@ -119,14 +122,14 @@ def _law_form(law: str) -> tuple[str, str]:
                      f"law form ({', '.join(sorted(LAWS))}): got {law!r}")
 
 
-def _law_section(law: str, data: str | None, out: Path) -> tuple[Section, Any]:
+def _law_section(law: str, data: str | Path | None, out: Path, nan_policy: str = "raise") -> tuple[Section, Any]:
     s = Section("Loss law")
     if data:
         from pyscale.scaling import fit
         from pyscale.scaling.plot import plot_fit
 
         form, why = _law_form(law)
-        result = fit(form, data, starts="quick", bootstrap=100)
+        result = fit(form, data, starts="quick", bootstrap=100, nan_policy=nan_policy)
         s.lines.append(f"Fitted the **{form}** law ({why}: `--law {law}`), {result.law.formula}, to `{data}` "
                        "(quick start grid, 100 bootstrap refits over runs):")
         s.lines.append("")
@@ -209,31 +212,73 @@ def _plan_section(law_spec: Any, budget: str, user_hardware: Any, profile: Any, 
     return s
 
 
+@dataclass
+class MainJob:
+    """What `run_main_job` did: the report it wrote, and each failed stage as 'Stage: error'."""
+
+    path: Path
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # stages not run after a failure
+
+
+def check_inputs(*, law: str, data: str | Path | None, budget: str, nan_policy: str = "raise") -> None:
+    """The report's inputs, checked before any stage runs: ParameterErrors naming the parameter."""
+    from pyscale.plan import Budget, ParameterError
+    from pyscale.scaling import LAWS, presets
+
+    try:
+        Budget.parse(budget)
+    except ValueError as exc:
+        raise ParameterError(str(exc), "budget") from exc
+    if data is None:
+        if law.lower() not in presets.PRESETS:
+            hint = " (a law form is fitted only to data=)" if law.lower() in LAWS else ""
+            raise ParameterError(f"law must be a preset ({', '.join(sorted(presets.PRESETS))}) when no data is "
+                                 f"given{hint}: got {law!r}", "law", "data")
+        return
+    try:
+        form, _ = _law_form(law)
+    except ValueError as exc:
+        raise ParameterError(str(exc), "law") from exc
+    from pyscale.scaling import get_law, load
+
+    try:
+        load(data, law=get_law(form), nan_policy=nan_policy)
+    except ValueError as exc:
+        raise ParameterError(str(exc), "data") from exc
+
+
 def run_main_job(out_dir: str | Path = "pyscale-report", *, store_path: str | Path | None = None,
                  shapes: str | None = None, families: Sequence[str] | None = None, skip_bench: bool = False,
-                 data: str | None = None, law: str = "epoch2024", budget: str = "1e21 flops",
-                 hardware: Any = None, progress: bool = True,
-                 on_stage: Callable[[str], None] | None = None) -> Path:
-    """Run every stage and write `<out_dir>/report.md` (+ PNGs, plan.json, device_profile.json).
+                 data: str | Path | None = None, law: str = "epoch2024", budget: str = "1e21 flops",
+                 nan_policy: str = "raise", hardware: Any = None, progress: bool = True, keep_going: bool = False,
+                 on_stage: Callable[[str], None] | None = None) -> MainJob:
+    """Check the inputs, run every stage and write `<out_dir>/report.md` (+ PNGs, plan.json,
+    device_profile.json).
 
     `law`: a preset, or with `data` the law form to fit (a preset means its form). The plan is priced by
     `hardware` when given, else by the cost model fitted here when it can price a GPT step (the report says
-    which, or why neither).
+    which, or why neither). A failed stage stops the stages after it unless `keep_going`.
     """
     from pyscale import benchmark, sysinfo
     from pyscale.store import Store
 
+    check_inputs(law=law, data=data, budget=budget, nan_policy=nan_policy)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = on_stage or (lambda msg: None)
     sections: list[Section] = []
     problems: list[str] = []
+    skipped: list[str] = []
 
     def stage(name: str, fn: Callable[[], Any]) -> Any:
+        if problems and not keep_going:
+            skipped.append(name)
+            return None
         say(name)
         try:
             return fn()
-        except Exception as exc:  # a failing stage is reported in the document, the others still run
+        except Exception as exc:  # a failing stage is reported in the document (and the result)
             problems.append(f"{name}: {type(exc).__name__}: {exc}")
             sections.append(Section(name, [f"This stage failed: `{type(exc).__name__}: {exc}`", "", "```",
                                            traceback.format_exc()[-3000:], "```"]))
@@ -254,17 +299,21 @@ def run_main_job(out_dir: str | Path = "pyscale-report", *, store_path: str | Pa
         cm = stage("Cost model", lambda: _costmodel_section(store, device_name, out))
         if cm:
             sections.append(cm[0])
-    law_result = stage("Loss law", lambda: _law_section(law, data, out))
+    law_result = stage("Loss law", lambda: _law_section(law, data, out, nan_policy))
     if law_result:
         sections.append(law_result[0])
         profile = cm[1] if cm else None
         plan_section = stage("Plan", lambda: _plan_section(law_result[1], budget, hardware, profile, out))
         if plan_section:
             sections.append(plan_section)
+    elif "Plan" not in skipped:
+        skipped.append("Plan")  # it needs the law
     header = [f"# pyscale report — {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}", "",
               f"Device: {device_name}. Store: `{store_file}`.", ""]
     if problems:
         header += ["**Stages with problems:**", *(f"- {p}" for p in problems), ""]
+    if skipped:
+        header += [f"Not run after the failure: {', '.join(skipped)}.", ""]
     path = out / "report.md"
     path.write_text("\n".join(header) + "\n" + "\n".join(s.markdown() for s in sections))
-    return path
+    return MainJob(path, problems, skipped)

@@ -1,8 +1,15 @@
 """The embedded store: one SQLite file of devices, runs and measurements.
 
 - Location: `$PYSCALE_HOME/pyscale.db`, else the user's data directory (`pyscale.store.default_path()`).
-- WAL mode, one transaction per measurement: a killed process loses nothing already written.
-- The schema is versioned (`PRAGMA user_version`) and migrated forward on open.
+- WAL mode (set once, when the file is created), one transaction per measurement: a killed process loses
+  nothing already written. Writers wait for each other (busy timeout) and retry a whole transaction that
+  found the database locked, so concurrent writers are serialised, never crashed.
+- The schema is versioned (`PRAGMA user_version`) and migrated forward when a writer opens it. A reader
+  (`read_only=True`) never writes: it reads the file through SQLite's read-only mode (a store on read-only
+  media works) and migrates an older schema in a private in-memory copy.
+- Each run records its host, process id and process start time. A writer that opens the store marks
+  `interrupted` the runs of this host still `running` whose process is gone (killed mid-sweep); other
+  hosts' runs are left alone (their processes cannot be seen from here).
 - Every measurement has a canonical case key (op, backend, params JSON with sorted keys, dtype, device
   uuid, versions, rank). Recording a case again supersedes the earlier row (kept, flagged), so `--resume`
   and retries see one current row per case and nothing measured is ever deleted. A failed attempt never
@@ -11,7 +18,9 @@
   `MeasurementRecord` both extend it. An unavailable value is None with a `<name>_unavailable_reason`
   in Python, and NULL with that reason in the `unavailable_reasons` column; never 0.
 - One writer per database file is the design (rank 0 or a Ray driver gathers rows); concurrent writers
-  are still safe (SQLite locking + busy timeout), just serialised. WAL needs a local filesystem.
+  are still safe, just serialised. WAL needs a local filesystem.
+- A file that cannot be a store (a directory, not SQLite, a newer schema, read-only for a writer) raises
+  `StoreError` (a ValueError) naming the file and what to do.
 Standard library only (pandas/pyarrow are imported lazily by the exporters).
 """
 
@@ -22,6 +31,7 @@ import json
 import math
 import os
 import platform
+import random
 import sqlite3
 import subprocess
 import sys
@@ -31,11 +41,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 DB_NAME = "pyscale.db"
 HOME_ENV = "PYSCALE_HOME"
 STATUSES = ("ok", "oom", "error", "skipped", "timeout")
+# A run's status: "running" until it ends ("ok", "error"), "interrupted" by Ctrl-C, or found dead by a later
+# writer ("interrupted" too: its process no longer exists).
+RUN_STATUSES = ("running", "ok", "error", "interrupted")
+SQLITE_HEADER = b"SQLite format 3\x00"
 # Fields whose absence must be explained: a missing energy reading is never a silent zero.
 EXPLAINED_FIELDS = ("energy_j", "avg_power_w")
 # Measured or derived fields that may be absent, but only with a reason (0 can be real here: a
@@ -173,6 +188,11 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """,
     # v3: one device record for the profiler and the benchmark (case keys of the rows it moves recomputed).
     _migrate_v3_one_device_record,
+    # v4: the process of each run (with its host), so that a later writer can tell a killed run from a live one.
+    """
+    ALTER TABLE runs ADD COLUMN pid INTEGER;
+    ALTER TABLE runs ADD COLUMN process_started_at REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -350,21 +370,169 @@ def source_revision() -> str | None:
     return head + ("-dirty" if dirty else "")
 
 
-class Store:
-    """A connection to the pyscale SQLite store (created and migrated on open)."""
+# --------------------------------------------------------------------------- processes (killed runs)
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout_s: float = 60.0) -> None:
+def process_started_at(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None where this cannot be read (no such
+    process, or a system without /proc). With the pid it names a process: pids are reused, start times not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    fields_ = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    ticks = int(fields_[19])  # field 22 of proc(5), counted after the name
+    return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+
+
+# Start times of one process read twice agree to the clock tick; boot time moves only if the clock is stepped.
+_SAME_START_S = 2.0
+
+
+def process_exists(pid: int, started_at: float | None) -> bool | None:
+    """Whether the process that recorded (pid, started_at) on this host is still running; None when this
+    system cannot tell (then nothing is marked)."""
+    if Path("/proc/self/stat").exists():
+        now = process_started_at(pid)
+        if now is None:
+            return False
+        return started_at is None or abs(now - started_at) <= _SAME_START_S
+    if os.name == "posix":  # no /proc (macOS): the pid alone, as good as it gets without one
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return None  # Windows: os.kill(pid, 0) would terminate the process
+
+
+# --------------------------------------------------------------------------- the store
+
+def check_store_file(path: Path, read_only: bool) -> None:
+    """Raise StoreError when `path` cannot be a store (for writing, unless `read_only`): what can be said
+    before SQLite opens it, in words a user can act on."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory: give the store's file (e.g. {path / DB_NAME})")
+    if not path.exists():
+        if read_only:
+            raise StoreError(f"no store at {path}: measure something first (pyscale bench, pyscale profile) "
+                             "or give the path of an existing store")
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(f"cannot read the store {path}: {exc.strerror}") from exc
+    if head and head != SQLITE_HEADER:
+        raise StoreError(f"{path} is not a pyscale store (not an SQLite database): give the path of a store, "
+                         "or a new file name to start one")
+    if not read_only and not (os.access(path, os.W_OK) and path.stat().st_mode & 0o222):
+        raise StoreError(f"{path} is read-only: this command writes to its store; give a writable store or make "
+                         f"it writable (chmod u+w {path})")
+
+
+def _damaged(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    return StoreError(f"{path} is damaged or not a pyscale store (SQLite: {exc}); give another store, or move this "
+                      "file away to start a new one")
+
+
+def _newer(path: Path, version: int) -> StoreError:
+    return StoreError(f"{path} has schema v{version}, newer than this pyscale's v{SCHEMA_VERSION}: upgrade pyscale")
+
+
+class StoreError(ValueError):
+    """A file that cannot serve as the store asked for: the message names it and says what to do."""
+
+
+_T = TypeVar("_T")
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (5, 6) or "locked" in str(exc) or "busy" in str(exc)
+
+
+class Store:
+    """A connection to the pyscale SQLite store.
+
+    A writer (the default) creates the file when missing, sets WAL once, migrates the schema forward and
+    marks this host's dead runs `interrupted`. `read_only=True` opens an existing store for reading only;
+    it works on read-only files and media and never changes the file. `timeout_s`: how long a write waits
+    for other writers before it fails.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, read_only: bool = False,
+                 timeout_s: float = 60.0) -> None:
         self.path = Path(path) if path is not None else default_path()
-        if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), one per write.
-        self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
+        self.timeout_s = float(timeout_s)
+        in_memory = str(self.path) == ":memory:"
+        self.read_only = read_only and not in_memory  # an in-memory store is private: nothing to protect
+        if not in_memory:
+            check_store_file(self.path, read_only)
+        if read_only and not in_memory:
+            self._conn = self._open_read_only()
+        else:
+            if not in_memory:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), one per write.
+            self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
+            try:
+                self._configure()
+                self._set_wal()
+                self._migrate()
+            except sqlite3.DatabaseError as exc:
+                self._conn.close()
+                if "readonly" in str(exc) or "read-only" in str(exc):
+                    raise StoreError(f"{self.path} is read-only: this command writes to its store; give a writable "
+                                     "store or make it writable") from exc
+                if not isinstance(exc, sqlite3.OperationalError):  # corrupt, or not a database after all
+                    raise _damaged(self.path, exc) from exc
+                raise
+            self.interrupted_now = self._mark_interrupted_runs()
+            return
+        self.interrupted_now = []
+
+    def _configure(self) -> None:
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")  # durable at each commit in WAL mode
+        self._conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+        if not self.read_only:
+            self._conn.execute("PRAGMA synchronous = NORMAL")  # durable at each commit in WAL mode
         self._conn.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """SQLite's read-only mode (it reads a write-ahead log left behind too). Where that cannot open the
+        file (a read-only folder without the WAL's -wal and -shm files), the file as immutable -- unless a
+        write-ahead log holds rows that reading it that way would miss."""
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.timeout_s, isolation_level=None)
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if not isinstance(exc, sqlite3.OperationalError):
+                raise _damaged(self.path, exc) from exc
+            wal = Path(f"{self.path}-wal")
+            if wal.is_file() and wal.stat().st_size > 0:
+                raise StoreError(f"{self.path} cannot be read here: its folder is read-only and its write-ahead "
+                                 f"log {wal.name} holds rows not yet merged; open it once where it is writable "
+                                 f"(any pyscale command that writes, e.g. `pyscale bench --store {self.path}`), "
+                                 f"or copy the store and {wal.name} to a writable folder") from exc
+            conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=self.timeout_s, isolation_level=None)
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise _newer(self.path, version)
+        if version < SCHEMA_VERSION:  # migrate a private copy: the file stays as it is
+            memory = sqlite3.connect(":memory:", isolation_level=None)
+            conn.backup(memory)
+            conn.close()
+            conn = memory
+        self._conn = conn
+        self._configure()
+        if version < SCHEMA_VERSION:
+            self._migrate(copy=True)
+        return conn
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -377,9 +545,50 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _retrying(self, attempt: Callable[[], _T]) -> _T:
+        """`attempt()` again after a short, growing, jittered pause while the database is locked, until
+        timeout_s has passed (SQLite's own busy wait does not cover every lock, e.g. a journal-mode change)."""
+        deadline = time.monotonic() + self.timeout_s
+        pause = 0.002
+        while True:
+            try:
+                return attempt()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError(f"{self.path}: the database stayed locked by another writer "
+                                                   f"for {self.timeout_s:g} s ({exc})") from exc
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(2 * pause, 0.2)
+
+    def write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `fn(connection)` as one write transaction, the whole of it again if the database was locked.
+
+        `fn` must only touch the database (it may run more than once)."""
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only: it cannot be written")
+
+        def attempt() -> _T:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._conn)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return self._retrying(attempt)
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
+        """A write transaction around a block (its start waits for other writers; prefer `write`, which
+        retries the whole transaction)."""
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only: it cannot be written")
+        self._retrying(lambda: self._conn.execute("BEGIN IMMEDIATE"))
         try:
             yield self._conn
         except BaseException:
@@ -391,12 +600,17 @@ class Store:
     def schema_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
-    def _migrate(self) -> None:
-        with self.transaction() as conn:
+    def _set_wal(self) -> None:
+        """WAL once, when the file is new: it persists in the file, so later opens only read it."""
+        mode = self._retrying(lambda: self._conn.execute("PRAGMA journal_mode").fetchone()[0])
+        if str(mode).lower() != "wal" and str(self.path) != ":memory:":
+            self._retrying(lambda: self._conn.execute("PRAGMA journal_mode = WAL").fetchone())
+
+    def _migrate(self, copy: bool = False) -> None:
+        def migrate(conn: sqlite3.Connection) -> None:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} has schema v{version}, newer than this pyscale's "
-                                   f"v{SCHEMA_VERSION}: upgrade pyscale")
+                raise _newer(self.path, version)
             for target in range(version, SCHEMA_VERSION):
                 step = MIGRATIONS[target]
                 if callable(step):
@@ -406,12 +620,29 @@ class Store:
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {target + 1}")
 
+        if copy:  # a reader's private copy: nobody else writes it
+            self._conn.execute("BEGIN")
+            migrate(self._conn)
+            self._conn.execute("COMMIT")
+        else:
+            self.write(migrate)
+
+    def _mark_interrupted_runs(self) -> list[int]:
+        """Mark `interrupted` this host's `running` runs whose process is gone; returns their ids."""
+        host = platform.node()
+        candidates = self._conn.execute("SELECT id, pid, process_started_at FROM runs WHERE status = 'running' "
+                                        "AND hostname = ? AND pid IS NOT NULL", (host,)).fetchall()
+        dead = [row["id"] for row in candidates if process_exists(row["pid"], row["process_started_at"]) is False]
+        if dead:
+            self.write(lambda conn: conn.executemany(
+                "UPDATE runs SET status = 'interrupted' WHERE id = ? AND status = 'running'", [(i,) for i in dead]))
+        return dead
+
     # ------------------------------------------------------------------ devices and runs
 
     def register_device(self, device: DeviceRecord) -> int:
         """The id of this device (with these versions), inserting it on first sight."""
-        with self.transaction() as conn:
-            return _device_id(conn, asdict(device))
+        return self.write(lambda conn: _device_id(conn, asdict(device)))
 
     def device(self, device_id: int) -> DeviceRecord:
         row = self._conn.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
@@ -421,21 +652,34 @@ class Store:
 
     def start_run(self, command: str, arguments: Mapping[str, Any] | Sequence[Any] = (), *,
                   git_revision: str | None = None, hostname: str | None = None) -> int:
-        """A run row; `git_revision` defaults to the pyscale checkout's (None for an installed wheel)."""
+        """A run row; `git_revision` defaults to the pyscale checkout's (None for an installed wheel).
+
+        A run of this host records this process (pid and start time), so that a later writer can tell when
+        it was killed; a run filed for another host records none."""
         from pyscale import __version__
 
         git_revision = git_revision or source_revision()
-        with self.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO runs (command, arguments, started_at, pyscale_version, git_revision, hostname) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (command, _canonical_json(arguments), time.time(), __version__, git_revision,
-                 hostname or platform.node()))
-        return int(cur.lastrowid)
+        host = hostname or platform.node()
+        pid = os.getpid() if host == platform.node() else None
+        started = None if pid is None else process_started_at(pid)
+        values = (command, _canonical_json(arguments), time.time(), __version__, git_revision, host, pid, started)
+        return self.write(lambda conn: int(conn.execute(
+            "INSERT INTO runs (command, arguments, started_at, pyscale_version, git_revision, hostname, pid, "
+            "process_started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values).lastrowid))
 
     def end_run(self, run_id: int, status: str = "ok") -> None:
-        with self.transaction() as conn:
-            conn.execute("UPDATE runs SET ended_at = ?, status = ? WHERE id = ?", (time.time(), status, run_id))
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}: got {status!r}")
+        self.write(lambda conn: conn.execute("UPDATE runs SET ended_at = ?, status = ? WHERE id = ?",
+                                             (time.time(), status, run_id)))
+
+    def runs(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        """Run rows (newest last), each with `measurements`: how many current rows it measured."""
+        where, values = ("WHERE r.status = ?", (status,)) if status else ("", ())
+        rows = self._conn.execute(
+            "SELECT r.*, (SELECT COUNT(*) FROM measurements m WHERE m.run_id = r.id AND m.superseded = 0) "
+            f"AS measurements FROM runs r {where} ORDER BY r.id", values).fetchall()
+        return [dict(r) for r in rows]
 
     # ------------------------------------------------------------------ measurements
 
@@ -449,16 +693,20 @@ class Store:
         key = case_key(m.op, m.backend, m.params, m.dtype, device.uuid, device.versions(), m.rank)
         row = m.columns()
         row.update(case_key=key, device_id=device_id, run_id=run_id, created_at=time.time())
-        with self.transaction() as conn:
+
+        def insert(conn: sqlite3.Connection) -> int:
             current = conn.execute("SELECT status FROM measurements WHERE case_key = ? AND superseded = 0",
                                    (key,)).fetchone()
+            values = dict(row)
             if m.status != "ok" and current is not None and current[0] == "ok":
-                row["superseded"] = 1
+                values["superseded"] = 1
             else:
                 conn.execute("UPDATE measurements SET superseded = 1 WHERE case_key = ? AND superseded = 0", (key,))
-            cur = conn.execute(f"INSERT INTO measurements ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                               tuple(row.values()))
-        return int(cur.lastrowid)
+            cur = conn.execute(f"INSERT INTO measurements ({', '.join(values)}) "
+                               f"VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
+            return int(cur.lastrowid)
+
+        return self.write(insert)
 
     def case_key_for(self, op: str, backend: str, params: Mapping[str, Any], dtype: str, *, device_id: int,
                      rank: int = 0) -> str:

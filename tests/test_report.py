@@ -55,8 +55,9 @@ def test_report_plan_is_priced_by_the_fitted_cost_model(tmp_path):
 
     device = sysinfo.collect()["devices"][0]
     _synthetic_store(tmp_path / "syn.db", device)
-    path = run_main_job(tmp_path / "rep", store_path=tmp_path / "syn.db", skip_bench=True, progress=False)
-    text = path.read_text()
+    job = run_main_job(tmp_path / "rep", store_path=tmp_path / "syn.db", skip_bench=True, progress=False)
+    assert job.failed == [] and job.skipped == []
+    text = job.path.read_text()
     assert "Stages with problems" not in text
     assert "Hardware: the cost model fitted above (`device_profile.json`" in text
     assert "fp32 GEMMs (torch.mm) and attention (pyscale)" in text

@@ -99,29 +99,168 @@ def _speedups(row: dict[str, Any]) -> str:
                      for k, v in (row.get("speedup") or {}).items())
 
 
-def print_bench_table(rows: Sequence[dict[str, Any]], title: str) -> None:
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+class Footnotes:
+    """Reasons said once, under a table: `mark(reason)` gives the marker of a reason (the same reason,
+    the same marker), `lines()` the notes in order."""
+
+    def __init__(self) -> None:
+        self._reasons: dict[str, str] = {}
+
+    def mark(self, reason: str) -> str:
+        if reason not in self._reasons:
+            self._reasons[reason] = str(sum(1 for m in self._reasons.values() if m) + 1).translate(_SUPERSCRIPT)
+        return self._reasons[reason]
+
+    def note(self, text: str) -> None:
+        """A note without a marker (said of the whole table)."""
+        self._reasons.setdefault(text, "")
+
+    def lines(self) -> list[str]:
+        return [f"{marker} {reason}" if marker else reason for reason, marker in self._reasons.items()]
+
+
+def table_console(width: int | None = None):
+    """The console tables are printed on: the terminal's width; a file or pipe gets 160 columns unless
+    COLUMNS says otherwise (so that a saved table is not cut to 80)."""
+    import os
+
     from rich.console import Console
+
+    if width is not None:
+        return Console(width=width)
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=max(console.width, 160))
+    return console
+
+
+def _scaled(values: Sequence[float | None], units: Sequence[tuple[str, float]]) -> tuple[str, float]:
+    """The unit of `units` ((name, factor), largest first) that shows the largest value at >= 1."""
+    top = max((abs(v) for v in values if v is not None), default=0.0)
+    for name, factor in units:
+        if top >= factor:
+            return name, factor
+    return units[-1]
+
+
+def _num(value: float) -> str:
+    """3 significant digits, without an exponent below a million."""
+    return f"{value:.0f}" if 1e3 <= abs(value) < 1e6 else f"{value:.3g}"
+
+
+# The number columns: (row key, units largest first, the % column folded into the cell or None).
+_NUMBERS: tuple[tuple[str, tuple[tuple[str, float], ...], str | None], ...] = (
+    ("time_ms", (("s", 1e3), ("ms", 1.0), ("µs", 1e-3)), None),
+    ("tflops", (("TFLOP/s", 1.0), ("GFLOP/s", 1e-3), ("MFLOP/s", 1e-6)), "pct_peak"),
+    ("gb_s", (("TB/s", 1e3), ("GB/s", 1.0), ("MB/s", 1e-3)), "pct_bandwidth"),
+    ("energy_j", (("J", 1.0), ("mJ", 1e-3), ("µJ", 1e-6)), None),
+    ("j_per_tflop", (("J/TFLOP", 1.0),), None),
+)
+WIDE = 110  # columns from which J/TFLOP gets a column of its own (it is J over the FLOPs: derivable)
+ERROR_CHARS = 160  # of a failure's error, in its footnote
+
+
+def _shared_params(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The shape parameters every row has with one value (said once, in the op's title)."""
+    first = rows[0]["params"]
+    return {k: v for k, v in first.items() if all(k in r["params"] and r["params"][k] == v for r in rows)}
+
+
+def bench_tables(rows: Sequence[dict[str, Any]], width: int = 80) -> tuple[list[Any], list[str]]:
+    """Rich Tables of benchmark rows, one per op, and their notes, legible at `width` columns: units are
+    chosen per table (µs, GFLOP/s where numbers are small), % of peak and of bandwidth ride in the rate's
+    cell, a column no row has a value for is left out (why is said once), shape parameters that every row
+    of an op shares go in its title, numbers are never cut (shapes and speedups wrap instead), and each
+    failure's error and absent value's reason is a footnote."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(title))
-    for col in ("op", "impl", "dtype", "shape", "ms", "TFLOP/s", "% peak", "GB/s", "% BW", "J", "J/TFLOP",
-                "speedup (ideal)"):
-        table.add_column(col, justify="right" if col not in ("op", "impl", "dtype", "shape") else "left")
-    for r in rows:
-        shape = ",".join(f"{k}={v}" for k, v in r["params"].items())
-        if r["status"] != "ok":
-            table.add_row(r["op"], r["impl"], r["dtype"], shape, f"[red]{r['status']}[/]", "", "", "", "", "", "",
-                          escape((r["error"] or "").splitlines()[0][:60]))
-            continue
-        energy = _fmt(r["energy_j"]) if r["energy_j"] is not None else "n/a"
-        table.add_row(r["op"], r["impl"], r["dtype"], escape(shape), _fmt(r["time_ms"]), _fmt(r["tflops"]),
-                      _fmt(r["pct_peak"], ".1f"), _fmt(r["gb_s"]), _fmt(r["pct_bandwidth"], ".1f"), energy,
-                      _fmt(r["j_per_tflop"]), escape(_speedups(r)))
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 160))
-    console.print(table)
+    notes = Footnotes()
+    ok = [r for r in rows if r["status"] == "ok"]
+    shown = [c for c in _NUMBERS if any(r[c[0]] is not None for r in ok)
+             and (c[0] != "j_per_tflop" or width >= WIDE)]
+    no_peak = [name for key, name in (("pct_peak", "% peak"), ("pct_bandwidth", "% BW"))
+               if ok and all(r[key] is None for r in ok)]
+    if no_peak:
+        devices = ", ".join(sorted({r["device"] for r in ok}))
+        notes.note(f"{' and '.join(no_peak)}: pyscale.hw has no peak for {devices}")
+    if ok and not any(r["energy_j"] is not None for r in ok):
+        why = sorted({r["energy_unavailable_reason"] or "not measured" for r in ok})
+        notes.note(f"energy: {'; '.join(why)}")
+    tables = []
+    for op in dict.fromkeys(r["op"] for r in rows):
+        group = [r for r in rows if r["op"] == op]
+        done = [r for r in group if r["status"] == "ok"]
+        units = {key: _scaled([r[key] for r in done], options) for key, options, _ in shown}
+        shared = _shared_params(group)
+        title = op + (f" (every row: {', '.join(f'{k}={v}' for k, v in shared.items())})" if shared else "")
+        varying = any(set(r["params"]) - set(shared) for r in group)
+        baselines = sorted({name for r in group for name in (r.get("speedup") or {})})
+        if any(r.get("ideal_speedup") for r in group):
+            notes.note("(ideal): the speedup if both ran at the same GB/s (the baseline's bytes over these)")
+        headers = []
+        for key, _, pct in shown:
+            with_pct = pct is not None and any(r[pct] is not None for r in done)
+            headers.append(units[key][0] + (f"\n({'% peak' if pct == 'pct_peak' else '% BW'})" if with_pct else ""))
+        cells = []
+        for r in group:
+            shape = [escape(", ".join(f"{k}={v}" for k, v in r["params"].items() if k not in shared))] if varying else []
+            if r["status"] != "ok":
+                error = (r["error"] or "no error message").strip().splitlines()[0]
+                if len(error) > ERROR_CHARS:
+                    error = error[:ERROR_CHARS].rstrip() + "... (the whole error is in the store)"
+                marker = notes.mark(f"{r['status']}: {error}")
+                values = [f"{r['status']}{marker}"] + [""] * (len(shown) - 1)
+            else:
+                values = []
+                for key, _, pct in shown:
+                    value = "—" if r[key] is None else _num(r[key] / units[key][1])
+                    if pct is not None and r[pct] is not None:
+                        value += f" ({r[pct]:.0f}%)" if r[pct] >= 10 else f" ({r[pct]:.2g}%)"
+                    if key == "energy_j" and r[key] is None:
+                        value += notes.mark(f"energy: {r['energy_unavailable_reason'] or 'not measured'}")
+                    values.append(value)
+            speedup = _speedups(r)
+            if len(baselines) == 1:
+                speedup = speedup.removeprefix(f"{baselines[0]} ")
+            cells.append([escape(r["impl"]), escape(r["dtype"]), *shape, *values,
+                          *([escape(speedup)] if baselines else [])])
+        table = Table(title=f"[bold]{escape(title)}[/]", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                      padding=(0, 1), collapse_padding=True)
+        table.add_column("impl", no_wrap=True)
+        table.add_column("dtype", no_wrap=True)
+        if varying:
+            table.add_column("shape", overflow="fold", ratio=1, min_width=8)
+        offset = 3 if varying else 2
+        for i, header in enumerate(headers):
+            table.add_column(header, justify="right", no_wrap=True,
+                             min_width=max(len(c[offset + i]) for c in cells) if cells else None)
+        if baselines:
+            header = f"speedup vs\n{baselines[0]}" if len(baselines) == 1 else "speedup vs"
+            table.add_column(escape(header), overflow="fold", min_width=10)
+        for c in cells:
+            table.add_row(*c)
+        tables.append(table)
+    return tables, notes.lines()
+
+
+def print_bench_table(rows: Sequence[dict[str, Any]], title: str, *, console: Any = None) -> None:
+    """`title`, one table per op (per call, medians), then the notes."""
+    from rich.markup import escape
+
+    console = console or table_console()
+    tables, notes = bench_tables(rows, width=console.width)
+    console.print(f"[bold]{escape(title)}[/] (per call: median time; rates from each op's FLOP and byte formulas)")
+    for table in tables:
+        title, table.title = table.title, None  # as a line of its own: it wraps at the console's width
+        console.print(title)
+        console.print(table)
+    for line in notes:
+        console.print(line, markup=False, highlight=False)
 
 
 DICT_COLUMNS = ("params", "speedup", "ideal_speedup")  # JSON-encoded in flat exports

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 from pyscale.benchmark.shapes import FAMILIES, MODELS, SHAPE_SETS
+from pyscale.commands.usage import OutputFile, StorePath, UsageError, require
+
+EXPORT_SUFFIXES = (".csv", ".json", ".parquet")
 
 HELP = "benchmark pyscale's ops and their baselines on this device into the store"
 
@@ -23,33 +26,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable), e.g. pyscale")
     parser.add_argument("--energy", action="store_true", help="measure energy over >= 1 s windows (NVML/RAPL)")
     parser.add_argument("--resume", action="store_true", help="skip cases already measured ok in the store")
-    parser.add_argument("--store", type=Path, default=None, help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
-    parser.add_argument("--export", type=Path, default=None, help="also write this sweep's rows to .csv/.json/.parquet")
+    parser.add_argument("--store", type=StorePath(write=True), default=None,
+                        help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
+    parser.add_argument("--export", type=OutputFile("the sweep's rows", EXPORT_SUFFIXES), default=None,
+                        help="also write this sweep's rows to .csv/.json/.parquet")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     parser.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
                         help="fan the sweep out over a Ray cluster (ADDRESS, or start a local one)")
 
 
 def _resolve_device(choice: str) -> str:
-    if choice != "auto":
-        return choice
     from pyscale import sysinfo
 
-    return "cuda" if sysinfo.cuda_available() else "cpu"
+    if choice == "auto":
+        return "cuda" if sysinfo.cuda_available() else "cpu"
+    if choice == "cuda" and not sysinfo.cuda_available():
+        raise UsageError("--device cuda: torch sees no CUDA device here; use --device cpu (or auto)")
+    return choice
+
+
+def _say_interrupted(store) -> None:
+    """What --resume picks up: runs killed before they ended (found dead, or stopped by Ctrl-C)."""
+    runs = store.runs(status="interrupted")
+    for r in runs[-3:]:
+        print(f"run {r['id']} ({r['command']} on {r['hostname']}, pid {r['pid'] or '?'}) was interrupted; its "
+              f"{r['measurements']} measurement(s) are kept and --resume skips them", file=sys.stderr)
+    if len(runs) > 3:
+        print(f"({len(runs) - 3} earlier interrupted run(s) not shown)", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     from pyscale import benchmark
     from pyscale.benchmark.rows import bench_rows, export, print_bench_table
-    from pyscale.store import Store
+    from pyscale.commands.usage import open_store
 
     device = _resolve_device(args.device)
     shape_set = "quick" if args.quick else (args.shapes or ("llama3-8b" if device == "cuda" else "quick"))
     families = benchmark.FAMILIES if args.family == "all" else (args.family,)
     cases = benchmark.plan_cases(families, shape_set, device=device, impls=args.impl)
     if not cases:
-        print(f"no cases for {', '.join(families)} with shapes {shape_set!r} on {device}")
-        return 1
+        raise UsageError(f"no cases for {', '.join(families)} with shapes {shape_set!r} on {device}"
+                         + (f" and --impl {' '.join(args.impl)}" if args.impl else "")
+                         + "; choose other --shapes (a model with that family) or --impl")
+    if args.export and args.export.suffix == ".parquet":
+        for module in ("pandas", "pyarrow"):
+            require(module, "--export to .parquet", "export to .csv or .json")
     executor = None
     if args.ray:
         from pyscale.benchmark.distributed import RayUnavailable, ray_executor
@@ -57,12 +78,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             executor = ray_executor(None if args.ray == "auto" else args.ray, device=device)
         except RayUnavailable as exc:
-            print(f"pyscale bench: {exc}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--ray: {exc}; or run without --ray") from exc
     if device == "cpu" and not args.json:
         print(f"no GPU: measuring {len(cases)} CPU cases at the tiny '{shape_set}' shapes "
               "(reference / C++ / Triton-interpreter paths; CPU rows are tagged with the CPU device)")
-    with Store(args.store) as store:
+    with open_store(args.store, write=True) as store:
+        if args.resume:
+            _say_interrupted(store)
         summary = benchmark.sweep(cases, store=store, device=device, resume=args.resume, energy=args.energy,
                                   executor=executor, progress=not args.json,
                                   arguments={k: (str(v) if isinstance(v, Path) else v)
@@ -73,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
-        print_bench_table(rows, title=f"pyscale bench {', '.join(families)} [{shape_set}] on {device}")
+        if rows:
+            print_bench_table(rows, title=f"pyscale bench {', '.join(families)} [{shape_set}] on {device}")
         print(f"run {summary.run_id}: {summary.measured} measured, {summary.failed} failed, "
               f"{summary.skipped} skipped (already in the store)")
-    return 0 if summary.failed == 0 else 3
+    if summary.failed:
+        print(f"pyscale bench: {summary.failed} of {len(cases) - summary.skipped} case(s) failed (status and error "
+              "of each are in the table and the store); measure them again with --resume", file=sys.stderr)
+        return 1
+    return 0

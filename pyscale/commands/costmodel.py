@@ -8,6 +8,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pyscale.commands.usage import (
+    InputFile,
+    OutputDir,
+    OutputFile,
+    StorePath,
+    UsageError,
+    open_store,
+    positive_int,
+    require,
+)
+
+PROFILE = "a device profile JSON (pyscale costmodel fit --out PROFILE.json)"
+
 HELP = ("fit runtime and energy cost models from stored measurements (fit), print a device profile (show), or "
         "check its predicted GPT step time against measured steps (validate)")
 
@@ -15,52 +28,48 @@ HELP = ("fit runtime and energy cost models from stored measurements (fit), prin
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     fit = sub.add_parser("fit", help="fit per (op, dtype, backend) models of one device, with leave-shape-out CV")
-    fit.add_argument("--store", metavar="PATH", help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
+    fit.add_argument("--store", metavar="PATH", type=StorePath(write=False),
+                     help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
     fit.add_argument("--device", metavar="NAME", help="device name or uuid (needed when the store has several)")
     fit.add_argument("--op", metavar="OP", help="fit only this op")
     fit.add_argument("--dtype", metavar="DTYPE", help="fit only this dtype")
     fit.add_argument("--backend", metavar="BACKEND", help="fit only this backend")
-    fit.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (default 5)")
+    fit.add_argument("--folds", type=positive_int, default=5, metavar="K", help="cross-validation folds (default 5)")
     fit.add_argument("--residual", action="store_true",
                      help="add the gradient-boosted tree residual (needs scikit-learn: pyscale[costmodel])")
-    fit.add_argument("--out", metavar="PROFILE.json", help="write the device profile JSON here")
-    fit.add_argument("--plot", metavar="DIR", help="write one roofline PNG per (op, dtype, backend) here")
+    fit.add_argument("--out", metavar="PROFILE.json", type=OutputFile("the device profile", (".json",)),
+                     help="write the device profile JSON here")
+    fit.add_argument("--plot", metavar="DIR", type=OutputDir("the roofline plots"),
+                     help="write one roofline PNG per (op, dtype, backend) here")
     show = sub.add_parser("show", help="print a device profile: a JSON file or a shipped one by --device")
-    show.add_argument("profile", nargs="?", metavar="PROFILE.json", help="profile file")
+    show.add_argument("profile", nargs="?", metavar="PROFILE.json", type=InputFile(PROFILE), help="profile file")
     show.add_argument("--device", metavar="NAME", help="show the profile shipped with pyscale for this device")
     check = sub.add_parser("validate", help="predicted vs measured step time of the gpt_step rows that "
                                             "`pyscale profile --model gpt` stored for the profile's device")
-    check.add_argument("profile", metavar="PROFILE.json", help="profile file (from `costmodel fit --out`)")
-    check.add_argument("--store", metavar="PATH", help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
+    check.add_argument("profile", metavar="PROFILE.json", type=InputFile(PROFILE),
+                       help="profile file (from `costmodel fit --out`)")
+    check.add_argument("--store", metavar="PATH", type=StorePath(write=False),
+                       help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
     check.add_argument("--dtype", metavar="DTYPE", help="price steps in this dtype (default: one the profile models)")
     check.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
-def _error(message: str) -> int:
-    print(f"pyscale costmodel: error: {message}", file=sys.stderr)
-    return 2
-
-
-class _UsageError(Exception):
-    """Bad input named by its argument: `run` prints it and returns 2."""
-
-
-def _store_path(arg: str | None) -> Path:
+def _store_path(arg: Path | None) -> Path:
     from pyscale import store as st
 
-    path = Path(arg) if arg else st.default_path()
+    path = arg or st.default_path()
     if not path.is_file():
-        raise _UsageError(f"--store: no store at {path} (run `pyscale bench` first or pass --store PATH)")
+        raise UsageError(f"--store: no store at {path}; run `pyscale bench` first or pass --store PATH")
     return path
 
 
-def _read_profile(arg: str) -> Any:
+def _read_profile(arg: Path) -> Any:
     from pyscale.costmodel import DeviceProfile
 
     try:
-        return DeviceProfile.from_json(Path(arg))
-    except (OSError, ValueError, KeyError) as exc:
-        raise _UsageError(f"PROFILE.json {arg}: {exc}") from exc
+        return DeviceProfile.from_json(arg)
+    except ValueError as exc:
+        raise UsageError(f"PROFILE.json {arg}: {exc}") from exc
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:
@@ -107,28 +116,24 @@ def _print_profile(profile: Any) -> None:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from pyscale import store as st
     from pyscale.costmodel import fit_device_profile, rows_from_measurements
 
     if args.folds < 2:
-        return _error(f"--folds must be at least 2: got {args.folds}")
+        raise UsageError(f"--folds must be at least 2: got {args.folds}")
+    if args.plot:
+        require("matplotlib", "--plot", "run without --plot")
     path = _store_path(args.store)
     command = "pyscale " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["costmodel"] else None
-    with st.Store(path) as store:
+    with open_store(path, write=False) as store:
         try:
             profile = fit_device_profile(store, device=args.device, op=args.op, dtype=args.dtype,
                                          backend=args.backend, folds=args.folds, residual=args.residual,
                                          command=command)
         except ImportError as exc:
-            return _error(f"--residual: {exc}")
-        except ValueError as exc:
-            return _error(str(exc))
+            raise UsageError(f"--residual: {exc}") from exc
         _print_profile(profile)
         if args.out:
-            try:
-                profile.to_json(args.out)
-            except OSError as exc:
-                return _error(f"--out: cannot write {args.out}: {exc}")
+            profile.to_json(args.out)
             print(f"wrote {args.out}")
         if args.plot:
             from pyscale.costmodel.plot import plot_roofline
@@ -151,14 +156,14 @@ def _show(args: argparse.Namespace) -> int:
     from pyscale.costmodel import list_shipped_profiles, load_shipped_profile
 
     if (args.profile is None) == (args.device is None):
-        return _error("show needs either PROFILE.json or --device NAME (exactly one)")
+        raise UsageError("show needs either PROFILE.json or --device NAME (exactly one)")
     if args.profile is not None:
         profile = _read_profile(args.profile)
     else:
         profile = load_shipped_profile(args.device)
         if profile is None:
-            shipped = sorted(list_shipped_profiles()) or "none"
-            return _error(f"--device: no shipped profile for {args.device!r}; shipped: {shipped}")
+            shipped = ", ".join(sorted(list_shipped_profiles())) or "none"
+            raise UsageError(f"--device: no shipped profile for {args.device!r}; shipped: {shipped}")
     _print_profile(profile)
     return 0
 
@@ -166,22 +171,18 @@ def _show(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     import json
 
-    from pyscale import store as st
     from pyscale.plan.measured import STEP_OP
     from pyscale.plan.step_model import step_options, validate_against_store
 
     profile = _read_profile(args.profile)
     path = _store_path(args.store)
-    with st.Store(path) as store:
+    with open_store(path, write=False) as store:
         rows = [r for r in store.measurements(op=STEP_OP) if r["device_name"] == profile.device_name]
     if not rows:
-        return _error(f"--store: no {STEP_OP} rows of {profile.device_name} in {path} "
-                      f"(measure one with `pyscale profile --model gpt`)")
-    try:
-        options = step_options(profile, args.dtype)
-        checks = validate_against_store(profile, rows, **options)
-    except ValueError as exc:
-        return _error(str(exc))
+        raise UsageError(f"--store: no {STEP_OP} rows of {profile.device_name} in {path}; measure one with "
+                         "`pyscale profile --model gpt`")
+    options = step_options(profile, args.dtype)
+    checks = validate_against_store(profile, rows, **options)
     if args.json:
         print(json.dumps({"device": profile.device_name, **options, "steps": checks}, indent=2))
         return 0
@@ -196,8 +197,5 @@ def _validate(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     actions = {"fit": _fit, "show": _show, "validate": _validate}
     if args.action not in actions:
-        return _error("choose an action: fit, show or validate (see pyscale costmodel --help)")
-    try:
-        return actions[args.action](args)
-    except _UsageError as exc:
-        return _error(str(exc))
+        raise UsageError("choose an action: fit, show or validate (see pyscale costmodel --help)")
+    return actions[args.action](args)

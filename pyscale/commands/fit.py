@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from pyscale.commands.usage import (
+    RUNS,
+    InputFile,
+    OutputFile,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    require,
+)
 
 HELP = "fit a scaling law (chinchilla, kaplan, ...) to training runs; report parameters, CIs and plots"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", nargs="?", help="CSV or Parquet with columns N, D (or C), loss[, run, step]")
+    parser.add_argument("data", nargs="?", type=InputFile(RUNS, table=True),
+                        help="CSV or Parquet with columns N, D (or C), loss[, run, step]")
     parser.add_argument("--law", default="chinchilla",
                         help="chinchilla (default), kaplan, kaplan_compute, overtraining, data_constrained, qat, "
                              "downstream")
-    parser.add_argument("--synthetic", type=int, nargs="?", const=250, metavar="N_RUNS",
+    parser.add_argument("--synthetic", type=positive_int, nargs="?", const=250, metavar="N_RUNS",
                         help="fit N_RUNS (default 250) synthetic runs drawn from Hoffmann et al.'s law with 1%% "
                              "noise instead of a file (to try the command)")
-    parser.add_argument("--save-synthetic", metavar="CSV", help="also write the synthetic runs to this CSV")
+    parser.add_argument("--save-synthetic", metavar="CSV", type=OutputFile("the synthetic runs", (".csv",)),
+                        help="also write the synthetic runs to this CSV")
     parser.add_argument("--columns", default="", metavar="N=params,loss=val_loss",
                         help="map canonical columns to your own names")
     parser.add_argument("--loss", default="huber", choices=["huber", "mse", "asymmetric", "huber_nll"])
-    parser.add_argument("--delta", type=float, default=None, help="Huber delta (default 1e-3; 1.345 for huber_nll)")
+    parser.add_argument("--delta", type=positive_float, default=None, help="Huber delta (default 1e-3; 1.345 for huber_nll)")
     parser.add_argument("--space", default="log", choices=["log", "linear"],
                         help="residuals of log loss (default) or of the loss itself (linear, needs --loss mse: "
                              "least squares as scipy's curve_fit, e.g. Gadre et al. 2024)")
@@ -28,26 +41,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hold parameters fixed, e.g. E=1.69,alpha=0.34, or every parameter of a preset "
                              "(hoffmann2022); with all fixed the objective and likelihood are evaluated")
     parser.add_argument("--compare", nargs=2, metavar=("RESTRICTED.json", "FULL.json"),
+                        type=InputFile("a fit saved with `pyscale fit RUNS --loss huber_nll --json > fit.json`"),
                         help="likelihood-ratio test of two saved --json fits (both --loss huber_nll, same law "
                              "and rows, the restricted one fixing more); no data needed")
     parser.add_argument("--quick", action="store_true", help="a small start grid instead of the full one")
-    parser.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap replicates over runs")
+    parser.add_argument("--bootstrap", type=nonnegative_int, default=0, metavar="B", help="bootstrap replicates over runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=None, help="threads for the bootstrap (default 1: on 2 cores more were not faster)")
-    parser.add_argument("--flops-per-param-token", type=float, default=6.0, help="k in C = k*N*D (default 6)")
+    parser.add_argument("--jobs", type=positive_int, default=None, help="threads for the bootstrap (default 1: on 2 cores more were not faster)")
+    parser.add_argument("--flops-per-param-token", type=positive_float, default=6.0, help="k in C = k*N*D (default 6)")
     parser.add_argument("--nan-policy", default="raise", choices=["raise", "omit"],
                         help="bad rows: raise an error listing them, or drop and count them")
-    parser.add_argument("--frontier", type=float, nargs="*", default=None, metavar="FLOPS",
+    parser.add_argument("--frontier", type=positive_float, nargs="*", default=None, metavar="FLOPS",
                         help="also report compute-optimal N*, D* at these budgets")
-    parser.add_argument("--validate", type=int, default=None, metavar="K",
+    parser.add_argument("--validate", type=positive_int, default=None, metavar="K",
                         help="also refit without the K largest compute budgets and report the extrapolation error")
     parser.add_argument("--isoflop", action="store_true",
                         help="also run IsoFLOP Approach 2 (per-budget parabolas; needs several N per budget)")
-    parser.add_argument("--isoflop-points", type=int, default=None, metavar="K",
+    parser.add_argument("--isoflop-points", type=nonnegative_int, default=None, metavar="K",
                         help="points nearest each budget's minimum that Approach 2's parabola uses (default "
                              "8; 0: all of them); implies --isoflop")
-    parser.add_argument("--plot", metavar="PNG", help="write loss-vs-compute, iso-loss and residual plots")
+    parser.add_argument("--plot", metavar="PNG", type=OutputFile("the plots", (".png", ".pdf", ".svg")),
+                        help="write loss-vs-compute, iso-loss and residual plots")
     parser.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
+
+
+# fit()'s parameters spelled otherwise on this command line
+FLAGS = {"n_jobs": "--jobs", "n_largest": "--validate", "n_points": "--isoflop-points"}
 
 
 def _columns(spec: str) -> dict[str, str]:
@@ -86,70 +105,64 @@ def _fixed(spec: str, law_name: str) -> dict[str, float] | None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    import sys
-
     from pyscale.scaling import compare
 
-    try:
-        test = compare(*args.compare)
-    except ValueError as exc:
-        print(f"pyscale fit --compare: {exc}", file=sys.stderr)
-        return 2
+    test = compare(*args.compare)
     print(json.dumps(test.to_dict(), indent=2, sort_keys=True) if args.json else test.describe())
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     from pyscale.scaling import compute_optimal, fit
     from pyscale.scaling.synthetic import chinchilla_runs, write_csv
 
     if args.compare:
         return _compare(args)
     if args.data is None and args.synthetic is None:
-        print("pyscale fit: give a CSV/Parquet file, or --synthetic to try it on generated runs", file=sys.stderr)
+        print("pyscale fit: give a CSV/Parquet file of runs, or --synthetic to try it on generated runs",
+              file=sys.stderr)
         return 2
-    try:
-        if args.data is None:
-            data = chinchilla_runs(args.synthetic, seed=args.seed)
-            if args.save_synthetic:
-                write_csv(data, args.save_synthetic)
-            source = f"synthetic: {args.synthetic} runs from hoffmann2022 with 1% noise (seed {args.seed})"
-        else:
-            data, source = args.data, args.data
-        result = fit(args.law, data, loss=args.loss, delta=args.delta, starts="quick" if args.quick else "grid",
-                     bootstrap=args.bootstrap, seed=args.seed, columns=_columns(args.columns),
-                     nan_policy=args.nan_policy, flops_per_param_token=args.flops_per_param_token,
-                     n_jobs=args.jobs, space=args.space, fixed=_fixed(args.fixed, args.law))
-        frontier = None
-        if args.frontier and result.success:
-            frontier = compute_optimal(result, args.frontier)
-        validation = iso = None
-        if args.validate:
-            from pyscale.scaling import leave_largest_out
+    if args.isoflop_points is not None and 0 < args.isoflop_points < 3:
+        raise ValueError(f"--isoflop-points must be 0 (all points) or >= 3 (a parabola has 3 coefficients): "
+                         f"got {args.isoflop_points}")
+    if args.plot:
+        require("matplotlib", "--plot", "run without --plot")
+    if args.data is None:
+        data = chinchilla_runs(args.synthetic, seed=args.seed)
+        if args.save_synthetic:
+            write_csv(data, args.save_synthetic)
+        source = f"synthetic: {args.synthetic} runs from hoffmann2022 with 1% noise (seed {args.seed})"
+    else:
+        data, source = args.data, str(args.data)
+    result = fit(args.law, data, loss=args.loss, delta=args.delta, starts="quick" if args.quick else "grid",
+                 bootstrap=args.bootstrap, seed=args.seed, columns=_columns(args.columns),
+                 nan_policy=args.nan_policy, flops_per_param_token=args.flops_per_param_token,
+                 n_jobs=args.jobs, space=args.space, fixed=_fixed(args.fixed, args.law))
+    frontier = None
+    if args.frontier and result.success:
+        frontier = compute_optimal(result, args.frontier)
+    validation = iso = None
+    if args.validate:
+        from pyscale.scaling import leave_largest_out
 
-            validation = leave_largest_out(args.law, data, n_largest=args.validate, loss=args.loss,
-                                           delta=args.delta, starts="quick" if args.quick else "grid",
-                                           columns=_columns(args.columns), nan_policy=args.nan_policy,
-                                           flops_per_param_token=args.flops_per_param_token)
-        if args.isoflop or args.isoflop_points is not None:
-            from pyscale.scaling import isoflop
+        validation = leave_largest_out(args.law, data, n_largest=args.validate, loss=args.loss,
+                                       delta=args.delta, starts="quick" if args.quick else "grid",
+                                       columns=_columns(args.columns), nan_policy=args.nan_policy,
+                                       flops_per_param_token=args.flops_per_param_token)
+    if args.isoflop or args.isoflop_points is not None:
+        from pyscale.scaling import isoflop
 
-            if args.isoflop_points is not None and (args.isoflop_points < 0 or 0 < args.isoflop_points < 3):
-                raise ValueError(f"--isoflop-points must be 0 (all points) or >= 3 (a parabola has 3 "
-                                 f"coefficients): got {args.isoflop_points}")
-            points = isoflop.DEFAULT_POINTS if args.isoflop_points is None else (args.isoflop_points or None)
-            iso = isoflop.approach2(data, n_points=points, bootstrap=max(args.bootstrap, 200), seed=args.seed,
-                                    columns=_columns(args.columns), nan_policy=args.nan_policy,
-                                    flops_per_param_token=args.flops_per_param_token)
-        if args.plot:
-            from pyscale.scaling.plot import plot_fit
+        points = isoflop.DEFAULT_POINTS if args.isoflop_points is None else (args.isoflop_points or None)
+        iso = isoflop.approach2(data, n_points=points, bootstrap=max(args.bootstrap, 200), seed=args.seed,
+                                columns=_columns(args.columns), nan_policy=args.nan_policy,
+                                flops_per_param_token=args.flops_per_param_token)
+    if args.plot:
+        from pyscale.scaling.plot import plot_fit
 
-            plot_fit(result, args.plot)
-    except ValueError as exc:
-        print(f"pyscale fit: {exc}", file=sys.stderr)
-        return 2
+        plot_fit(result, args.plot)
+    if not result.success:
+        print(f"pyscale fit: the fit did not converge ({result.message}); try the full start grid (without "
+              "--quick) or another --loss", file=sys.stderr)
 
     if frontier is not None:  # stderr: stdout stays the result (JSON with --json)
         for line in frontier.warnings():
@@ -163,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         if iso is not None:
             out["isoflop"] = iso.to_dict()
         if args.plot:
-            out["plot"] = args.plot
+            out["plot"] = str(args.plot)
         print(json.dumps(out, indent=2, sort_keys=True))
         return 0 if result.success else 1
 

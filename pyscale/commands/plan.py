@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from pyscale.commands.usage import (
+    InputFile,
+    OutputDir,
+    StorePath,
+    in_flags,
+    positive_float,
+    positive_int,
+    require,
+)
 
 HELP = "plan a FLOPs-, time-, energy- or cost-optimal training run from a loss law and GPU costs"
 
@@ -13,53 +22,61 @@ HELP = "plan a FLOPs-, time-, energy- or cost-optimal training run from a loss l
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     b = parser.add_argument_group("budget (exactly one)")
     x = b.add_mutually_exclusive_group(required=True)
-    x.add_argument("--flops", type=float, help="training compute budget in FLOPs")
-    x.add_argument("--gpu-hours", type=float, help="GPU-hours (time-optimal)")
-    x.add_argument("--deadline-hours", type=float, help="wall-clock hours on --n-gpus GPUs (time-optimal)")
-    x.add_argument("--kwh", type=float, help="GPU energy in kWh (facility energy if --pue is given)")
-    x.add_argument("--dollars", type=float, help="money, with --price-per-gpu-hour")
-    x.add_argument("--target-loss", type=float, help="the cheapest run that reaches this loss")
+    x.add_argument("--flops", type=positive_float, help="training compute budget in FLOPs")
+    x.add_argument("--gpu-hours", type=positive_float, help="GPU-hours (time-optimal)")
+    x.add_argument("--deadline-hours", type=positive_float, help="wall-clock hours on --n-gpus GPUs (time-optimal)")
+    x.add_argument("--kwh", type=positive_float, help="GPU energy in kWh (facility energy if --pue is given)")
+    x.add_argument("--dollars", type=positive_float, help="money, with --price-per-gpu-hour")
+    x.add_argument("--target-loss", type=positive_float, help="the cheapest run that reaches this loss")
     parser.add_argument("--objective", choices=["flops", "time", "energy", "cost"], default=None,
                         help="what a --target-loss plan minimises (default flops); other budgets imply it")
     parser.add_argument("--law", default="epoch2024",
+                        type=InputFile("a saved fit (pyscale fit RUNS --json > fit.json)", names=_presets),
                         help="a loss-law preset (epoch2024, hoffmann2022, ...), an allocation law "
                              "(hoffmann2022_approach1, hoffmann2022_approach2: N and D, no loss) or a saved fit JSON")
     h = parser.add_argument_group("hardware (user inputs are labelled as such in the plan)")
     h.add_argument("--gpu", default=None, help="GPU name from pyscale.hw (e.g. 'H100 SXM')")
-    h.add_argument("--n-gpus", type=int, default=1)
+    h.add_argument("--n-gpus", type=positive_int, default=1)
     h.add_argument("--dp-efficiency", type=float, default=None, help="data-parallel scaling efficiency (required if n>1)")
     h.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation to assume")
-    h.add_argument("--power-w", type=float, default=None, help="average power per GPU while training")
-    h.add_argument("--price-per-gpu-hour", type=float, default=None)
+    h.add_argument("--power-w", type=positive_float, default=None, help="average power per GPU while training")
+    h.add_argument("--price-per-gpu-hour", type=positive_float, default=None)
     h.add_argument("--pue", type=float, default=None, help="power usage effectiveness for facility energy")
     h.add_argument("--dtype", default=None,
                    help="training dtype (default bf16; with a profile, the first of bf16, fp16, fp32 it models)")
-    h.add_argument("--profile", type=Path, default=None,
+    h.add_argument("--profile", type=InputFile("a device profile JSON (pyscale costmodel fit --out PROFILE.json)"),
+                   default=None,
                    help="a fitted device profile JSON (pyscale costmodel fit --out): MFU and power per architecture")
-    h.add_argument("--store", type=Path, default=None,
+    h.add_argument("--store", type=StorePath(write=False), default=None,
                    help="use measured training steps of --gpu (or this device) from this store")
     a = parser.add_argument_group("architecture")
-    a.add_argument("--seq-len", type=int, default=2048)
-    a.add_argument("--vocab", type=int, default=32000)
+    a.add_argument("--seq-len", type=positive_int, default=2048)
+    a.add_argument("--vocab", type=positive_int, default=32000)
     a.add_argument("--experts", type=int, default=0)
     a.add_argument("--top-k", type=int, default=0)
-    a.add_argument("--gqa", type=int, default=None,
+    a.add_argument("--gqa", type=positive_int, default=None,
                    help="query heads per kv head (1: multi-head attention); default: 8 kv heads from 1B parameters, "
                         "MHA below")
-    a.add_argument("--heads-multiple", type=int, default=None,
+    a.add_argument("--heads-multiple", type=positive_int, default=None,
                    help="query heads divisible by this (default 8, the usual tensor-parallel degree, from 1B "
                         "parameters; 1: no constraint)")
-    a.add_argument("--micro-batch", type=int, default=None,
+    a.add_argument("--micro-batch", type=positive_int, default=None,
                    help="sequences per GPU per micro-step (default: the largest that fits); the global batch is a "
                         "multiple of --n-gpus x this, and of 8 sequences")
     a.add_argument("--inference-tokens", type=float, default=0.0, help="expected inference tokens (over-training)")
     a.add_argument("--batch-law", choices=["deepseek", "kaplan"], default="deepseek")
     a.add_argument("--recompute", choices=["auto", "none", "full"], default="auto")
-    parser.add_argument("--max-days", type=float, default=365.0,
+    parser.add_argument("--max-days", type=positive_float, default=365.0,
                         help="a plan running longer than this is reported infeasible (default 365)")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--plot", type=Path, default=None,
+    parser.add_argument("--plot", type=OutputDir("the plan's plots"), default=None,
                         help="directory for the iso-loss PNG (and the time-energy trade-off when power is known)")
+
+
+def _presets() -> list[str]:
+    from pyscale.scaling import presets
+
+    return [*presets.PRESETS, *presets.ALLOCATIONS]
 
 
 def budget_of(args: argparse.Namespace):
@@ -82,32 +99,17 @@ def budget_of(args: argparse.Namespace):
 HARDWARE_OPTIONS = {"gpu": "gpu", "mfu": "mfu", "power_w": "power_w", "profile": "profile", "store": "store",
                     "n_devices": "n_gpus", "dp_efficiency": "dp_efficiency", "dtype": "dtype",
                     "price_per_device_hour": "price_per_gpu_hour", "pue": "pue"}
-FLAGS = {param: "--" + dest.replace("_", "-") for param, dest in HARDWARE_OPTIONS.items()}
-# plan()'s own parameters that are flags of this command
-FLAGS.update({"inference_tokens": "--inference-tokens", "batch_law": "--batch-law", "max_days": "--max-days", "gqa_ratio": "--gqa", "heads_multiple": "--heads-multiple",
-              "micro_batch": "--micro-batch"})
+FLAGS = {**{param: "--" + dest.replace("_", "-") for param, dest in HARDWARE_OPTIONS.items()},
+         # plan()'s own parameters (the error path spells library messages with these)
+         "n_experts": "--experts", "top_k": "--top-k", "seq_len": "--seq-len", "vocab_size": "--vocab",
+         "gqa_ratio": "--gqa", "heads_multiple": "--heads-multiple", "micro_batch": "--micro-batch",
+         "inference_tokens": "--inference-tokens", "batch_law": "--batch-law", "max_days": "--max-days"}
 
 
 def hardware_of(args: argparse.Namespace):
     from pyscale.plan import choose_hardware
 
     return choose_hardware(**{param: getattr(args, dest) for param, dest in HARDWARE_OPTIONS.items()})
-
-
-def error_line(exc: ValueError) -> str:
-    """An error in the command line's words: parameters the library names become this command's flags."""
-    from pyscale.plan import ParameterError
-
-    return exc.rephrase(FLAGS) if isinstance(exc, ParameterError) else str(exc)
-
-
-def in_flags(text: str) -> str:
-    """A plan's reason in this command's words: `mfu=` -> `--mfu`, `max_days=365` -> `--max-days 365`. Only the
-    `name=` forms: a reason's free text may use a parameter's name as a word ("the profile")."""
-    import re
-
-    pattern = rf"\b({'|'.join(sorted(map(re.escape, FLAGS), key=len, reverse=True))})=([\w.]+)?"
-    return re.sub(pattern, lambda m: FLAGS[m.group(1)] + (f" {m.group(2)}" if m.group(2) else ""), text)
 
 
 def _plots(args: argparse.Namespace, result, hardware) -> None:
@@ -119,9 +121,10 @@ def _plots(args: argparse.Namespace, result, hardware) -> None:
     if result.predicted_loss is None:
         print(f"plots skipped: {args.law} is an allocation law and predicts no loss to draw", file=sys.stderr)
         return
-    iso_loss(result, choose_law(args.law), args.plot / "plan_iso_loss.png")
+    iso_loss(result, choose_law(str(args.law)), args.plot / "plan_iso_loss.png")
     if hardware is not None and hardware.flops_source is not None and hardware.power_source is not None:
-        pareto(equal_loss_candidates(result, law=args.law, hardware=hardware), args.plot / "plan_time_energy.png")
+        pareto(equal_loss_candidates(result, law=str(args.law), hardware=hardware),
+               args.plot / "plan_time_energy.png")
     else:  # stderr: stdout stays the plan (JSON with --json)
         print("time-energy plot skipped: it needs a throughput and a power (--mfu and --power-w, or --profile)",
               file=sys.stderr)
@@ -130,21 +133,19 @@ def _plots(args: argparse.Namespace, result, hardware) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyscale.plan import plan
 
-    try:
-        hardware = hardware_of(args)
-        result = plan(budget_of(args), law=args.law, hardware=hardware, objective=args.objective,
-                      inference_tokens=args.inference_tokens, seq_len=args.seq_len, vocab_size=args.vocab,
-                      n_experts=args.experts, top_k=args.top_k, gqa_ratio=args.gqa,
-                      heads_multiple=args.heads_multiple, micro_batch=args.micro_batch, batch_law=args.batch_law,
-                      recompute=args.recompute, max_days=args.max_days)
-        if args.plot:
-            _plots(args, result, hardware)
-    except ValueError as exc:
-        print(f"pyscale plan: {error_line(exc)}", file=sys.stderr)
-        return 2
+    if args.plot:
+        require("matplotlib", "--plot", "run without --plot")
+    hardware = hardware_of(args)
+    result = plan(budget_of(args), law=str(args.law), hardware=hardware, objective=args.objective,
+                  inference_tokens=args.inference_tokens, seq_len=args.seq_len, vocab_size=args.vocab,
+                  n_experts=args.experts, top_k=args.top_k, gqa_ratio=args.gqa,
+                  heads_multiple=args.heads_multiple, micro_batch=args.micro_batch, batch_law=args.batch_law,
+                  recompute=args.recompute, max_days=args.max_days)
+    if args.plot:
+        _plots(args, result, hardware)
     for line in result.warnings:  # stderr: stdout stays the plan; an infeasible plan is still an answer
-        print(f"pyscale plan: warning: {in_flags(line)}", file=sys.stderr)
-    result.unavailable = {k: in_flags(v) for k, v in result.unavailable.items()}
+        print(f"pyscale plan: warning: {in_flags(line, FLAGS)}", file=sys.stderr)
+    result.unavailable = {k: in_flags(v, FLAGS) for k, v in result.unavailable.items()}
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:

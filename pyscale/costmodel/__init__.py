@@ -23,6 +23,7 @@ from pyscale.costmodel.profile import (
     fit_device_profile,
     list_shipped_profiles,
     load_shipped_profile,
+    same_device,
 )
 from pyscale.costmodel.runtime import RuntimeModel, TreeResidual, fit_runtime
 
@@ -46,6 +47,7 @@ __all__ = [
     "load_shipped_profile",
     "predict_step",
     "rows_from_measurements",
+    "same_device",
     "shape_key",
     "tile_count",
 ]

@@ -171,10 +171,14 @@ class DeviceProfile:
         if int(d.get("format_version", 0)) > FORMAT_VERSION:
             raise ValueError(f"profile: format_version {d.get('format_version')} is newer than this pyscale's "
                              f"{FORMAT_VERSION}: upgrade pyscale")
-        return cls(device_name=str(d["device"]["name"]), device_kind=str(d["device"].get("kind", "")),
-                   created=str(d["created"]), versions=dict(d.get("versions", {})),
-                   models=[OpModel.from_dict(m) for m in d["models"]], notes=list(d.get("notes", [])),
-                   source=dict(d.get("source", {})))
+        try:
+            return cls(device_name=str(d["device"]["name"]), device_kind=str(d["device"].get("kind", "")),
+                       created=str(d["created"]), versions=dict(d.get("versions", {})),
+                       models=[OpModel.from_dict(m) for m in d["models"]], notes=list(d.get("notes", [])),
+                       source=dict(d.get("source", {})))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"profile: a pyscale device profile, but incomplete or damaged ({type(exc).__name__}: "
+                             f"{exc}); write it again with `pyscale costmodel fit --out`") from None
 
     @classmethod
     def from_json(cls, text_or_path: str | os.PathLike[str]) -> DeviceProfile:
@@ -184,7 +188,11 @@ class DeviceProfile:
             path = Path(text_or_path)
             if not path.is_file():
                 raise ValueError(f"profile: no such file {os.fspath(path)!r}")
-            text = path.read_text(encoding="utf-8")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"profile: {os.fspath(path)} is not a text file; expected a device profile "
+                                 "JSON (pyscale costmodel fit --out)") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -197,6 +205,15 @@ class DeviceProfile:
 
 def _norm_name(name: str) -> str:
     return " ".join(w for w in re.split(r"[\s\-_]+", name.strip().lower()) if w and w not in {"nvidia", "geforce"})
+
+
+def same_device(a: str, b: str) -> bool:
+    """Whether two device names name one device: alike once case, separators and vendor words are ignored,
+    or both the same row of pyscale.hw ("NVIDIA H100 80GB HBM3" is "H100 SXM"; H100 PCIe and H200 are not)."""
+    if _norm_name(a) == _norm_name(b):
+        return True
+    spec_a, spec_b = hw.lookup(a), hw.lookup(b)
+    return isinstance(spec_a, hw.GPUSpec) and isinstance(spec_b, hw.GPUSpec) and spec_a.name == spec_b.name
 
 
 def list_shipped_profiles(directory: str | os.PathLike[str] | None = None) -> dict[str, Path]:
@@ -216,12 +233,8 @@ def load_shipped_profile(device_name: str, directory: str | os.PathLike[str] | N
     """The shipped profile of `device_name` (case, separators and vendor words ignored), or None."""
     if not isinstance(device_name, str) or not device_name.strip():
         raise ValueError(f"device_name must be a non-empty string: got {device_name!r}")
-    wanted = _norm_name(device_name)
-    spec = hw.lookup(device_name)
     for name, path in list_shipped_profiles(directory).items():
-        other = hw.lookup(name)
-        same_spec = isinstance(spec, hw.GPUSpec) and isinstance(other, hw.GPUSpec) and spec.name == other.name
-        if _norm_name(name) == wanted or same_spec:
+        if same_device(name, device_name):
             return DeviceProfile.from_json(path)
     return None
 

@@ -3,16 +3,16 @@
 Sources: values the user gives (MFU and power), a cost model fitted from measurements (a profile file, or
 the one pyscale ships for a GPU), or measured built-in-model steps in a store; `choose_hardware` picks the
 one the caller names. Nothing is assumed silently: a missing input that the objective needs is an error
-naming the option. Errors about options are `ParameterError`s: they name Python parameters (`mfu=`), and a
-command line rephrases them with its flags (`--mfu`).
+naming the option, and a GPU named beside a profile or a store's steps of another device is an error
+naming both. Errors about options are `ParameterError`s: they name Python parameters (`mfu=`), and the
+command line (`pyscale.cli`) spells them as its flags (`--mfu`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,25 +21,12 @@ from pyscale import hw
 
 class ParameterError(ValueError):
     """A ValueError about the caller's options. The message names them as Python parameters (`mfu=`,
-    `gpu=NAME`, or the bare name); `parameters` lists the names that `rephrase` may respell."""
+    `gpu=NAME`, or the bare name); `parameters` lists the bare names that an interface may respell as its
+    own (the CLI: `pyscale.cli.in_flags`)."""
 
     def __init__(self, message: str, *parameters: str) -> None:
         super().__init__(message)
         self.parameters = parameters
-
-    def rephrase(self, flags: Mapping[str, str]) -> str:
-        """The message in a command line's words: `gpu=NAME` -> `--gpu NAME`, `mfu=` and `mfu` -> `--mfu`,
-        for each listed parameter that `flags` (parameter -> flag) spells."""
-        names = sorted((n for n in self.parameters if n in flags), key=len, reverse=True)
-        if not names:
-            return str(self)
-        # one pass, so that a flag written in is never respelled (`gpu` inside `--price-per-gpu-hour`)
-        pattern = rf"\b({'|'.join(map(re.escape, names))})\b(?:=([\w.]+)|=)?"
-
-        def spell(m: re.Match) -> str:
-            return flags[m.group(1)] if m.group(2) is None else f"{flags[m.group(1)]} {m.group(2)}"
-
-        return re.sub(pattern, spell, str(self))
 
 
 @dataclass
@@ -108,7 +95,9 @@ def from_user(gpu: str, *, mfu: float | None = None, power_w: float | None = Non
     """Hardware from a known GPU name plus user-given MFU and power (both stated as user inputs)."""
     spec = hw.lookup(gpu)
     if isinstance(spec, hw.UnknownGPU):
-        raise ParameterError(f"gpu: {spec.reason}", "gpu")
+        known = ", ".join(sorted(s.name for s in hw.all_specs()))
+        raise ParameterError(f"gpu: no spec for {gpu!r} in pyscale.hw; name a GPU it knows ({known}), or register "
+                             "the spec of yours (pyscale.hw.register)", "gpu")
     peak = hw.peak_flops(spec, dtype)
     if peak is None:
         raise ParameterError(f"dtype: {spec.name} has no dense {dtype} peak in pyscale.hw (unsupported format)",
@@ -209,7 +198,7 @@ def choose_hardware(gpu: str | None = None, *, mfu: float | None = None, power_w
             raise ParameterError("mfu=/power_w= need gpu=NAME (to know the peak)", "mfu", "power_w", "gpu")
         return from_user(gpu, mfu=mfu, power_w=power_w, dtype=dtype or "bf16", **fleet)
     if profile is not None:
-        return _from_profile(profile, dtype, fleet)
+        return _from_profile(profile, dtype, fleet, gpu=gpu)
     if store is not None:
         from pyscale.plan.measured import hardware_from_store
 
@@ -222,11 +211,15 @@ def choose_hardware(gpu: str | None = None, *, mfu: float | None = None, power_w
     return from_user(gpu, dtype=dtype or "bf16", **fleet)
 
 
-def _from_profile(profile: Any, dtype: str | None, fleet: dict[str, Any]) -> Hardware:
-    """Hardware priced by a device profile (or the JSON file of one)."""
-    from pyscale.costmodel import DeviceProfile
+def _from_profile(profile: Any, dtype: str | None, fleet: dict[str, Any], gpu: str | None = None) -> Hardware:
+    """Hardware priced by a device profile (or the JSON file of one), which must be of `gpu` when one is named."""
+    from pyscale.costmodel import DeviceProfile, same_device
     from pyscale.plan.step_model import hardware_for_profile
 
     if isinstance(profile, (str, os.PathLike)):
         profile = DeviceProfile.from_json(profile)
+    if gpu and not same_device(gpu, profile.device_name):
+        raise ParameterError(f"gpu={gpu!r} and profile= name different devices: profile= was measured on "
+                             f"{profile.device_name!r}; drop gpu= to plan on that device, or drop profile= to plan "
+                             f"on {gpu!r}", "gpu", "profile")
     return hardware_for_profile(profile, dtype, **fleet)

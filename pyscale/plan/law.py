@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pyscale.plan.hardware import ParameterError
 from pyscale.scaling import get_law, presets
 
 
@@ -103,12 +104,18 @@ def choose_law(spec: str | Any = "epoch2024") -> LawChoice:
                          dict(p.ci), p.ci_level, None, embeddings_counted="non-embedding" not in p.n_convention,
                          approach=p.approach, data_flops_range=p.data_flops_range)
     path = Path(str(spec))
-    if not path.exists():
-        raise ValueError(f"law must be a preset ({', '.join(sorted(presets.PRESETS))}), an allocation law "
-                         f"({', '.join(sorted(presets.ALLOCATIONS))}) or a saved fit JSON: got {spec!r}")
-    data = json.loads(path.read_text())
-    if "law" not in data or "params" not in data:
-        raise ValueError(f"law: {path} has no 'law' and 'params' (save one with `pyscale fit ... --json`)")
+    if not path.is_file():
+        raise ParameterError(f"law must be a preset ({', '.join(sorted(presets.PRESETS))}), an allocation law "
+                             f"({', '.join(sorted(presets.ALLOCATIONS))}) or a saved fit JSON: got {spec!r}"
+                             + (" (a folder)" if path.is_dir() else ""), "law")
+    saved = "save one with `pyscale fit RUNS --json > fit.json`"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        what = "not a text file" if isinstance(exc, UnicodeDecodeError) else f"not JSON ({exc})"
+        raise ParameterError(f"law: {path} is {what}; expected a saved fit ({saved})", "law") from None
+    if not isinstance(data, dict) or "law" not in data or not isinstance(data.get("params"), dict):
+        raise ParameterError(f"law: {path} is JSON but not a saved fit (it needs 'law' and 'params'); {saved}", "law")
     law = get_law(data["law"])
     ci = {k: tuple(v) for k, v in (data.get("ci") or {}).items() if v and None not in v}
     n_conv = data.get("n_convention", "as in the fitted data's N column (assumed to count all parameters)")

@@ -17,13 +17,21 @@ STEP_OP = "gpt_step"  # what `pyscale profile --model gpt` stores
 
 
 def measured_points(store: Store, device_name: str | None = None) -> tuple[str, list[dict]]:
-    rows = [r for r in store.measurements(op=STEP_OP) if r.get("model_flops") and r.get("time_s_median")]
-    if device_name:
-        rows = [r for r in rows if r["device_name"] == device_name
-                or getattr(hw.lookup(r["device_name"]), "name", None) == device_name]
+    """(device, points) of the measured steps of `device_name` (matched as shipped profiles are:
+    `costmodel.same_device`), or of the store's only device."""
+    from pyscale.costmodel import same_device
+
+    measured = [r for r in store.measurements(op=STEP_OP) if r.get("model_flops") and r.get("time_s_median")]
+    rows = [r for r in measured if same_device(r["device_name"], device_name)] if device_name else measured
     if not rows:
+        others = sorted({r["device_name"] for r in measured})
+        if others:
+            raise ParameterError(f"gpu={device_name!r} and store= name different devices: store= holds {STEP_OP} "
+                                 f"steps of {', '.join(map(repr, others))} only; drop gpu= to plan on the measured "
+                                 f"device, or drop store= to plan on {device_name!r}", "gpu", "store")
         where = f" on {device_name!r}" if device_name else ""
-        raise ValueError(f"store: no measured {STEP_OP} rows{where}; run `pyscale profile --model gpt ...` first")
+        raise ParameterError(f"store: no measured {STEP_OP} rows{where}; run `pyscale profile --model gpt ...` first",
+                             "store")
     names = {r["device_name"] for r in rows}
     if len(names) > 1:
         raise ParameterError(f"store: steps from several devices ({', '.join(sorted(names))}): pass gpu= to pick one",
@@ -37,7 +45,7 @@ def measured_points(store: Store, device_name: str | None = None) -> tuple[str, 
 def hardware_from_store(path: str | Path, *, device_name: str | None = None, n_devices: int = 1,
                         dp_efficiency: float | None = None, dtype: str = "bf16",
                         price_per_device_hour: float | None = None, pue: float | None = None) -> Hardware:
-    with Store(path) as store:
+    with Store(path, read_only=True) as store:  # a plan reads the store, never writes it
         name, points = measured_points(store, device_name)
     spec = hw.lookup(name)
     known = not isinstance(spec, hw.UnknownGPU)

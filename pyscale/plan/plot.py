@@ -18,30 +18,52 @@ def _pyplot():
     return plt
 
 
-def iso_loss(plan: Any, law: Any, path: str | Path, *, others: dict[str, Any] | None = None) -> Path:
-    """Loss contours over (N, D), the budget's line C = k·N·D, and the point each plan picks."""
+def iso_loss_figure(plan: Any, law: Any, *, others: dict[str, Any] | None = None, n_levels: int = 12) -> Any:
+    """The iso-loss figure: loss contours over (N, D) with a colorbar, the budget's line C = k·N·D, and the
+    point each plan picks, filled with its predicted loss on the contours' colour scale (one Normalize)."""
+    from pyscale.scaling.plot import DPI, _legend_below, label_contours, nice_levels, shared_norm
+
     plt = _pyplot()
     n0, d0 = plan.n_params, plan.tokens
     ns = np.logspace(math.log10(n0) - 2, math.log10(n0) + 2, 160)
     ds = np.logspace(math.log10(d0) - 2, math.log10(d0) + 2, 160)
     NN, DD = np.meshgrid(ns, ds)
     L = law.predict(NN.ravel(), DD.ravel()).reshape(NN.shape)
-    fig, ax = plt.subplots(figsize=(7, 5.5))
-    cs = ax.contour(NN, DD, L, levels=14, cmap="viridis")
-    ax.clabel(cs, fmt="%.2f", fontsize=7)
-    k = law.flops_per_param_token
-    ax.plot(ns, plan.training_flops / (k * ns), "k--", lw=1, label=f"C = {plan.training_flops:.3g} FLOPs")
-    ax.scatter([n0], [d0], color="red", zorder=5, label=f"{plan.objective}-optimal plan")
+    picked = {f"{plan.objective}-optimal plan (loss {plan.predicted_loss:.3f})": (n0, d0, plan.predicted_loss, "o", "red")}
     if plan.flops_optimal:
-        ax.scatter([plan.flops_optimal["N"]], [plan.flops_optimal["D"]], color="black", marker="x", zorder=5,
-                   label="FLOPs-optimal at the same compute")
+        fo = plan.flops_optimal
+        picked[f"FLOPs-optimal at the same compute (loss {fo['loss']:.3f})"] = (fo["N"], fo["D"], fo["loss"], "X",
+                                                                               "black")
     for name, other in (others or {}).items():
-        ax.scatter([other.n_params], [other.tokens], marker="^", zorder=5, label=name)
-    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="tokens D",
-           title=f"iso-loss contours of {plan.law}")
-    ax.legend(fontsize=8)
+        picked[name] = (other.n_params, other.tokens, other.predicted_loss, "^", "black")
+    levels = nice_levels(L, n_levels)
+    norm = shared_norm(levels, [v[2] for v in picked.values()])
+    fig, ax = plt.subplots(figsize=(7.5, 6.2), dpi=DPI)
+    cs = ax.contour(NN, DD, L, levels=levels, cmap="viridis", norm=norm, linewidths=1.0)
+    k = law.flops_per_param_token
+    ax.plot(ns, plan.training_flops / (k * ns), "k--", lw=1,
+            label=f"C = {plan.training_flops:.3g} FLOPs (the plan's compute)")
+    for name, (n, d, loss, marker, edge) in picked.items():
+        ax.scatter([n], [d], c=[loss], cmap="viridis", norm=norm, marker=marker, s=90, edgecolors=edge,
+                   linewidths=2, zorder=5, label=name)
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cs.cmap), ax=ax, label=f"predicted loss ({plan.law})")
+    ax.set(xscale="log", yscale="log", xlabel="N (parameters)", ylabel="D (tokens)", xlim=(ns[0], ns[-1]),
+           ylim=(ds[0], ds[-1]), title=f"iso-loss contours of {plan.law}")
+    _legend_below(ax, ncol=1)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    label_contours(ax, cs)
+    return fig
+
+
+def iso_loss(plan: Any, law: Any, path: str | Path, *, others: dict[str, Any] | None = None) -> Path:
+    """Write the iso-loss figure (`iso_loss_figure`) to `path`."""
+    from pyscale.scaling.plot import DPI
+
+    plt = _pyplot()
+    fig = iso_loss_figure(plan, law, others=others)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return Path(path)
 

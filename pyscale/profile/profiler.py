@@ -7,10 +7,12 @@
 Conventions (DESIGN.md §6): SI units; an unavailable value is None with a `*_unavailable_reason`,
 never 0. Energy comes from the meter's counter over windows of at least `min_window_s` (the work is
 repeated, through the same rotating input copies as the timing, to fill them), with the device
-synchronised at both edges. Idle power is measured once, when the profiler starts, and reported in its
-own field -- never subtracted. A module's energy inside a step is attributed by its share of the step's
-time and labelled `energy_attributed=True`. Per call: `time_s`, `flops`, `energy_j`; per window:
-`avg_power_w`, `window_s`.
+synchronised at both edges; with a meter that reads nothing (none here, or meter="null") nothing is
+repeated and no idle power is waited for. Idle power is measured once, when the profiler starts, and
+reported in its own field -- never subtracted. A module inside a step is timed in extra steps with module
+hooks; its share of such a step, times the step's median, is its time (`time_attributed=True`, the
+hooked times kept in `extra`), and its energy is attributed by the same share (`energy_attributed=True`).
+Per call: `time_s` (a median), `flops`, `energy_j`; per window: `avg_power_w`, `window_s`.
 
 Under torch.distributed each rank measures its own device; `window`/`profile_step` are collectives (every
 rank calls them in the same order). Rank 0 receives every rank's figures, adds a reduced row (energy and
@@ -221,9 +223,15 @@ class Profiler:
             tm.synchronize(torch.device("cuda", index))
         tm.synchronize(self.device)
 
+    def _no_energy_reason(self) -> str:
+        return self.meter.snapshot().unavailable_reasons.get("energy_j") or f"{self.meter.description} reads nothing"
+
     def _measure_idle(self) -> None:
         if self.idle_s <= 0:
             self.idle_power_w, self.idle_power_w_unavailable_reason = None, "idle power not measured (idle_s=0)"
+            return
+        if not self.meter.measures_energy:  # nothing to wait for
+            self.idle_power_w, self.idle_power_w_unavailable_reason = None, self._no_energy_reason()
             return
         self._sync()
         start = self.meter.snapshot()
@@ -244,6 +252,9 @@ class Profiler:
         from pyscale.profile.power import make_sampler
 
         extra: dict[str, Any] = {}
+        if not self.meter.measures_energy:  # no window to fill: the work is not repeated for nothing
+            start = self.meter.snapshot()
+            return self.meter.window(start, start), 0, extra
         sampler = None
         if self.use_sampler and self.device.type == "cuda":
             try:
@@ -292,7 +303,7 @@ class Profiler:
                 out[f"{name}_unavailable_reason"] = snap.unavailable_reasons.get(name, f"{self.meter.name} gave none")
         # A too-short window is the root cause whatever the meter said about it (a counter that did not
         # advance over a few microseconds is a symptom), so its reason comes first.
-        if w.time_s < self.min_window_s:
+        if w.time_s < self.min_window_s and self.meter.measures_energy:
             why = (f"energy window of {w.time_s:.3f} s is shorter than min_window_s={self.min_window_s} s; "
                    f"pass the work as a callable so it can be repeated to fill the window")
             out["energy_j_unavailable_reason"] = out["avg_power_w_unavailable_reason"] = why
@@ -481,20 +492,22 @@ class Profiler:
             timed_step(i)
             per_step = per_step or times[0] >= self.min_window_s
             edges.append(self.meter.snapshot() if per_step else None)
-        while time.perf_counter() - t_start < self.min_window_s:
+        while self.meter.measures_energy and time.perf_counter() - t_start < self.min_window_s:
             timed_step(len(times))
         self._sync()
         w = self.meter.window(start, self.meter.snapshot())
         energy = self._energy_fields(w, len(times))
         energy_extra = _pop_extra(energy)
-        step_times = times[:steps]
-        st = tm.Timing(tuple(times), "cuda_events" if self.device.type == "cuda" else "perf_counter", warmup, True)
+        step_times = times[:steps]  # the statistics are of the steps asked for; the window's extra steps fill it
+        st = tm.Timing(tuple(step_times), "cuda_events" if self.device.type == "cuda" else "perf_counter", warmup,
+                       True)
 
         common = {"dtype": dtype_name, "device": str(self.device), "rank": self.rank, "world_size": self.world_size}
         summary = Measurement(
-            name, time_s=st.median_s, time_s_p20=st.p20_s, time_s_p80=st.p80_s, repeats=len(times),
+            name, time_s=st.median_s, time_s_p20=st.p20_s, time_s_p80=st.p80_s, repeats=len(step_times),
             flops=float(counts.flops), model_flops=step_model_flops, bytes=float(counts.bytes), **common, **energy,
-            extra={"warmup_steps": warmup, "steps_in_energy_window": len(times), "meter": self.meter.description,
+            extra={"warmup_steps": warmup, "meter": self.meter.description,
+                   "steps_in_energy_window": len(times) if self.meter.measures_energy else 0,
                    "forward_flops": counts.forward_flops, "backward_flops": counts.backward_flops,
                    "model_flops_source": "given" if model_flops is not None else "counted (PaLM convention)",
                    "counted_model_flops": counts.model_flops,
@@ -538,49 +551,60 @@ class Profiler:
             return {"energy_j_unavailable_reason": reason or "no time share", "energy_attributed": True}
         return {"energy_j": energy_j * share, "energy_attributed": True}
 
+    HOOKED_STEPS = 3  # extra steps with module hooks; a module's share is the median over them
+
     def _module_rows(self, fn: Callable[..., Any], args: tuple, kwargs: dict, module: torch.nn.Module,
                      counts: FlopCounts, summary: Measurement, common: dict[str, Any]) -> list[Measurement]:
-        passes = 2
+        """One row per module: its share of a hooked step (median over HOOKED_STEPS, the same statistic as
+        the step's time), times the step's median time; energy attributed by the same share."""
 
-        def hooked(timer: ModuleTimer) -> float:
+        def hooked(backward: bool) -> tuple[float, dict[str, float], ModuleTimer]:
+            timer = ModuleTimer(module, self.device, backward=backward)
             with timer:
                 self._sync()
                 t0 = time.perf_counter()
-                for _ in range(passes):
-                    fn(*args, **kwargs)
+                fn(*args, **kwargs)
                 self._sync()
-                return (time.perf_counter() - t0) / passes  # host clock between synchronisations
+                step_s = time.perf_counter() - t0  # host clock between synchronisations
+            return step_s, timer.totals_s(), timer
 
-        timer = ModuleTimer(module, self.device)
-        try:
-            hooked_step_s = hooked(timer)
-        except RuntimeError as exc:
-            # Global backward hooks wrap outputs in views; in-place ops on them fail: time forwards only.
-            timer = ModuleTimer(module, self.device, backward=False)
-            timer.note = f"forward time only: backward hooks failed ({exc})"
-            hooked_step_s = hooked(timer)
-        module_time = {k: v / passes for k, v in timer.totals_s().items()}
+        backward, note = True, None
+        passes = []
+        for _ in range(self.HOOKED_STEPS):
+            try:
+                passes.append(hooked(backward))
+            except RuntimeError as exc:
+                if not backward:
+                    raise
+                # Global backward hooks wrap outputs in views; in-place ops on them fail: time forwards only.
+                backward, note, passes = False, f"forward time only: backward hooks failed ({exc})", []
+                passes.append(hooked(backward))
+        method = passes[0][2].method
+        hooked_step_s = _median([p[0] for p in passes])
         rows = []
         for name, mc in counts.modules.items():
             if name == "Global":
                 continue
-            t_s = module_time.get(name)
-            # the share of the hooked step's time (same passes as the module times, so shares stay <= 1)
-            share = min(1.0, t_s / hooked_step_s) if (t_s is not None and hooked_step_s > 0) else None
+            per_pass = [p[1][name] for p in passes if name in p[1]]
+            hooked_s = _median(per_pass) if len(per_pass) == len(passes) else None
+            share = min(1.0, hooked_s / hooked_step_s) if (hooked_s is not None and hooked_step_s > 0) else None
+            t_s = None if share is None or summary.time_s is None else share * summary.time_s
             energy = self._attributed(None if summary.energy_j is None else summary.energy_j, share,
                                       summary.energy_j_unavailable_reason)
             if t_s is None:
                 energy["energy_j_unavailable_reason"] = "module time unavailable"
             rows.append(Measurement(
-                f"{summary.name}/{name}", time_s=t_s, time_s_p20=t_s, time_s_p80=t_s,
-                repeats=passes if t_s else None,
+                f"{summary.name}/{name}", time_s=t_s or None, time_s_p20=None, time_s_p80=None,
+                repeats=len(passes) if t_s else None,
                 flops=float(mc.flops), model_flops=float(mc.model_flops(counts.has_backward)), bytes=float(mc.bytes),
                 **common, **energy, idle_power_w=summary.idle_power_w,
                 idle_power_w_unavailable_reason=summary.idle_power_w_unavailable_reason,
                 time_s_unavailable_reason=None if t_s else "the module ran no timed forward/backward",
                 extra={"module": name, "forward_flops": mc.forward.flops, "backward_flops": mc.backward.flops,
-                       "time_share": share, "module_time_method": timer.method,
-                       **({"module_time_note": timer.note} if timer.note else {})}))
+                       "backward_timed": backward and not any(name in p[2].untimed_backward for p in passes),
+                       "time_share": share, "time_attributed": True, "hooked_time_s": hooked_s,
+                       "hooked_step_s": hooked_step_s, "hooked_steps": len(passes), "module_time_method": method,
+                       **({"module_time_note": note} if note else {})}))
         return rows
 
     # ------------------------------------------------------------------ reduction and storage
@@ -615,6 +639,12 @@ class Profiler:
         for m in rows:
             self.store.record(m.to_record(backend=backend, params=params), device_id=self._device_ids[dev.uuid],
                               run_id=self.run_id)
+
+
+def _median(values: list[float]) -> float:
+    xs = sorted(values)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
 def _pop_extra(fields_: dict[str, Any]) -> dict[str, Any]:
@@ -668,7 +698,8 @@ class ModuleTimer:
     Module names follow torch's ModuleTracker (root class name + dotted path), as FlopCounter's do.
     Backward time spans from the gradient of a module's outputs to the gradient of its inputs; when no
     input needs a gradient (the first layer, an embedding) torch fires both hooks together, so that
-    module's backward time is not captured -- its forward time is.
+    module's backward time is not captured -- its forward time is (such modules are listed in
+    `untimed_backward`: the root module of a model fed token ids is one).
     """
 
     def __init__(self, root: torch.nn.Module, device: torch.device, backward: bool = True) -> None:
@@ -682,6 +713,7 @@ class ModuleTimer:
         self._open: dict[tuple[int, str], list[Any]] = {}
         self._spans: list[tuple[str, Any, Any]] = []
         self._handles: list[Any] = []
+        self.untimed_backward: set[str] = set()  # modules whose backward time was not captured
 
     def _mark(self) -> Any:
         if self.method == "cuda_events":
@@ -694,10 +726,12 @@ class ModuleTimer:
         if mod in self.names:
             self._open.setdefault((id(mod), phase), []).append(self._mark())
 
-    def _end(self, mod: torch.nn.Module, phase: str) -> None:
+    def _end(self, mod: torch.nn.Module, phase: str, grad_inputs: Any = None) -> None:
         stack = self._open.get((id(mod), phase))
         if mod in self.names and stack:
             self._spans.append((self.names[mod], stack.pop(), self._mark()))
+            if phase == "bwd" and all(g is None for g in grad_inputs):
+                self.untimed_backward.add(self.names[mod])  # no input needs a gradient: see the class docstring
 
     def __enter__(self) -> ModuleTimer:
         from torch.nn.modules import module as nn_module
@@ -714,7 +748,7 @@ class ModuleTimer:
         if self.backward:
             self._handles += [
                 nn_module.register_module_full_backward_pre_hook(lambda m, g: self._begin(m, "bwd")),
-                nn_module.register_module_full_backward_hook(lambda m, gi, go: self._end(m, "bwd")),
+                nn_module.register_module_full_backward_hook(lambda m, gi, go: self._end(m, "bwd", gi)),
             ]
         return self
 

@@ -1,5 +1,7 @@
 """Scaling data: load runs from pandas, CSV, Parquet or a dict, rename, derive, validate.
 
+CSV is read with the standard library (pandas is not needed); Parquet needs pyarrow.
+
 Canonical columns (DESIGN.md §8): N (parameters), D (tokens), C (FLOPs), loss, optional run and step;
 laws may also use U (unique tokens), G (quantization group size), error (downstream), S1/S2 (LR areas).
 Two of N, D, C give the third through the FLOP convention C = k·N·D (k = 6 by default), and the
@@ -60,17 +62,71 @@ class ScalingData:
                            None if self.index is None else self.index[mask])
 
 
+EXPECTED = "a CSV or Parquet file of runs with columns N, D (or C), loss"
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# cells that mean "no value" in a numeric column (as pandas reads them), read as NaN
+_MISSING = {"", "na", "n/a", "nan", "null", "none", "-nan"}
+
+
+def _column(cells: list[str]) -> np.ndarray:
+    """A CSV column as floats (missing cells NaN) when every cell is a number or missing, else as text."""
+    try:
+        return np.array([np.nan if c.strip().lower() in _MISSING else float(c) for c in cells], dtype=float)
+    except ValueError:
+        return np.array(cells, dtype=object)
+
+
+def _read_csv(path: str) -> dict[str, np.ndarray]:
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError:
+        raise ValueError(f"data: {path} is not a text file (not UTF-8); expected {EXPECTED}") from None
+    except csv.Error as exc:
+        raise ValueError(f"data: {path} is not a valid CSV file ({exc}); expected {EXPECTED}") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise ValueError(f"data: {path} is empty; expected {EXPECTED}, header line first")
+    header = [h.strip() for h in rows[0]]
+    if "\x00" in "".join(header) or len(set(header)) != len(header) or not all(header):
+        raise ValueError(f"data: {path} has no usable header line (empty or repeated column names: {header[:8]}); "
+                         f"expected {EXPECTED}")
+    body = rows[1:]
+    ragged = [i + 2 for i, r in enumerate(body) if len(r) != len(header)]
+    if ragged:
+        raise ValueError(f"data: {path} line(s) {ragged[:10]} have another number of cells than the header's "
+                         f"{len(header)}; expected {EXPECTED}")
+    return {name: _column([r[j] for r in body]) for j, name in enumerate(header)}
+
+
+def _read_parquet(path: str) -> dict[str, np.ndarray]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"data: reading Parquet ({path}) needs pyarrow (pip install pyarrow, or "
+                         "pip install 'pyscale[data]'); or save the runs as CSV") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow's own errors (ArrowInvalid, ...)
+        raise ValueError(f"data: {path} is not a readable Parquet file ({exc}); expected {EXPECTED}") from None
+    return {str(name): np.asarray(values, dtype=object if any(isinstance(v, str) for v in values) else None)
+            for name, values in table.to_pydict().items()}
+
+
 def _read(data: object) -> dict[str, np.ndarray]:
     if isinstance(data, ScalingData):
         return dict(data.columns)
     if isinstance(data, (str, os.PathLike)):
-        import pandas as pd
-
         path = os.fspath(data)
         if not os.path.exists(path):
-            raise ValueError(f"data: no such file {path!r}")
-        frame = pd.read_parquet(path) if path.endswith((".parquet", ".pq")) else pd.read_csv(path)
-        return {str(c): frame[c].to_numpy() for c in frame.columns}
+            raise ValueError(f"data: no such file {path!r}; expected {EXPECTED}")
+        if os.path.isdir(path):
+            raise ValueError(f"data: {path} is a folder; expected {EXPECTED}")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"data: {path} is empty; expected {EXPECTED}")
+        return _read_parquet(path) if path.lower().endswith(PARQUET_SUFFIXES) else _read_csv(path)
     if hasattr(data, "columns") and hasattr(data, "to_numpy"):  # a pandas DataFrame, without importing pandas
         return {str(c): data[c].to_numpy() for c in data.columns}
     if isinstance(data, Mapping):
@@ -136,11 +192,11 @@ def load(data: object, *, columns: Mapping[str, str] | None = None, required: Se
         req.append(target)
     missing = [c for c in req if c not in available]
     if missing:
-        raise ValueError(f"data: missing column(s) {missing}; it has {sorted(available)} "
+        raise ValueError(f"data: missing column(s) {missing}; its columns are {sorted(cols)} "
                          "(map your own names with columns=, e.g. columns={'N': 'params'})")
     n = lengths[next(iter(lengths))] if lengths else 0
     if n == 0:
-        raise ValueError("data: no rows")
+        raise ValueError("data: no rows (column names but no runs); give at least one run per row")
 
     keep = [c for c in req if c != "run"]
     for c in ("step", *extra):

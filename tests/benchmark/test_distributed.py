@@ -211,17 +211,13 @@ def test_gpu_cases_get_one_gpu_and_a_fresh_process_each(monkeypatch):
 
 
 def test_bench_ray_without_ray_says_how_to_install(monkeypatch, tmp_path, capsys):
-    import argparse
-
-    from pyscale.commands import bench
+    from pyscale import cli
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
-    args = parser.parse_args(["gemm", "--quick", "--device", "cpu", "--store", str(tmp_path / "s.db"), "--ray"])
-    assert bench.run(args) == 2
-    assert "pip install 'pyscale[ray]'" in capsys.readouterr().err
+    assert cli.main(["bench", "gemm", "--quick", "--device", "cpu", "--store", str(tmp_path / "s.db"), "--ray"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'pyscale[ray]'" in err and err.startswith("pyscale bench: --ray: ") and err.count("\n") == 1
     assert not (tmp_path / "s.db").exists()  # nothing was measured or written
 
 

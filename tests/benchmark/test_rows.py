@@ -62,3 +62,55 @@ def test_export_flattens_the_dict_columns_as_json(tmp_path):
     assert back[1]["ideal_speedup"] == {"torch.mm[bf16]": 4.0}
     with pytest.raises(ValueError, match="export must end in"):
         export(rows, tmp_path / "rows.txt")
+
+
+def _rendered(rows, width=80):
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), record=True)
+    print_bench_table(rows, title="pyscale bench gemm [llama3-8b] on cuda", console=console)
+    return console.export_text()
+
+
+def test_the_table_is_legible_at_80_columns():
+    """Before, at 80 columns every number was cut to "0.…" and each failure's error filled its row."""
+    from types import SimpleNamespace
+
+    from pyscale.store import DeviceRecord, MeasurementRecord
+
+    device = DeviceRecord(kind="cuda", name="NVIDIA H100 80GB HBM3", uuid="GPU-test")
+    raw = []
+    for m in (1, 16, 4096):
+        for impl, fmt, speed in (("torch.mm", "bf16", 1.0), ("pyscale", "fp8-row", 1.7), ("pyscale", "w4a16-g128", 2.9)):
+            nbytes = 2.0 * (m * 4096 + 4096 * 14336) / speed ** 0.5
+            t = max(2.0 * m * 4096 * 14336 / 700e12, nbytes / 3e12) + 4e-6  # made up, not measured
+            energy = None if fmt == "fp8-row" else 450.0 * t
+            raw.append({"case": SimpleNamespace(params_dict={"m": m, "n": 14336, "k": 4096, "layer": "mlp_up"}),
+                        "device": device, "record": MeasurementRecord(
+                            op="gemm", backend=impl, params={}, dtype=fmt, time_s=t, flops=2.0 * m * 4096 * 14336,
+                            bytes=nbytes, energy_j=energy,
+                            energy_j_unavailable_reason=None if energy else "NVML energy counter did not advance",
+                            avg_power_w=450.0 if energy else None).explain_missing("synthetic row")})
+    raw.append({"case": SimpleNamespace(params_dict={"m": 8192, "n": 14336, "k": 4096, "layer": "mlp_up"}),
+                "device": device, "record": MeasurementRecord(
+                    op="gemm", backend="pyscale", params={}, dtype="fp8-row", status="oom",
+                    error="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.50 GiB. GPU 0 has a "
+                          "total capacity of 79.19 GiB of which 1.2 GiB is free. " * 3)})
+    rows = bench_rows(raw)
+    text = _rendered(rows)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80, text
+    assert "…" not in text
+    ok = [r for r in rows if r["status"] == "ok"]
+    for r in ok:  # every number in full: times in µs here, rates in TFLOP/s with their % of the peak
+        pct = f"{r['pct_peak']:.0f}" if r["pct_peak"] >= 10 else f"{r['pct_peak']:.2g}"
+        assert f"{r['time_ms'] * 1e3:.3g}" in text and f"{r['tflops']:.3g} ({pct}%)" in text
+    import re
+
+    assert len(re.findall("oom[¹²]", text)) == 1 and len(re.findall("[¹²] oom: torch.OutOfMemoryError", text)) == 1
+    assert "... (the whole error is in the store)" in text
+    assert text.count("NVML energy counter did not advance") == 1
+    assert "every row: n=14336, k=4096, layer=mlp_up" in text  # shared parameters said once
+    assert len(lines) < 40

@@ -79,15 +79,19 @@ def test_killed_sweep_resumes_without_losing_or_duplicating(tmp_path):
                 break
         time.sleep(0.05)
     proc.wait()
-    with Store(db) as s:
+    with Store(db) as s:  # the first writer to open the store after the kill finds the run's process gone
         before = {tuple(sorted(r["params"].items())) for r in s.measurements()}
+        (killed,) = s.runs()
+        assert killed["status"] == "interrupted" and killed["pid"] == proc.pid and s.interrupted_now == [killed["id"]]
     assert len(before) >= 1
     done = subprocess.run([*cmd[:-1], "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert f"run {killed['id']} (bench on {killed['hostname']}, pid {proc.pid}) was interrupted" in done.stderr
     with Store(db) as s:
         rows = s.measurements()
         assert len(rows) == len(_quick_gemm(None))  # every case once, none lost
         assert before <= {tuple(sorted(r["params"].items())) for r in rows}
+        assert [r["status"] for r in s.runs()] == ["interrupted", "ok"]
 
 
 def test_bad_shape_set_and_family():
@@ -112,9 +116,11 @@ def test_quantized_gemm_cases_compare_against_the_unquantized_layer(tmp_path):
     assert rows["w4a16-g128"]["gb_s"] > 0 and rows["int8"]["tflops"] > 0
 
 
-def test_resume_skips_the_cases_of_a_store_written_before_one_device_record(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("version", [2, 3])
+def test_resume_skips_the_cases_of_a_store_written_before_one_device_record(tmp_path, monkeypatch, capsys, version):
     """`pyscale bench --resume` on a v2 store: before v3 the benchmark filed a CPU's rows with torch's CUDA
-    version (as on a machine whose torch is a CUDA build); today's record has none, and the cases still match."""
+    version (as on a machine whose torch is a CUDA build); today's record has none, and the cases still match.
+    On a v3 store (its runs without the process columns of v4) too."""
     import json
     import sqlite3
 
@@ -142,6 +148,10 @@ def test_resume_skips_the_cases_of_a_store_written_before_one_device_record(tmp_
         conn.execute("INSERT INTO measurements (device_id, case_key, op, backend, params, dtype, status, "
                      "time_s_median, created_at) VALUES (1, ?, ?, ?, ?, ?, 'ok', 1e-3, 0)",
                      (key, c.op, c.impl, json.dumps(params, sort_keys=True), c.dtype))
+    if version == 3:  # the store as pyscale with schema v3 left it
+        conn.row_factory = sqlite3.Row
+        st.MIGRATIONS[2](conn)
+        conn.execute("PRAGMA user_version = 3")
     conn.commit()
     conn.close()
     assert cli.main(["bench", "gemm", "--quick", "--impl", "torch.mm", "--resume", "--store", str(db)]) == 0

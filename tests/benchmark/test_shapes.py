@@ -90,7 +90,7 @@ def test_the_cli_offers_the_registry_sets():
     parser = cli.build_parser()
     for name in SHAPE_SETS:
         assert parser.parse_args(["bench", "--shapes", name]).shapes == name
-    with pytest.raises(SystemExit):
+    with pytest.raises(cli.CommandLineError, match="--shapes: invalid choice: 'gpt-5'"):
         parser.parse_args(["bench", "--shapes", "gpt-5"])
 
 

@@ -29,13 +29,13 @@ def test_api_errors_name_parameters_not_flags(kwargs, message):
     assert "--" not in str(info.value)
 
 
-def test_rephrase_spells_each_listed_parameter_once_as_its_flag():
+def test_the_cli_spells_each_listed_parameter_once_as_its_flag():
     err = ParameterError("price_per_device_hour given without hardware: add gpu=NAME (with mfu=), or dtype",
                          "price_per_device_hour", "gpu", "mfu")
-    assert err.rephrase(FLAGS) == ("--price-per-gpu-hour given without hardware: add --gpu NAME (with --mfu), "
-                                   "or dtype")  # dtype is not listed: left as written
-    assert ParameterError("n_devices=8 needs dp_efficiency=0.9", "n_devices", "dp_efficiency").rephrase(FLAGS) == \
-        "--n-gpus 8 needs --dp-efficiency 0.9"
+    assert cli.in_flags(str(err), FLAGS, err.parameters) == (
+        "--price-per-gpu-hour given without hardware: add --gpu NAME (with --mfu), or dtype")  # dtype: not listed
+    err = ParameterError("n_devices=8 needs dp_efficiency=0.9", "n_devices", "dp_efficiency")
+    assert cli.in_flags(str(err), FLAGS, err.parameters) == "--n-gpus 8 needs --dp-efficiency 0.9"
 
 
 @pytest.mark.parametrize(("flags", "line"), [
@@ -94,3 +94,54 @@ def test_choosing_hardware_and_planning_from_a_profile_need_no_torch(profile, tm
             "assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_same_device_normalises_names_and_tells_h100_variants_apart():
+    from pyscale.costmodel import same_device
+
+    assert same_device("H100 SXM", "NVIDIA H100 80GB HBM3") and same_device("h100-sxm", "H100_SXM")
+    assert same_device("NVIDIA GeForce RTX 4090", "rtx 4090")
+    for a, b in (("H100 SXM", "H100 PCIe"), ("H100 SXM", "H200"), ("H100 PCIe", "NVIDIA H200"),
+                 ("H100 SXM", "cpu-somehost"), ("Synthetic GPU", "H100 SXM")):
+        assert not same_device(a, b) and not same_device(b, a), (a, b)
+
+
+@pytest.mark.parametrize(("gpu", "device", "agree"), [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", True), ("h100 sxm", "H100 SXM", True),
+    ("H100 PCIe", "H100 SXM", False), ("H200", "H100 SXM", False), ("H100 SXM", "cpu-buildhost", False),
+])
+def test_a_gpu_and_a_profile_of_another_device_are_an_error_naming_both(profile, gpu, device, agree):
+    import dataclasses
+
+    of_device = dataclasses.replace(profile, device_name=device)
+    if agree:
+        assert choose_hardware(gpu, profile=of_device).device_name == device
+        return
+    with pytest.raises(ParameterError, match="name different devices") as info:
+        choose_hardware(gpu, profile=of_device)
+    assert gpu in str(info.value) and device in str(info.value) and "drop" in str(info.value)
+
+
+def test_a_gpu_and_a_store_of_another_device_are_an_error_naming_both(tmp_path):
+    from pyscale.plan.measured import STEP_OP
+    from pyscale.store import DeviceRecord, MeasurementRecord, Store
+
+    db = tmp_path / "steps.db"
+    with Store(db) as store:
+        dev = store.register_device(DeviceRecord(kind="cuda", name="NVIDIA H100 PCIe", uuid="GPU-1"))
+        store.record(MeasurementRecord(op=STEP_OP, backend="step", params={"n_params": 1e8}, dtype="bfloat16",
+                                       time_s=0.1, model_flops=1e14).explain_missing("synthetic row"), device_id=dev)
+    assert choose_hardware("H100 PCIe", store=db).device_name == "NVIDIA H100 PCIe"
+    with pytest.raises(ParameterError, match="name different devices") as info:
+        choose_hardware("H100 SXM", store=db)
+    assert "'NVIDIA H100 PCIe'" in str(info.value) and "'H100 SXM'" in str(info.value)
+
+
+def test_cli_gpu_and_profile_of_another_device(profile, tmp_path, capsys):
+    path = tmp_path / "cpu.json"
+    path.write_text(profile.to_json())  # a profile of "Synthetic GPU"
+    assert cli.main(["plan", "--flops", "1e21", "--gpu", "H100 SXM", "--profile", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err == ("pyscale plan: --gpu 'H100 SXM' and --profile name different devices: --profile was measured on "
+                   "'Synthetic GPU'; drop --gpu to plan on that device, or drop --profile to plan on 'H100 SXM'\n")

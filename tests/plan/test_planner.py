@@ -184,6 +184,9 @@ def test_cli_hardware_flags_without_hardware_are_errors(capsys, flags):
 
 
 def test_cli_two_hardware_sources_are_an_error(capsys, tmp_path):
+    from pyscale.store import Store
+
+    Store(tmp_path / "x.db").close()  # a store that exists: the flags, not the file, are wrong
     assert cli.main(["plan", "--flops", "1e21", "--gpu", "H100 SXM", "--mfu", "0.4",
                      "--store", str(tmp_path / "x.db")]) == 2
     assert "alternative hardware sources" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def test_user_function_json_and_store(user_module, tmp_path, capsys):
 def test_user_function_table(user_module, capsys):
     assert main(["profile", "-m", user_module, *FAST, "--no-store"]) == 0
     text = capsys.readouterr().out
-    assert "unavailable: no meter requested" in text and "nothing stored" in text
+    assert "energy: no meter requested" in text and "nothing stored" in text
 
 
 def test_bad_function_spec(capsys):
@@ -192,3 +192,64 @@ def test_stored_step_feeds_the_planner(tmp_path, capsys):
     assert out["op"] == measured.STEP_OP
     s = out["summary"]
     assert points[0]["model_flops_per_s"] == pytest.approx(s["model_flops"] / s["time_s"])
+
+
+def _fake_gpt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyscale.models.config", types.SimpleNamespace(GPTConfig=FakeConfig))
+    monkeypatch.setitem(sys.modules, "pyscale.models.gpt", types.SimpleNamespace(
+        GPT=FakeGPT, train_step=fake_train_step, make_batch=fake_make_batch))
+
+
+def test_the_table_is_legible_at_80_columns_and_agrees_with_itself(monkeypatch, capsys):
+    """Before: 493 lines for a 2-layer model (a 150-character reason in every row), module names cut so
+    that layers could not be told apart, `--steps 3` reported as 52 steps."""
+    _fake_gpt(monkeypatch)
+    monkeypatch.setenv("COLUMNS", "80")
+    argv = ["profile", "--model", "gpt", "--layers", "2", "--d-model", "16", "--heads", "2", "--seq", "8",
+            "--batch", "3", "--meter", "null", "--idle", "0", "--warmup", "0", "--steps", "3", "--no-store"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80 and len(lines) < 25, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "median of the 3 steps asked for" in text and "52 steps" not in text
+    assert text.count("no meter requested") == 1  # a reason once, as a note, not in every row
+    names = [line.split()[0] for line in lines if line.startswith(" layers.")]
+    assert names == ["layers.0", "layers.1"]  # never cut
+    assert "emb¹" not in text and any(line.startswith(" emb ") and "¹" in line for line in lines)
+    assert "¹ forward only" in text  # the embedding's backward cannot be timed by hooks: said
+
+
+def test_the_table_with_energy_at_80_columns():
+    """Energy and MFU columns when a meter measured them: still 80 columns, each value in full."""
+    import io
+
+    from rich.console import Console
+
+    from pyscale.commands.profile import profile_table
+    from pyscale.profile import power
+    from pyscale.profile.profiler import Profiler
+
+    class Watts(power.PowerMeter):
+        name = "constant 80 W"
+
+        def _read(self):
+            t = power.base.now_s()
+            return power.MeterSnapshot(t, 80.0 * t, power_w=80.0, unavailable_reasons={
+                "sm_clock_mhz": "test meter", "mem_clock_mhz": "test meter", "temperature_c": "test meter",
+                "throttle_reasons": "test meter"})
+
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(4, 8)
+    with Profiler(device="cpu", meter=Watts(), min_window_s=0.05, idle_s=0) as prof:
+        sp = prof.profile_step(lambda: model(x).sum().backward(), steps=3, warmup=0, module=model)
+    out = {"summary": sp.summary.to_dict(), "modules": [m.to_dict() for m in sp.modules]}
+    table, notes = profile_table(out)
+    console = Console(width=80, file=io.StringIO(), record=True)
+    console.print(table)
+    rendered = console.export_text()
+    assert max(len(line) for line in rendered.splitlines()) <= 80
+    header = next(line for line in rendered.splitlines() if "module" in line).split()
+    assert header[-2:] == ["share", "J"] and "…" not in rendered
+    for m in sp.modules:
+        assert f"{m.energy_j:.3g}" in rendered
+    assert any("MFU" in n for n in notes) and sp.summary.repeats == 3

@@ -159,11 +159,44 @@ def test_profile_step_per_step_and_modules(tmp_path):
         assert m.energy_attributed and m.time_s > 0 and 0 < m.extra["time_share"] <= 1
         # attributed = the step's energy x the module's share of the (hooked) step time
         assert m.energy_j == pytest.approx(s.energy_j * m.extra["time_share"])
+        # one statistic throughout: the share (median over the hooked steps) of the step's median time
+        assert m.extra["time_attributed"] and m.time_s == pytest.approx(s.time_s * m.extra["time_share"])
+        assert m.time_s <= s.time_s and m.extra["hooked_steps"] == pr.Profiler.HOOKED_STEPS
+    # x needs no gradient: the root's and the first layer's backward cannot be timed by hooks, and say so
+    assert [n for n, m in by_name.items() if not m.extra["backward_timed"]] == ["MLP", "MLP.up"]
+    # the statistics are of the 4 steps asked for; the window took more steps to last 0.5 s
+    assert s.repeats == 4 and s.extra["steps_in_energy_window"] == s.window_calls > 4
     with Store(tmp_path / "p.db") as store:
         rows = store.measurements()
         assert len(rows) == 1 + 4 + 4
         assert {r["op"] for r in rows} >= {"step", "step[0]", "step/MLP.up"}
         assert all(r["extra"]["energy_attributed"] for r in rows if r["op"] != "step")
+
+
+def test_without_a_meter_nothing_is_repeated_or_waited_for(monkeypatch):
+    """No energy to measure: no idle wait, no window filled with repetitions (bench --energy without a meter
+    took 2.5x as long for nothing); the reasons say why energy is absent."""
+    import time
+
+    slept = []
+    monkeypatch.setattr(time, "sleep", lambda s: slept.append(s))
+    calls = []
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+
+    def mm(x, y):
+        calls.append(1)
+        return x @ y
+
+    with pr.Profiler(device="cpu", meter="null", min_window_s=1.0, idle_s=1.0, repeats=5, max_warmup_s=0.05) as prof:
+        m = prof.window("mm", mm, a, b, flops=1024.0, count_flops=False, record=False)
+        sp = prof.profile_step(lambda: mm(a, b), steps=3, warmup=1)
+    assert slept == []
+    assert m.window_calls == 0 and len(calls) >= m.repeats + m.extra["warmup_calls"]
+    assert "no meter requested" in m.energy_j_unavailable_reason and "window" not in m.energy_j_unavailable_reason
+    assert "no meter requested" in prof.idle_power_w_unavailable_reason
+    s = sp.summary
+    assert s.repeats == 3 and len(sp.steps) == 3 and s.extra["steps_in_energy_window"] == 0
+    assert len(calls) - (m.repeats + m.extra["warmup_calls"]) <= 1 + 1 + 3  # warmup + counted + the 3 steps
 
 
 def test_profile_step_function_without_store():

@@ -94,4 +94,4 @@ def test_fit_in_linear_space(csv_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["space"] == "linear" and out["loss"] == "mse" and out["success"]
     assert main(["fit", csv_path, "--quick", "--space", "linear", *cols]) == 2
-    assert "needs loss='mse': got loss='huber'" in capsys.readouterr().err
+    assert "needs --loss mse: got --loss huber" in capsys.readouterr().err  # the CLI's words

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,36 @@ def test_step_zero_is_a_valid_checkpoint_index(runs):
     assert load(data).n == 40
     with pytest.raises(ValueError, match="step = -1"):
         load({**runs, "step": np.arange(40) - 1})
+
+
+def test_csv_is_read_without_pandas_as_pandas_reads_it(tmp_path, monkeypatch):
+    """CSV through the standard library (a plain install has no pandas): quoted names with commas, a
+    byte-order mark, spaces and empty/NA cells read as pandas reads them."""
+    path = tmp_path / "runs.csv"
+    path.write_text('\ufeffrun,N, D ,loss\n"a, 1",1e8,2e9,3.1\nb,2e8, 4e9 ,\nc,4e8,8e9,NA\n"d ""x""",8e8,1.6e10,2.6\n',
+                    encoding="utf-8")
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_csv(path)
+    frame.columns = [c.strip() for c in frame.columns]
+    monkeypatch.setitem(__import__("sys").modules, "pandas", None)  # pandas gone: import pandas raises
+    sd = load(path, nan_policy="omit")
+    assert list(sd.columns["run"]) == ["a, 1", 'd "x"'] and sd.n_dropped == 2
+    kept = frame[frame["loss"].notna()]
+    np.testing.assert_array_equal(sd.columns["N"], kept["N"].to_numpy(float))
+    np.testing.assert_array_equal(sd.columns["D"], kept["D"].to_numpy(float))
+    np.testing.assert_array_equal(sd.columns["loss"], kept["loss"].to_numpy(float))
+
+
+def test_files_that_are_no_csv_are_named(tmp_path):
+    cases = {"binary.csv": bytes(range(256)), "ragged.csv": b"N,D,loss\n1e8,2e9\n", "empty.csv": b"",
+             "blank.csv": b"\n\n", "twice.csv": b"N,N,loss\n1,2,3\n"}
+    messages = {"binary.csv": "is not a text file", "ragged.csv": "line(s) [2] have another number of cells",
+                "empty.csv": "is empty", "blank.csv": "is empty", "twice.csv": "repeated column names"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=re.escape(messages[name])) as info:
+            load(tmp_path / name)
+        assert name in str(info.value) and "expected a CSV or Parquet file of runs" in str(info.value)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        load(tmp_path / "folder")

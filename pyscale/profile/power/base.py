@@ -79,6 +79,11 @@ class PowerMeter:
     #: True when energy_j comes from a hardware counter (not from integrating power samples)
     has_energy_counter = True
 
+    @property
+    def measures_energy(self) -> bool:
+        """False for a meter that can read nothing (NullMeter): no window needs filling for it."""
+        return self.has_energy_counter
+
     def snapshot(self) -> MeterSnapshot:
         return self._read()
 
@@ -171,6 +176,10 @@ class MultiMeter(PowerMeter):
     def close(self) -> None:
         for m in self.meters:
             m.close()
+
+    @property
+    def measures_energy(self) -> bool:
+        return all(m.measures_energy for m in self.meters)
 
     @property
     def description(self) -> str:
