@@ -422,6 +422,10 @@ def default_head_dim(d_model: int) -> int:
     return 64 if d_model <= 1024 else 128
 
 
+WIDTH_BAND = 4.0  # candidate_configs' band around the depth/width rule for huge targets
+_MAX_WIDTH_STEPS = 2_000
+
+
 def candidate_configs(
     n_params: float,
     *,
@@ -491,9 +495,21 @@ def candidate_configs(
 
     scored: list[tuple[tuple[bool, float, float], GPTConfig]] = []
     smallest: int | None = None
-    d = 0
-    while True:
-        d += tile
+    d, d_max, step = 0, math.inf, tile
+    # Every aligned width is tried, up to where one layer alone overshoots: ~sqrt(N/12)/tile widths. Past
+    # ~1e14 parameters that is millions of configs, while embeddings are negligible and a width far off the
+    # depth/width rule cannot win: there the sweep keeps to WIDTH_BAND x around the rule's width (N ~ 12·L·d²
+    # with d/L = aspect) in _MAX_WIDTH_STEPS steps, each a multiple of the alignment.
+    if math.sqrt(n_params / 12) / tile > _MAX_WIDTH_STEPS:
+        d_rule = (n_params * target_aspect / 12) ** (1 / 3)
+        hd_big = default_head_dim(int(d_rule)) if head_dim is None else head_dim
+        unit = math.lcm(tile, heads_unit(hd_big, gqa_ratio=gqa_ratio, n_kv_heads=n_kv_heads,
+                                         heads_multiple=heads_multiple))
+        step = unit * max(1, round(d_rule * WIDTH_BAND / unit / _MAX_WIDTH_STEPS))
+        d = step * int(d_rule / WIDTH_BAND / step)
+        d_max = d_rule * WIDTH_BAND
+    while d + step <= d_max:
+        d += step
         hd = default_head_dim(d) if head_dim is None else head_dim
         if d % heads_unit(hd, gqa_ratio=gqa_ratio, n_kv_heads=n_kv_heads, heads_multiple=heads_multiple):
             continue

@@ -286,3 +286,16 @@ def test_architecture_rules_make_trainable_shapes() -> None:
         candidate_configs(1e9, heads_multiple=0)
     with pytest.raises(ValueError, match="gqa_ratio"):
         architecture_rules(1e9, gqa_ratio=0)
+
+
+@pytest.mark.parametrize("n", [2e14, 1e19])
+def test_huge_targets_keep_the_rule_and_the_alignment(n):
+    """Beyond any real model (a plan for 1e40 FLOPs asks for ~1e19 parameters) the width sweep keeps to a
+    band around the depth/width rule instead of trying millions of widths; what it returns is still aligned,
+    within rtol and on the rule."""
+    from pyscale.models.config import WIDTH_BAND, default_aspect_ratio
+
+    cfg = config_for_params(n, n_kv_heads=8, heads_multiple=8)
+    assert abs(cfg.n_params() / n - 1) <= 0.01
+    assert cfg.d_model % 128 == 0 and cfg.n_heads % 8 == 0 and cfg.n_kv_heads == 8
+    assert 1 / WIDTH_BAND**3 <= cfg.aspect_ratio / default_aspect_ratio(n) <= WIDTH_BAND**3
