@@ -3,12 +3,14 @@
 #  - keeps a torch that is already installed (e.g. a CUDA build on a GPU machine);
 #  - otherwise installs the pinned CPU build (torch==2.13.0), never a multi-GB CUDA build by accident;
 #  - pins triton/numpy to versions known to work together (constraints.txt).
-# PYSCALE_EXTRAS selects the extras (default "dev": tests, lint, pandas, matplotlib, NVML).
+# PYSCALE_EXTRAS selects the extras (default "dev": tests, lint, pandas, matplotlib, NVML); set it empty
+# (PYSCALE_EXTRAS=) for none. Offline (no package registry: PIP_NO_INDEX=1), with PYSCALE_EXTRAS= it needs
+# nothing beyond what is installed: numpy, scipy, rich, setuptools and pybind11 (and torch to run the ops).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
-EXTRAS="${PYSCALE_EXTRAS:-dev}"
+EXTRAS="${PYSCALE_EXTRAS-dev}"
 PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
 
 constraints=$(mktemp)
@@ -24,7 +26,16 @@ else
     cp constraints.txt "$constraints"
 fi
 
-"${PIP[@]}" -q "setuptools>=64" wheel "pybind11>=2.12"
+# Build tools, only what is missing (an offline machine either has them or cannot fetch them):
+# setuptools >= 64 and pybind11; `wheel` only for a setuptools older than 70.1, which builds wheels with it.
+if ! "$PY" -c "import pybind11, setuptools; assert int(setuptools.__version__.split('.')[0]) >= 64" >/dev/null 2>&1; then
+    "${PIP[@]}" -q "setuptools>=64" "pybind11>=2.12"
+fi
+if ! "$PY" -c "import setuptools.command.bdist_wheel" >/dev/null 2>&1 && ! "$PY" -c "import wheel" >/dev/null 2>&1; then
+    "${PIP[@]}" -q wheel
+fi
 # No build isolation: the build needs only setuptools + pybind11 (never torch), and this works offline.
-"${PIP[@]}" -q --no-build-isolation -c "$constraints" -e ".[${EXTRAS}]"
+target="."
+[ -n "$EXTRAS" ] && target=".[${EXTRAS}]"
+"${PIP[@]}" -q --no-build-isolation -c "$constraints" -e "$target"
 echo "pyscale: installed; try \`pyscale info\`"

@@ -16,6 +16,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="shape sets, comma-separated (default: llama3-8b, or PYSCALE_BENCH_SHAPES)")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.has_plugin("benchmark"):  # an optional dependency: skip, never error
+        skip = pytest.mark.skip(reason="needs pytest-benchmark (pip install pytest-benchmark)")
+        for item in items:
+            if "benchmark" in getattr(item, "fixturenames", ()):
+                item.add_marker(skip)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "group" not in metafunc.fixturenames:
         return

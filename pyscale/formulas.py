@@ -360,6 +360,95 @@ def moe_layer_weight_bytes(d_model: int, d_ff: int, n_experts: int, itemsize: in
     return 3 * weights if backward else weights
 
 
+# =========================================================================== the rest of a training step
+
+# What a training step spends outside GEMMs and attention, each op counted over ONE forward and its backward
+# (the optimizer: one step), as the built-in model runs it. FLOPs count one per elementwise arithmetic
+# operation (transcendentals as one); bytes are the compulsory traffic at `itemsize` bytes per element.
+# The cost model fits each op's rates from micro-benchmarks, so what matters is that benchmark and step
+# prediction use the same formula.
+
+def rmsnorm_flops(rows: int, dim: int) -> int:
+    """RMSNorm forward (square, mean, rsqrt, two products: 4 per element) and backward (8 per element)."""
+    return 12 * rows * dim
+
+
+def rmsnorm_bytes(rows: int, dim: int, itemsize: int) -> int:
+    """Forward reads x and the weight and writes y; backward reads dy, x and the weight, writes dx and dw."""
+    return 5 * rows * dim * itemsize + 4 * dim * itemsize
+
+
+def swiglu_flops(rows: int, width: int) -> int:
+    """silu(gate) · up: forward 5 per element (exp, add, divide, two products), backward 10."""
+    return 15 * rows * width
+
+
+def swiglu_bytes(rows: int, width: int, itemsize: int) -> int:
+    """Forward reads gate and up, writes h; backward reads dh, gate and up, writes dgate and dup."""
+    return 8 * rows * width * itemsize
+
+
+def rotary_flops(batch: int, seq: int, heads_q: int, heads_kv: int, head_dim: int) -> int:
+    """Rotary embedding of one attention layer's q and k: x·cos + rotate(x)·sin (3 per element), both ways."""
+    return 6 * batch * seq * (heads_q + heads_kv) * head_dim
+
+
+def rotary_bytes(batch: int, seq: int, heads_q: int, heads_kv: int, head_dim: int, itemsize: int) -> int:
+    """q and k read and written forward, their gradients read and written backward, fp32 cos and sin once."""
+    return 4 * batch * seq * (heads_q + heads_kv) * head_dim * itemsize + 2 * seq * head_dim * 4
+
+
+def add_flops(elements: int) -> int:
+    """An out-of-place elementwise add (a residual add, or autograd summing a forked tensor's gradients)."""
+    return elements
+
+
+def add_bytes(elements: int, itemsize: int) -> int:
+    """Two operands read, one result written."""
+    return 3 * elements * itemsize
+
+
+def cross_entropy_flops(rows: int, vocab: int) -> int:
+    """Log-softmax over the vocabulary and the target's negative log-likelihood: forward 4 per logit (max,
+    subtract, exp, sum) plus a log per row, backward 3 per logit (exp, subtract, scale)."""
+    return 7 * rows * vocab + rows
+
+
+def cross_entropy_bytes(rows: int, vocab: int, itemsize: int) -> int:
+    """fp32 log-softmax written forward and read backward, the logits read and their gradient written (plus
+    the fp32 copies both ways when the logits are narrower than fp32), int64 targets read."""
+    cast = 2 * rows * vocab * (itemsize + 4) if itemsize != 4 else 0
+    return 4 * rows * vocab * 4 + cast + 8 * rows
+
+
+def embedding_flops(rows: int, dim: int) -> int:
+    """Gather forward (no arithmetic); the backward adds each row's gradient into the table."""
+    return rows * dim
+
+
+def embedding_bytes(rows: int, vocab: int, dim: int, itemsize: int) -> int:
+    """Forward reads the ids and the rows, writes the activations; backward fills the dense (vocab, dim)
+    table gradient with zeros, then reads each row gradient and adds it in (read and write)."""
+    return 16 * rows + 5 * rows * dim * itemsize + vocab * dim * itemsize
+
+
+def embedding_rows_touched(tokens: int, vocab: int) -> float:
+    """Expected distinct rows of a (vocab, d) table that `tokens` uniform random ids touch: vocab·(1-(1-1/V)^T).
+    The others get zero gradients; a step repeated on one batch (as a profile repeats it) keeps their AdamW
+    moments at zero, and some CPUs take the square root of zero far slower than of other numbers."""
+    return vocab * (1.0 - (1.0 - 1.0 / vocab) ** tokens)
+
+
+def adamw_flops(elements: int) -> int:
+    """One AdamW step: decay, both moment updates, bias-corrected square root and the update (12 per element)."""
+    return 12 * elements
+
+
+def adamw_bytes(elements: int, itemsize: int) -> int:
+    """Parameter, gradient and both moments read; parameter and both moments written."""
+    return 7 * elements * itemsize
+
+
 # =========================================================================== whole models
 
 def matmul_flops_per_token(weights: int) -> int:

@@ -464,6 +464,21 @@ def all_specs() -> list[GPUSpec]:
     return [*user, *(s for s in _BUILTIN_SPECS if s.name.lower() not in shadowed)]
 
 
+def matching_specs(device_name: str) -> list[GPUSpec]:
+    """Every spec whose name or patterns match `device_name` (as `lookup` matches), most specific first.
+    A name that maps to one row has exactly one; `lookup` picks the first."""
+    if not isinstance(device_name, str):
+        raise ValueError(f"device_name must be a string: got {type(device_name).__name__}")
+    device = _normalize(device_name)
+    scored: dict[str, tuple[int, GPUSpec]] = {}
+    for spec in all_specs():
+        for pattern in (*spec.match, spec.name.lower()):
+            score = _match_score(pattern, device)
+            if score is not None and (spec.name not in scored or score > scored[spec.name][0]):
+                scored[spec.name] = (score, spec)
+    return [spec for _, spec in sorted(scored.values(), key=lambda item: -item[0])]
+
+
 def lookup(device_name: str) -> GPUSpec | UnknownGPU:
     """The spec for a device name as `torch.cuda.get_device_name()` reports it.
 

@@ -73,6 +73,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def cpu_cache_bytes(level: int = 2, root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """Size of one core's data (or unified) cache at `level` from Linux's sysfs, or None where it says none."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    try:
+        for index in sorted(root.glob("index*")):
+            if int((index / "level").read_text()) != level or (index / "type").read_text().strip() == "Instruction":
+                continue
+            text = (index / "size").read_text().strip()
+            return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def cuda_available() -> bool:
     if importlib.util.find_spec("torch") is None:
         return False

@@ -47,3 +47,18 @@ def test_the_library_never_imports_the_cli():
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             bad = [n for n in names if n == "pyscale.cli" or n.startswith("pyscale.commands")]
             assert not bad, f"{path.relative_to(root)} imports {bad}"
+
+
+def test_cpu_cache_sizes_come_from_sysfs(tmp_path):
+    from pyscale import sysinfo
+
+    for name, level, kind, size in (("index0", 1, "Data", "48K"), ("index1", 1, "Instruction", "64K"),
+                                    ("index2", 2, "Unified", "2048K"), ("index3", 3, "Unified", "480M")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    assert sysinfo.cpu_cache_bytes(1, tmp_path) == 48 * 2**10  # data, not instruction
+    assert sysinfo.cpu_cache_bytes(2, tmp_path) == 2 * 2**20 and sysinfo.cpu_cache_bytes(3, tmp_path) == 480 * 2**20
+    assert sysinfo.cpu_cache_bytes(4, tmp_path) is None and sysinfo.cpu_cache_bytes(2, tmp_path / "none") is None

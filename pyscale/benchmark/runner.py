@@ -117,8 +117,11 @@ def run_case(case: Case, *, device: str = "cpu", energy: bool = False, min_time_
         meter = "auto" if energy else "null"
         # without a meter there is no energy window to fill
         window_s = energy_window_s if energy else 1e-3
-        with _cpu_threads(device), Profiler(store=None, device=device, meter=meter, min_window_s=window_s,
-                                            idle_s=1.0 if energy else 0.0, min_time_s=min_time_s) as prof:
+        # a CPU case rotates input copies past the last-level cache too: in a training step, whose data is
+        # far larger, an op's operands come from memory (the timer's argument is named after a GPU's L2)
+        cache = {"l2_bytes": cpu_last_level_cache_bytes()} if device == "cpu" else {}
+        with cpu_measurement(device), Profiler(store=None, device=device, meter=meter, min_window_s=window_s,
+                                            idle_s=1.0 if energy else 0.0, min_time_s=min_time_s, **cache) as prof:
             m = prof.window(case.label(), workload.fn, *workload.args, flops=workload.flops,
                             model_flops=workload.model_flops, bytes=workload.bytes, count_flops=False,
                             dtype=case.dtype, record=False)
@@ -129,7 +132,7 @@ def run_case(case: Case, *, device: str = "cpu", energy: bool = False, min_time_
         record.params = params  # the case's own parameters are its identity (resume, retries)
         record.extra.update(workload.notes)
         if device == "cpu":
-            record.extra["cpu_threads"] = int(os.environ.get(CPU_THREADS_ENV, "1"))
+            record.extra["cpu_threads"] = cpu_thread_count()
     except Exception as exc:  # recorded as the case's status; the sweep goes on
         status = "oom" if _is_oom(exc) else "error"
         tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -143,17 +146,39 @@ def run_case(case: Case, *, device: str = "cpu", energy: bool = False, min_time_
 CPU_THREADS_ENV = "PYSCALE_BENCH_CPU_THREADS"
 
 
+def cpu_last_level_cache_bytes() -> int | None:
+    """The largest cache level sysfs reports for this CPU (L3, else L2), what CPU cases rotate past."""
+    return sysinfo.cpu_cache_bytes(3) or sysinfo.cpu_cache_bytes(2)
+
+
+def cpu_thread_count() -> int:
+    """The threads CPU measurements run on: PYSCALE_BENCH_CPU_THREADS, default 1."""
+    raw = os.environ.get(CPU_THREADS_ENV, "1")
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"{CPU_THREADS_ENV} must be a whole number of threads >= 1: got {raw!r}")
+    return count
+
+
 @contextlib.contextmanager
-def _cpu_threads(device: str) -> Iterator[None]:
-    """CPU cases run on a fixed number of threads (default 1; PYSCALE_BENCH_CPU_THREADS): on small
-    shapes an oversubscribed thread pool measures the machine's load, not the op."""
+def cpu_measurement(device: str) -> Iterator[None]:
+    """The conditions of a CPU measurement, the same for benchmark cases and `pyscale profile` steps so that
+    a step and the ops it is predicted from run alike: a fixed number of threads (`cpu_thread_count`: on
+    small shapes an oversubscribed thread pool measures the machine's load, not the op), and a C heap that
+    keeps what it frees (`pyscale.profile.timing.keep_freed_memory`, for the rest of the process)."""
     if device != "cpu":
         yield
         return
     import torch
 
+    from pyscale.profile.timing import keep_freed_memory
+
+    keep_freed_memory()
     before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, "1")))
+    torch.set_num_threads(cpu_thread_count())
     try:
         yield
     finally:
@@ -201,8 +226,13 @@ class SweepSummary:
 def sweep(cases: Sequence[Case], *, store: st.Store, device: str = "cpu", resume: bool = False,
           energy: bool = False, executor: Executor | None = None, progress: bool = True,
           command: str = "bench", arguments: dict[str, Any] | None = None,
-          on_row: Callable[[dict[str, Any]], None] | None = None) -> SweepSummary:
-    """Measure `cases` and write each result to `store` as soon as it arrives (this process is the writer)."""
+          on_row: Callable[[dict[str, Any]], None] | None = None, retry_unstable: int = 0) -> SweepSummary:
+    """Measure `cases` and write each result to `store` as soon as it arrives (this process is the writer).
+
+    `retry_unstable`: passes that measure again the cases whose timing was not stable
+    (`pyscale.profile.stability`); every attempt is stored, the newest current."""
+    if retry_unstable < 0:
+        raise ValueError(f"retry_unstable must be >= 0: got {retry_unstable}")
     executor = executor or LocalExecutor()
     run_id = store.start_run(command, arguments or {"cases": len(cases), "device": device})
     summary = SweepSummary(run_id)
@@ -216,7 +246,7 @@ def sweep(cases: Sequence[Case], *, store: st.Store, device: str = "cpu", resume
     status = "ok"
     bar = _progress(progress, len(todo))
     try:
-        for case, result in executor.map_unordered(todo, device=device, energy=energy):
+        for case, result in _with_retries(executor, todo, retry_unstable, device=device, energy=energy):
             if isinstance(result, BaseException):
                 device_record = _failure_device(device)
                 record = st.MeasurementRecord(op=case.op, backend=case.impl,
@@ -243,6 +273,21 @@ def sweep(cases: Sequence[Case], *, store: st.Store, device: str = "cpu", resume
         bar.close()
         store.end_run(run_id, status)
     return summary
+
+
+def _with_retries(executor: Executor, cases: Sequence[Case], passes: int, **run_kwargs: Any) -> Iterator[Any]:
+    """The executor's results, then up to `passes` more passes over the cases measured ok but not stable."""
+    todo = list(cases)
+    for attempt in range(passes + 1):
+        unstable = []
+        for case, result in executor.map_unordered(todo, **run_kwargs):
+            if (attempt < passes and not isinstance(result, BaseException) and result[1].status == "ok"
+                    and result[1].extra.get("stable") is False):
+                unstable.append(case)
+            yield case, result
+        if not unstable:
+            return
+        todo = unstable
 
 
 class _progress:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pyscale.benchmark.shapes import FAMILIES, MODELS, SHAPE_SETS
-from pyscale.commands.usage import OutputFile, StorePath, UsageError, require
+from pyscale.commands.usage import OutputFile, StorePath, UsageError, nonnegative_int, require
 
 EXPORT_SUFFIXES = (".csv", ".json", ".parquet")
 
@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable), e.g. pyscale")
     parser.add_argument("--energy", action="store_true", help="measure energy over >= 1 s windows (NVML/RAPL)")
     parser.add_argument("--resume", action="store_true", help="skip cases already measured ok in the store")
+    parser.add_argument("--retry-unstable", type=nonnegative_int, default=0, metavar="N",
+                        help="measure again, up to N more times, the cases whose timing was not stable "
+                             "(a contended CPU, a throttled or shared GPU); every attempt is stored")
     parser.add_argument("--store", type=StorePath(write=True), default=None,
                         help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
     parser.add_argument("--export", type=OutputFile("the sweep's rows", EXPORT_SUFFIXES), default=None,
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             _say_interrupted(store)
         summary = benchmark.sweep(cases, store=store, device=device, resume=args.resume, energy=args.energy,
-                                  executor=executor, progress=not args.json,
+                                  executor=executor, progress=not args.json, retry_unstable=args.retry_unstable,
                                   arguments={k: (str(v) if isinstance(v, Path) else v)
                                              for k, v in vars(args).items() if not k.startswith("_")})
     rows = bench_rows(summary.rows)

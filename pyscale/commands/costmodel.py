@@ -14,6 +14,7 @@ from pyscale.commands.usage import (
     OutputFile,
     StorePath,
     UsageError,
+    nonnegative_float,
     open_store,
     positive_int,
     require,
@@ -50,7 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="profile file (from `costmodel fit --out`)")
     check.add_argument("--store", metavar="PATH", type=StorePath(write=False),
                        help="SQLite store (default: $PYSCALE_HOME/pyscale.db)")
-    check.add_argument("--dtype", metavar="DTYPE", help="price steps in this dtype (default: one the profile models)")
+    check.add_argument("--dtype", metavar="DTYPE", help="only the steps measured in this dtype (e.g. fp32, bf16)")
+    check.add_argument("--communication-s", type=nonnegative_float, default=0.0, metavar="S",
+                       help="user-given communication seconds per step, added to each prediction (default 0)")
+    check.add_argument("--record", action="store_true",
+                       help="write the comparison into PROFILE.json (a plan priced from it prints the error)")
     check.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
@@ -113,6 +118,12 @@ def _print_profile(profile: Any) -> None:
             print(f"    note: {note}")
     for note in profile.notes:
         print(f"note: {note}")
+    if profile.validation:
+        v = profile.validation
+        print(f"step validation ({v.get('created')}, {v.get('command') or 'command not recorded'}):")
+        _print_checks(profile.device_name, v.get("steps", []), v["summary"])
+    else:
+        print("step validation: none recorded (pyscale costmodel validate PROFILE.json --record)")
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -169,10 +180,11 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    import datetime as dt
     import json
 
     from pyscale.plan.measured import STEP_OP
-    from pyscale.plan.step_model import step_options, validate_against_store
+    from pyscale.plan.step_model import implementation_of, summarize_validation, validate_against_store
 
     profile = _read_profile(args.profile)
     path = _store_path(args.store)
@@ -181,17 +193,43 @@ def _validate(args: argparse.Namespace) -> int:
     if not rows:
         raise UsageError(f"--store: no {STEP_OP} rows of {profile.device_name} in {path}; measure one with "
                          "`pyscale profile --model gpt`")
-    options = step_options(profile, args.dtype)
-    checks = validate_against_store(profile, rows, **options)
+    if args.dtype:
+        dtypes = sorted({implementation_of(r)["dtype"] for r in rows})
+        rows = [r for r in rows if implementation_of(r)["dtype"] == args.dtype]
+        if not rows:
+            raise UsageError(f"--dtype {args.dtype}: no {STEP_OP} rows in that dtype (measured: {', '.join(dtypes)})")
+    checks = validate_against_store(profile, rows, communication_s=args.communication_s)
+    summary = summarize_validation(checks)
+    if args.record:
+        command = " ".join(["pyscale costmodel validate", str(args.profile), "--store", str(path),
+                            *(["--dtype", args.dtype] if args.dtype else []),
+                            *(["--communication-s", f"{args.communication_s:g}"] if args.communication_s else [])])
+        profile.validation = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              "store": str(path), "command": command, "communication_s": args.communication_s,
+                              "steps": checks, "summary": summary}
+        profile.to_json(args.profile)  # an OSError names the file: the error path says so in one line
     if args.json:
-        print(json.dumps({"device": profile.device_name, **options, "steps": checks}, indent=2))
+        print(json.dumps({"device": profile.device_name, "steps": checks, "summary": summary}, indent=2))
         return 0
-    print(f"{profile.device_name}: {len(checks)} measured step(s), priced as {options}")
-    for c in checks:
-        shape = ", ".join(f"{k}={v}" for k, v in c["config"].items())
-        print(f"  {shape}: measured {c['measured_s'] * 1e3:.3g} ms, predicted {c['predicted_s'] * 1e3:.3g} ms "
-              f"({c['rel_error']:+.1%})")
+    _print_checks(profile.device_name, checks, summary)
+    if args.record:
+        print(f"recorded in {args.profile}")
     return 0
+
+
+def _print_checks(device: str, checks: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    print(f"{device}: {summary['n_steps']} measured step(s), each priced with the implementation it ran")
+    print(f"{'layers':>6} {'d_model':>7} {'heads':>5} {'seq':>5} {'batch':>5} {'vocab':>6} | {'measured ms':>11} "
+          f"{'predicted ms':>12} {'error':>7} | {'rest %':>6}  priced as")
+    for c in checks:
+        cfg, o = c["config"], c["priced_as"]
+        print(f"{cfg['n_layers']:>6} {cfg['d_model']:>7} {cfg['n_heads']:>5} {cfg['seq_len']:>5} {c['batch']:>5} "
+              f"{cfg.get('vocab_size', '-'):>6} | {c['measured_s'] * 1e3:>11.4g} {c['predicted_s'] * 1e3:>12.4g} "
+              f"{c['rel_error']:>+7.1%} | {100 * c['predicted_share_outside_gemm_attention']:>6.1f}  "
+              f"{o['dtype']}, attention {o['attention_backend']}, optimizer {o['optimizer_backend']}")
+    print(f"error {summary['min_error']:+.1%} to {summary['max_error']:+.1%}, max |error| "
+          f"{summary['max_abs_error']:.1%}, mean |error| {summary['mean_abs_error']:.1%}; "
+          "rest %: predicted share of the step outside GEMMs and attention")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -194,7 +194,7 @@ def print_plan(p) -> None:
         ("hardware", "—" if p.device is None else f"{p.n_devices} x {p.device}"),
         ("MFU", _n(p.mfu, spec=".3f")),
         ("time", "—" if p.time_s is None else f"{p.time_s / 3600:.4g} h = {p.time_s / 86400:.4g} days "
-                                              f"({p.gpu_hours:.4g} GPU-h)"),
+                                              f"({p.gpu_hours:.4g} GPU-h)" + (f"; {p.time_error}" if p.time_error else "")),
         ("GPU energy", _n(p.energy_kwh, " kWh")),
         ("facility energy", _n(p.facility_energy_kwh, " kWh")),
         ("cost", "—" if p.cost_dollars is None else f"${p.cost_dollars:,.0f}"),

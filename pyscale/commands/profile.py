@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--min-window", type=positive_float, default=1.0, help="shortest energy window in seconds")
     p.add_argument("--idle", type=nonnegative_float, default=1.0, help="seconds of idle power measurement (0: skip)")
     p.add_argument("--sampler", action="store_true", help="also record a power trace (native NVML sampler)")
+    p.add_argument("--retry-unstable", type=nonnegative_int, default=0, metavar="N",
+                   help="profile again, up to N more times, while the step timing is not stable (a contended "
+                        "CPU, a throttled or shared GPU); every attempt is stored, the last one current")
     p.add_argument("--store", type=StorePath(write=True), default=None,
                    help="SQLite store path (default: pyscale's store)")
     p.add_argument("--no-store", action="store_true", help="write nothing")
@@ -132,8 +135,10 @@ def _gpt_step(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any, A
     def step() -> Any:
         return gpt.train_step(model, optimizer, tokens, targets)
 
+    adamw = getattr(gpt, "adamw_implementation", None)
     params = {**options, "batch": args.batch, "impl": args.impl, "tokens_per_step": tokens_per_step,
               "impl_parts": dict(getattr(model, "impl_parts", {})),
+              "optimizer": adamw(optimizer) if adamw is not None else None,  # the AdamW implementation torch runs
               "n_params": int(config.n_params(embeddings=True)),
               "n_params_non_embedding": int(config.n_params(embeddings=False))}
     return step, model, model_flops, params
@@ -156,6 +161,12 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     _check_meter(args.meter, device)
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = getattr(torch, dtype_name)
+    from pyscale.benchmark.runner import cpu_measurement, cpu_thread_count
+
+    try:  # a CPU step runs on the threads the benchmark's cases run on, so that one predicts the other
+        threads = cpu_thread_count() if device.type == "cpu" else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
     if args.model == "gpt":
         step, module, model_flops, params = _gpt_step(args, device, dtype)
@@ -169,16 +180,25 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
 
         store = open_store(args.store, write=True)
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    if threads is not None:
+        params["cpu_threads"] = threads
     try:
-        with Profiler(store=store, device=device, meter=args.meter, min_window_s=args.min_window,
-                      idle_s=args.idle, command="profile", arguments=arguments, sampler=args.sampler) as prof:
-            result = prof.profile_step(step, steps=args.steps, warmup=args.warmup, module=module, name=op,
-                                       dtype=dtype_name if args.model else None, model_flops=model_flops,
-                                       params=params)
+        with cpu_measurement(device.type), Profiler(store=store, device=device, meter=args.meter,
+                                                    min_window_s=args.min_window, idle_s=args.idle,
+                                                    command="profile", arguments=arguments,
+                                                    sampler=args.sampler) as prof:
+            attempts = 0
+            while True:
+                attempts += 1
+                result = prof.profile_step(step, steps=args.steps, warmup=args.warmup, module=module, name=op,
+                                           dtype=dtype_name if args.model else None, model_flops=model_flops,
+                                           params=params)
+                if result.summary.extra.get("stable") is not False or attempts > args.retry_unstable:
+                    break
     finally:
         if store is not None:
             store.close()
-    out = {"op": op, "device": str(device), "dtype": dtype_name, "params": params,
+    out = {"op": op, "device": str(device), "dtype": dtype_name, "params": params, "attempts": attempts,
            "summary": result.summary.to_dict(), "steps": [m.to_dict() for m in result.steps],
            "modules": [m.to_dict() for m in result.modules],
            "store": None if store is None else str(store.path)}
@@ -281,6 +301,11 @@ def run(args: argparse.Namespace) -> int:
     console.print(how, highlight=False)
     table, notes = profile_table(out)
     console.print(table)
+    verdict = extra.get("stability") or {}
+    console.print(("timing stable" if verdict.get("stable") else
+                   "timing NOT stable: " + "; ".join(verdict.get("reasons", [])))
+                  + f" ({verdict.get('criterion', 'no criterion')}; {out['attempts']} attempt(s))",
+                  markup=False, highlight=False)
     for line in notes:
         console.print(line, markup=False, highlight=False)
     console.print(f"model FLOPs per step: {_si(s['model_flops'])} FLOP ({extra.get('model_flops_source')}); "

@@ -24,6 +24,7 @@ from pyscale.costmodel.profile import (
     list_shipped_profiles,
     load_shipped_profile,
     same_device,
+    shipped_profile_problems,
 )
 from pyscale.costmodel.runtime import RuntimeModel, TreeResidual, fit_runtime
 
@@ -49,5 +50,6 @@ __all__ = [
     "rows_from_measurements",
     "same_device",
     "shape_key",
+    "shipped_profile_problems",
     "tile_count",
 ]

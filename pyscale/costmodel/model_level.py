@@ -4,15 +4,17 @@
 distinct op call, (op, dtype, flops, bytes, count) with executed FLOPs and bytes of ONE call — and sums
 the per-op predictions, count times each. Assumptions, stated so they can be checked:
 
-* ops run one after another on one stream (no overlap of compute and communication), and nothing
-  outside the listed ops costs time (optimizer, host gaps, data loading are only included if listed);
+* ops run one after another on one stream, and nothing outside the listed ops costs time (optimizer, host
+  gaps, data loading are only included if listed);
+* communication is not an op the profile measures: `communication_s` adds a user-given time per step that
+  nothing overlaps (it is listed in `per_op` as user-given, and without an energy model of it the step's
+  energy is unavailable rather than short);
 * energy is the sum of per-op energies at their predicted times (the energy model's P₀·T term
   carries the static power for exactly that long).
 
 MFU follows DESIGN §6: model FLOPs (PaLM convention) / (step time · peak). Without `model_flops` only
-the hardware FLOPs utilisation (executed FLOPs) is given. Validation against measured steps of the
-built-in model happens when the profiler and `pyscale bench` land (issue 7, item 6); until then this
-is the building block, tested on synthetic profiles only.
+the hardware FLOPs utilisation (executed FLOPs) is given. The built-in model's step is listed by
+`pyscale.plan.step_model` and checked against measured steps by `pyscale costmodel validate`.
 """
 
 from __future__ import annotations
@@ -71,15 +73,19 @@ def _as_call(item: Any, i: int) -> OpCall:
 
 
 def predict_step(profile: Any, op_breakdown: Iterable[Any], *, model_flops: float | None = None,
-                 peak_flops_per_s: float | None = None, tokens: int | None = None) -> StepPrediction:
+                 peak_flops_per_s: float | None = None, tokens: int | None = None,
+                 communication_s: float = 0.0) -> StepPrediction:
     """Predicted step time (s), energy (J), MFU and J/token of a step given its op breakdown.
 
     `peak_flops_per_s` defaults to the `hw` peak of the profile's device in the dtype carrying the most
     FLOPs. An op missing from the profile is an error naming it (a silent 0 would flatter the step).
+    `communication_s`: user-given seconds per step added to the time (module docstring).
     """
     calls = [_as_call(item, i) for i, item in enumerate(op_breakdown)]
     if not calls:
         raise ValueError("op_breakdown is empty")
+    if not (isinstance(communication_s, (int, float)) and communication_s >= 0 and communication_s < float("inf")):
+        raise ValueError(f"communication_s must be a finite number of seconds >= 0: got {communication_s!r}")
     reasons: dict[str, str] = {}
     notes: list[str] = []
     per_op: list[dict[str, Any]] = []
@@ -103,6 +109,13 @@ def predict_step(profile: Any, op_breakdown: Iterable[Any], *, model_flops: floa
         time_s += t * call.count
         flops += call.flops * call.count
         flops_by_dtype[call.dtype] = flops_by_dtype.get(call.dtype, 0.0) + call.flops * call.count
+    if communication_s:
+        per_op.append({"op": "communication", "dtype": None, "count": 1, "time_s": float(communication_s),
+                       "energy_j": None, "source": "user-given"})
+        time_s += float(communication_s)
+        energy_ok = False
+        reasons.setdefault("energy_j", "the step includes user-given communication time, whose energy is not "
+                                       "modelled")
     if peak_flops_per_s is None:
         spec = hw.lookup(profile.device_name) if profile.device_kind != "cpu" else None
         main_dtype = max(flops_by_dtype, key=flops_by_dtype.get)

@@ -1,9 +1,13 @@
 """Device profiles: the fitted cost models of one device, as a small JSON file.
 
 A `DeviceProfile` holds, per (op, dtype, backend), the runtime model, the energy model (when energy was
-measured), the leave-shape-out CV errors, the row counts and notes, plus the device name, the date and
-the versions it was measured with. `to_json`/`from_json` round-trip it; `fit_device_profile` builds one
-from a store.
+measured), the leave-shape-out CV errors, the row counts and notes, the measured time of every shape it was
+fitted on, plus the device name, the date and the versions it was measured with. `to_json`/`from_json`
+round-trip it; `fit_device_profile` builds one from a store.
+
+Prediction at a shape the profile measured (the shape params given as features, as the benchmark recorded
+them) returns that measurement; anywhere else, the fitted model. The CV errors say how far the model is
+from shapes it has not seen.
 
 Profiles measured on real GPUs ship in `pyscale/data/profiles/*.json` (package data) so a planner can
 use them on machines without that GPU: `load_shipped_profile(device_name)`, `list_shipped_profiles()`.
@@ -24,12 +28,13 @@ from typing import Any
 import numpy as np
 
 from pyscale import hw
-from pyscale.costmodel.data import Rows, rows_from_measurements, tile_count
+from pyscale.costmodel.data import Rows, rows_from_measurements, shape_key, tile_count
 from pyscale.costmodel.energy import EnergyModel, fit_energy
 from pyscale.costmodel.evaluate import CVResult, cross_validate
 from pyscale.costmodel.runtime import RuntimeModel, fit_runtime
 
 FORMAT = "pyscale-device-profile"
+TRAINING_STEP_BACKEND = "step"  # the backend of the profiler's training-step rows (profile_step)
 FORMAT_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
 
@@ -47,12 +52,14 @@ class OpModel:
     n_rows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    measured: dict[str, float] = field(default_factory=dict)  # shape key -> median measured seconds per call
 
     def to_dict(self) -> dict[str, Any]:
         return {"op": self.op, "dtype": self.dtype, "backend": self.backend, "n_rows": self.n_rows,
                 "skipped": dict(self.skipped), "runtime": self.runtime.to_dict(),
                 "energy": None if self.energy is None else self.energy.to_dict(),
-                "cv": None if self.cv is None else self.cv.to_dict(), "notes": list(self.notes)}
+                "cv": None if self.cv is None else self.cv.to_dict(), "notes": list(self.notes),
+                "measured_time_s": dict(self.measured)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> OpModel:
@@ -60,7 +67,12 @@ class OpModel:
                    runtime=RuntimeModel.from_dict(d["runtime"]),
                    energy=None if d.get("energy") is None else EnergyModel.from_dict(d["energy"]),
                    cv=None if d.get("cv") is None else CVResult.from_dict(d["cv"]), n_rows=int(d.get("n_rows", 0)),
-                   skipped=dict(d.get("skipped", {})), notes=list(d.get("notes", [])))
+                   skipped=dict(d.get("skipped", {})), notes=list(d.get("notes", [])),
+                   measured={str(k): float(v) for k, v in (d.get("measured_time_s") or {}).items()})
+
+    def measured_time_s(self, features: Mapping[str, Any]) -> float | None:
+        """The measured seconds per call at the shape `features` names (the benchmark's params), or None."""
+        return self.measured.get(shape_key(self.op, features)) if features and self.measured else None
 
 
 def _same_dtype(a: str, b: str) -> bool:
@@ -96,6 +108,9 @@ class DeviceProfile:
     models: list[OpModel]
     notes: list[str] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    # the measured steps this profile was checked against (`pyscale costmodel validate --record`): created,
+    # store, command, steps (config, measured_s, predicted_s, rel_error, ...), summary; None until validated
+    validation: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ lookup
 
@@ -131,8 +146,13 @@ class DeviceProfile:
     def predict_time_s(self, op: str, dtype: str, flops: Any, bytes: Any, *, backend: str | None = None,
                        tiles: Any = None, **features: Any) -> Any:
         """Seconds per call. `features` are shape params (m=, n=, batch=, seq_q=, heads_q=, ...) used to
-        count tiles for the wave-quantisation term; `tiles=` gives the count directly."""
+        count tiles for the wave-quantisation term; `tiles=` gives the count directly. Features naming a
+        shape the profile measured (all its benchmark params) get that measurement."""
         m = self.model(op, dtype, backend)
+        if np.ndim(flops) == 0 and np.ndim(bytes) == 0:
+            measured = m.measured_time_s(features)
+            if measured is not None:
+                return measured
         t = self._tiles(m, tiles, features)
         return _scalar_or_array(m.runtime.predict_time_s(flops, bytes, t), flops, bytes)
 
@@ -151,10 +171,13 @@ class DeviceProfile:
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "device": {"name": self.device_name,
-                "kind": self.device_kind}, "created": self.created, "versions": dict(self.versions),
-                "source": dict(self.source), "notes": list(self.notes),
-                "models": [m.to_dict() for m in self.models]}
+        out = {"format": FORMAT, "format_version": FORMAT_VERSION, "device": {"name": self.device_name,
+               "kind": self.device_kind}, "created": self.created, "versions": dict(self.versions),
+               "source": dict(self.source), "notes": list(self.notes),
+               "models": [m.to_dict() for m in self.models]}
+        if self.validation is not None:
+            out["validation"] = dict(self.validation)
+        return out
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
         """The profile as JSON text; also written to `path` when given."""
@@ -175,8 +198,9 @@ class DeviceProfile:
             return cls(device_name=str(d["device"]["name"]), device_kind=str(d["device"].get("kind", "")),
                        created=str(d["created"]), versions=dict(d.get("versions", {})),
                        models=[OpModel.from_dict(m) for m in d["models"]], notes=list(d.get("notes", [])),
-                       source=dict(d.get("source", {})))
-        except (KeyError, TypeError, AttributeError) as exc:
+                       source=dict(d.get("source", {})),
+                       validation=None if d.get("validation") is None else dict(d["validation"]))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"profile: a pyscale device profile, but incomplete or damaged ({type(exc).__name__}: "
                              f"{exc}); write it again with `pyscale costmodel fit --out`") from None
 
@@ -230,13 +254,43 @@ def list_shipped_profiles(directory: str | os.PathLike[str] | None = None) -> di
 
 
 def load_shipped_profile(device_name: str, directory: str | os.PathLike[str] | None = None) -> DeviceProfile | None:
-    """The shipped profile of `device_name` (case, separators and vendor words ignored), or None."""
+    """The shipped profile of `device_name` (case, separators and vendor words ignored, or any name of the
+    same `hw` row: "H200 SXM" finds the profile the machine named "NVIDIA H200"), or None. Two shipped
+    profiles of one device are an error, never a silent pick."""
     if not isinstance(device_name, str) or not device_name.strip():
         raise ValueError(f"device_name must be a non-empty string: got {device_name!r}")
-    for name, path in list_shipped_profiles(directory).items():
-        if same_device(name, device_name):
-            return DeviceProfile.from_json(path)
-    return None
+    found = [path for name, path in list_shipped_profiles(directory).items() if same_device(name, device_name)]
+    if len(found) > 1:
+        raise ValueError(f"device_name {device_name!r}: several shipped profiles match "
+                         f"({', '.join(p.name for p in found)}); one device ships one profile")
+    return DeviceProfile.from_json(found[0]) if found else None
+
+
+def shipped_profile_problems(path: str | os.PathLike[str]) -> list[str]:
+    """Why the profile at `path` may not ship (empty when it may): it must be a measured GPU profile
+    (`source.measured`, with its command, date and pyscale version, and cross-validation of every model),
+    name a device that maps to exactly one `hw` row, and carry its step validation (a plan priced from it
+    prints that error next to its time)."""
+    try:
+        p = DeviceProfile.from_json(path)
+    except ValueError as exc:
+        return [str(exc)]
+    problems = []
+    if p.source.get("measured") is not True or not p.source.get("command"):
+        problems.append("source.measured must be true, with the command that measured it")
+    if not (p.created and p.versions.get("pyscale")):
+        problems.append("the date and the pyscale version it was measured with are missing")
+    if p.device_kind != "cuda":
+        problems.append(f"device kind {p.device_kind!r}: only GPU profiles ship")
+    rows = hw.matching_specs(p.device_name)
+    if len(rows) != 1:
+        problems.append(f"device {p.device_name!r} maps to {len(rows)} hw rows "
+                        f"({', '.join(r.name for r in rows) or 'none'}), not exactly one")
+    if any(m.cv is None for m in p.models):
+        problems.append("a model without cross-validation")
+    if not (p.validation and p.validation.get("steps")):
+        problems.append("no recorded step validation (pyscale costmodel validate PROFILE --record)")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------- fitting
@@ -290,6 +344,11 @@ def fit_device_profile(store: Any, *, device: str | None = None, op: str | None 
         picked = [r for r in picked if r["backend"] == backend]
         if not picked:
             raise ValueError(f"backend {backend!r} has no measurements in {where}; backends: {backends}")
+    steps = [r for r in picked if r["backend"] == TRAINING_STEP_BACKEND]
+    picked = [r for r in picked if r["backend"] != TRAINING_STEP_BACKEND]
+    if not picked:
+        raise ValueError(f"{where} holds only training-step rows of {device!r}: benchmark its ops first "
+                         "(`pyscale bench`)")
     device_name = picked[0]["device_name"]
     device_kind = str(picked[0].get("device_kind") or "")
     if spec is None:
@@ -300,6 +359,9 @@ def fit_device_profile(store: Any, *, device: str | None = None, op: str | None 
         if v not in device_versions:
             device_versions.append(v)
     notes: list[str] = []
+    if steps:
+        notes.append(f"{len(steps)} training-step row(s) (`pyscale profile`) left out: the models are fitted from "
+                     "op benchmarks only, never from the steps they are validated on")
     if len(device_versions) > 1:
         notes.append(f"rows come from {len(device_versions)} driver/library version sets (all fitted together)")
     if isinstance(spec, hw.UnknownGPU) or spec is None:
@@ -343,5 +405,9 @@ def _fit_one(rows: Rows, spec: hw.GPUSpec | hw.UnknownGPU | None, *, folds: int,
         cv = cross_validate(rows, spec, k=folds, seed=seed, residual=residual)
     else:
         notes.append("no cross-validation: a single shape")
+    by_shape: dict[str, list[float]] = {}
+    for group, t in zip(rows.groups, rows.time_s):
+        by_shape.setdefault(group, []).append(float(t))
+    measured = {group: float(np.median(ts)) for group, ts in by_shape.items()}
     return OpModel(op=rows.op, dtype=rows.dtype, backend=rows.backend, runtime=runtime, energy=energy, cv=cv,
-                   n_rows=len(rows), skipped=dict(rows.skipped), notes=notes)
+                   n_rows=len(rows), skipped=dict(rows.skipped), notes=notes, measured=measured)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pyscale import formulas
 
@@ -89,6 +89,23 @@ class ParamCounts:
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
+
+
+class Matrix(NamedTuple):
+    """One weight matrix of the built-in model, as ``models.gpt`` builds it with ``impl="torch"``."""
+
+    name: str  # the parameter's name inside its block ("attn.q_proj.weight"), or in the model ("lm_head.weight")
+    out_features: int
+    in_features: int
+    count: int  # how many the model holds (n_layers for a per-layer matrix, n_layers·n_experts for an expert's)
+
+
+class Vector(NamedTuple):
+    """One weight vector of the built-in model (the RMSNorm weights)."""
+
+    name: str
+    size: int
+    count: int
 
 
 @dataclass(frozen=True)
@@ -202,6 +219,29 @@ class GPTConfig:
             mlp = mlp_active = 3 * d * self.d_ff  # type: ignore[operator]
             router = 0
         return {"attention": attention, "mlp": mlp, "mlp_active": mlp_active, "router": router, "norms": 2 * d}
+
+    def matrices(self) -> list[Matrix]:
+        """Every weight matrix of the model (``impl="torch"``'s layout; the MoE experts as per-expert SwiGLUs),
+        with its (out_features, in_features) and how many there are: what the step's GEMMs and the optimizer
+        see. ``embed.weight`` is a (vocab, d_model) table, not a linear layer."""
+        L, d = self.n_layers, self.d_model
+        out = [Matrix("embed.weight", self.vocab_size, d, 1),
+               Matrix("attn.q_proj.weight", self.d_attn, d, L), Matrix("attn.k_proj.weight", self.d_kv, d, L),
+               Matrix("attn.v_proj.weight", self.d_kv, d, L), Matrix("attn.o_proj.weight", d, self.d_attn, L)]
+        if self.is_moe:
+            E, ff = self.n_experts, self.d_ff_expert
+            out += [Matrix("mlp.router.weight", E, d, L), Matrix("mlp.experts.gate_proj.weight", ff, d, L * E),
+                    Matrix("mlp.experts.up_proj.weight", ff, d, L * E),
+                    Matrix("mlp.experts.down_proj.weight", d, ff, L * E)]  # type: ignore[arg-type]
+        else:
+            out += [Matrix("mlp.gate_proj.weight", self.d_ff, d, L), Matrix("mlp.up_proj.weight", self.d_ff, d, L),
+                    Matrix("mlp.down_proj.weight", d, self.d_ff, L)]  # type: ignore[arg-type]
+        return [*out, Matrix("lm_head.weight", self.vocab_size, d, 1)]
+
+    def vectors(self) -> list[Vector]:
+        """Every weight vector: the RMSNorm weights before attention and MLP in each block, and the final one."""
+        L, d = self.n_layers, self.d_model
+        return [Vector("attn_norm.weight", d, L), Vector("mlp_norm.weight", d, L), Vector("norm.weight", d, 1)]
 
     def param_counts(self) -> ParamCounts:
         L, d, V = self.n_layers, self.d_model, self.vocab_size

@@ -120,6 +120,11 @@ class TorchAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) · up, the SwiGLU activation between the up- and down-projections."""
+    return F.silu(gate) * up
+
+
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) · up(x)): three d×d_ff matrices, no biases (Shazeer 2020)."""
 
@@ -130,7 +135,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 @dataclass
@@ -330,7 +335,7 @@ class GPT(nn.Module):
         (each the mean over MoE layers, before its coefficient).
         """
         logits, auxes = self.forward_with_aux(tokens)
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        ce = cross_entropy(logits, targets)
         parts = {"cross_entropy": ce}
         loss = ce
         if auxes:
@@ -339,6 +344,11 @@ class GPT(nn.Module):
             parts["load_balancing"], parts["z_loss"] = lb, z
             loss = loss + LOAD_BALANCING_COEF * lb + Z_LOSS_COEF * z
         return loss, parts
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of logits (..., vocab), in fp32 whatever the logits' dtype."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 class _NullContext:
@@ -383,6 +393,24 @@ def build_optimizer(
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def adamw_implementation(optimizer: torch.optim.Optimizer) -> str:
+    """Which of torch's implementations `optimizer.step()` runs: "fused", "foreach" or "for-loop" (one
+    tensor at a time). Unset flags follow torch's own default for the optimizer's parameters."""
+    flags = {**optimizer.defaults, **(optimizer.param_groups[0] if optimizer.param_groups else {})}
+    if flags.get("fused"):
+        return "fused"
+    if flags.get("foreach") is None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        try:  # torch's rule: foreach when every parameter is a CUDA (or other foreach-capable) tensor
+            from torch.optim.optimizer import _default_to_fused_or_foreach
+
+            fused, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+        except (ImportError, TypeError):  # a torch without the private helper: its documented default
+            fused, foreach = False, bool(params) and all(p.is_cuda for p in params)
+        return "fused" if fused else "foreach" if foreach else "for-loop"
+    return "foreach" if flags["foreach"] else "for-loop"
 
 
 def train_step(

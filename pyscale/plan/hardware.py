@@ -50,6 +50,7 @@ class Hardware:
     power_source: Callable[[Any], tuple[float | None, str]] | None = None
     notes: list[str] = field(default_factory=list)
     step_options: dict[str, Any] = field(default_factory=dict)  # how a cost model prices a step (dtype, backends)
+    time_error: str | None = None  # a cost model's measured step-validation error, shown next to a plan's time
 
     def __post_init__(self) -> None:
         if self.n_devices < 1:

@@ -64,6 +64,7 @@ class PlanCost:
     throughput_source: str = "no hardware given"
     mfu: float | None = None
     time_s: float | None = None  # wall-clock
+    time_error: str | None = None  # a cost model's measured step-validation error (None: not a cost model)
     gpu_hours: float | None = None  # time x n_devices
     energy_kwh: float | None = None  # GPU energy of the fleet
     facility_energy_kwh: float | None = None  # GPU energy x PUE
@@ -123,6 +124,7 @@ class Plan:
     throughput_source = _cost_attribute("throughput_source")
     mfu = _cost_attribute("mfu")
     time_s = _cost_attribute("time_s")
+    time_error = _cost_attribute("time_error")
     gpu_hours = _cost_attribute("gpu_hours")
     energy_kwh = _cost_attribute("energy_kwh")
     facility_energy_kwh = _cost_attribute("facility_energy_kwh")
@@ -483,6 +485,9 @@ def _price(hardware: Hardware | None, config: GPTConfig, model_flops: float
     cost.time_s = model_flops / cost.throughput_flops_per_s
     cost.gpu_hours = cost.time_s * hardware.n_devices / 3600
     assumptions.append(f"throughput: {cost.throughput_source}")
+    cost.time_error = hardware.time_error
+    if hardware.time_error:
+        assumptions.append(f"time: {hardware.time_error}")
     watts, power_source = hardware.power(config)
     if watts is None:
         unavailable["energy_kwh"] = power_source

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from pyscale import sysinfo
+from pyscale.profile import stability
 from pyscale.profile import timing as tm
 from pyscale.profile.flops import FlopCounter, FlopCounts
 from pyscale.profile.power import EnergyWindow, MeterSnapshot, NullMeter, PowerMeter, make_meter
@@ -317,6 +319,13 @@ class Profiler:
             out["extra_per_device_energy_j"] = [None if p.energy_j is None else p.energy_j / calls for p in w.parts]
         return out
 
+    def _gpu_state(self) -> stability.GpuState | None:
+        """NVML's view of the measured GPU (stability's other processes and throttling); None on a CPU."""
+        return stability.gpu_state(self.device.index or 0) if self.device.type == "cuda" else None
+
+    def _gpu_edges(self, before: stability.GpuState | None) -> tuple[stability.GpuState, stability.GpuState] | None:
+        return None if before is None else (before, self._gpu_state())
+
     def _mfu(self, model_flops: float | None, time_s: float | None, dtype: str | None,
              peaks: int = 1) -> tuple[float | None, str | None]:
         if model_flops is None:
@@ -354,8 +363,10 @@ class Profiler:
         uncounted = fl.pop("extra_uncounted_ops", None)
         inputs, notes, cold = tm.prepare_inputs(args, kwargs, self.device, cold_l2=self.timing.get("cold_l2", True),
                                                 l2_bytes=self.timing.get("l2_bytes"))
-        t_opts = {k: v for k, v in self.timing.items() if k not in ("cold_l2", "l2_bytes")}
-        t = tm.time_fn(fn, device=self.device, inputs=inputs, **t_opts)
+        before = self._gpu_state()
+        t = tm.time_fn(fn, device=self.device, inputs=inputs, **self.timing)
+        verdict = stability.assess(t.times_s, self.device.type, cpu_time_s=t.cpu_time_s, wall_s=t.wall_s,
+                                   threads=t.threads, gpu_edges=self._gpu_edges(before))
         w, calls, extra = self._energy_window(
             lambda i: fn(*inputs[i % len(inputs)][0], **inputs[i % len(inputs)][1]), t.mean_s)
         energy = self._energy_fields(w, calls)
@@ -365,7 +376,9 @@ class Profiler:
         m = Measurement(name, time_s=t.median_s, time_s_p20=t.quantile_s(0.2), time_s_p80=t.quantile_s(0.8),
                         repeats=t.repeats, dtype=dtype_name, device=str(self.device), rank=self.rank,
                         world_size=self.world_size, **fl, **energy,
-                        extra={"timing_method": t.method, "warmup_calls": t.warmup_calls, "stable": t.stable,
+                        extra={"timing_method": t.method, "warmup_calls": t.warmup_calls,
+                               "warmup_converged": t.warmup_converged, "stable": verdict["stable"],
+                               "stability": verdict, **_cpu_time_median(t.cpu_times_s),
                                "rotating_copies": t.rotating_copies, "cold_l2": cold, "time_s_mean": t.mean_s,
                                "time_s_min": t.min_s, "meter": self.meter.description,
                                "notes": [*notes, *t.notes], **extra,
@@ -466,6 +479,7 @@ class Profiler:
         step_model_flops = float(model_flops) if model_flops is not None else float(counts.model_flops)
 
         times: list[float] = []
+        cpu_times: list[float] = []
 
         def timed_step(i: int) -> None:
             if self.device.type == "cuda":
@@ -476,13 +490,17 @@ class Profiler:
                 b.synchronize()  # each step's edges are synchronised: steps never overlap
                 times.append(a.elapsed_time(b) * 1e-3)
             else:
+                c0 = time.process_time_ns()
                 t0 = time.perf_counter_ns()
                 fn(*args, **kwargs)
                 times.append((time.perf_counter_ns() - t0) * 1e-9)
+                cpu_times.append((time.process_time_ns() - c0) * 1e-9)
 
         # Timed steps; the energy window covers them, extended until it lasts min_window_s.
         self._sync()
+        before = self._gpu_state()
         start = self.meter.snapshot()
+        cpu_start = time.process_time()
         t_start = time.perf_counter()
         # Steps as long as an energy window get their own measured energy: snapshot at every step edge
         # (each step already ends synchronised). Shorter steps get a time-share of the whole window.
@@ -495,6 +513,9 @@ class Profiler:
         while self.meter.measures_energy and time.perf_counter() - t_start < self.min_window_s:
             timed_step(len(times))
         self._sync()
+        cpu_s, wall_s = time.process_time() - cpu_start, time.perf_counter() - t_start
+        verdict = stability.assess(times, self.device.type, cpu_time_s=cpu_s, wall_s=wall_s,
+                                   threads=torch.get_num_threads(), gpu_edges=self._gpu_edges(before))
         w = self.meter.window(start, self.meter.snapshot())
         energy = self._energy_fields(w, len(times))
         energy_extra = _pop_extra(energy)
@@ -512,6 +533,7 @@ class Profiler:
                    "model_flops_source": "given" if model_flops is not None else "counted (PaLM convention)",
                    "counted_model_flops": counts.model_flops,
                    "uncounted_ops": list(counts.uncounted_ops), "time_s_mean": st.mean_s, "time_s_min": st.min_s,
+                   "stable": verdict["stable"], "stability": verdict, **_cpu_time_median(cpu_times),
                    **energy_extra})
         summary.mfu, summary.mfu_unavailable_reason = self._mfu(summary.model_flops, summary.time_s, dtype_name)
 
@@ -580,13 +602,13 @@ class Profiler:
                 backward, note, passes = False, f"forward time only: backward hooks failed ({exc})", []
                 passes.append(hooked(backward))
         method = passes[0][2].method
-        hooked_step_s = _median([p[0] for p in passes])
+        hooked_step_s = statistics.median([p[0] for p in passes])
         rows = []
         for name, mc in counts.modules.items():
             if name == "Global":
                 continue
             per_pass = [p[1][name] for p in passes if name in p[1]]
-            hooked_s = _median(per_pass) if len(per_pass) == len(passes) else None
+            hooked_s = statistics.median(per_pass) if len(per_pass) == len(passes) else None
             share = min(1.0, hooked_s / hooked_step_s) if (hooked_s is not None and hooked_step_s > 0) else None
             t_s = None if share is None or summary.time_s is None else share * summary.time_s
             energy = self._attributed(None if summary.energy_j is None else summary.energy_j, share,
@@ -641,10 +663,10 @@ class Profiler:
                               run_id=self.run_id)
 
 
-def _median(values: list[float]) -> float:
-    xs = sorted(values)
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+def _cpu_time_median(cpu_times: tuple[float, ...] | list[float]) -> dict[str, float]:
+    """`cpu_time_s_median`, the median process CPU time of a host-timed call: on a shared CPU, what the call
+    costs while it holds a core (its wall time also counts the waits); nothing for GPU timings."""
+    return {"cpu_time_s_median": statistics.median(cpu_times)} if cpu_times else {}
 
 
 def _pop_extra(fields_: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,17 @@
 """Timing of a callable: CUDA events on a GPU, `time.perf_counter_ns` on the CPU.
 
 - Warm-up until stable: batches of calls until two consecutive batch medians agree within `stable_rel`
-  (or `max_warmup_s` runs out; `Timing.stable` says which).
+  (or `max_warmup_s` runs out; `Timing.warmup_converged` says which). Whether the timed repetitions
+  themselves were taken on a quiet machine is `pyscale.profile.stability`'s verdict, from the process CPU
+  time, wall time and threads recorded here.
 - Cold L2 (GPU): the tensor arguments are copied until the copies together exceed twice the L2 size
   (from `hw.py`, else `torch.cuda.get_device_properties().L2_cache_size`), and repetitions rotate through
   them -- no flush kernel, whose own work and energy would pollute the measurement.
+- Cold caches (CPU, when the caller gives a cache size): the same rotation past it.
+- Warm memory (CPU, `keep_freed_memory`): the C heap keeps what it frees, as a GPU's caching allocator
+  does, so neither a training step nor an op timed in a loop pays page faults for memory it frees and
+  allocates again (glibc would otherwise hand a step's freed activations back to the kernel each step while
+  a loop of one op reuses warm pages: the two would not add up).
 - Optional CUDA-graph mode: one graph per input copy, each replay timed by events.
 - Statistics over repetitions: median, p20, p80, mean, min (seconds), in a `Timing` dataclass.
 A host clock never brackets GPU work: GPU timings come from events, read after a synchronize.
@@ -13,6 +20,7 @@ A host clock never brackets GPU work: GPU timings come from events, read after a
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +40,14 @@ class Timing:
     times_s: tuple[float, ...]
     method: str  # "cuda_events", "cuda_graph_events" or "perf_counter"
     warmup_calls: int
-    stable: bool
+    warmup_converged: bool
     rotating_copies: int = 1
     cold_l2: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    cpu_time_s: float | None = None  # process CPU time over the timed repetitions (all threads)
+    cpu_times_s: tuple[float, ...] = ()  # CPU (host-timed) calls: the process CPU time of each
+    wall_s: float | None = None  # host wall time over the same repetitions
+    threads: int | None = None  # torch's CPU threads while they ran
 
     @property
     def repeats(self) -> int:
@@ -158,13 +170,43 @@ def prepare_inputs(args: Sequence[Any], kwargs: dict[str, Any], device: torch.de
 
 # --------------------------------------------------------------------------- timing loops
 
-def _time_calls_host(fn: Callable[..., Any], inputs: list[tuple[tuple, dict]], n: int, offset: int = 0) -> list[float]:
+_HEAP_KEPT: bool | None = None
+# glibc's mallopt parameters (malloc.h) and the values that keep freed memory mapped
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_NEVER_TRIM = 2**31 - 1  # bytes free at the top before the heap shrinks (mallopt takes a C int)
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's upper limit on 64-bit: larger blocks are always mapped afresh
+
+
+def keep_freed_memory() -> bool:
+    """Make this process's C heap keep the memory it frees (glibc mallopt: no trimming, blocks up to 32 MiB
+    from the heap); once set it holds for the process. False (and nothing changed) without glibc."""
+    global _HEAP_KEPT
+    if _HEAP_KEPT is None:
+        import ctypes
+
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            _HEAP_KEPT = bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)) and bool(
+                mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX))
+        except (OSError, AttributeError):
+            _HEAP_KEPT = False
+    return _HEAP_KEPT
+
+
+def _time_calls_host(fn: Callable[..., Any], inputs: list[tuple[tuple, dict]], n: int, offset: int = 0,
+                     cpu_times: list[float] | None = None) -> list[float]:
+    """Wall time of each call; with `cpu_times`, the process CPU time of each call is appended to it (read
+    outside the wall-clock bracket, so the wall time carries no extra cost)."""
     out = []
     for i in range(n):
         a, k = inputs[(offset + i) % len(inputs)]
+        c0 = time.process_time_ns() if cpu_times is not None else 0
         t0 = time.perf_counter_ns()
         fn(*a, **k)
         out.append((time.perf_counter_ns() - t0) * 1e-9)
+        if cpu_times is not None:
+            cpu_times.append((time.process_time_ns() - c0) * 1e-9)
     return out
 
 
@@ -177,12 +219,6 @@ def _time_calls_cuda(calls: list[Callable[[], Any]], n: int, offset: int = 0) ->
         ends[i].record()
     torch.cuda.synchronize()
     return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]  # ms -> s
-
-
-def _median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    mid = len(ys) // 2
-    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
 
 
 def time_fn(fn: Callable[..., Any], *args: Any, kwargs: dict[str, Any] | None = None,
@@ -235,22 +271,22 @@ def _time_on_device(fn: Callable[..., Any], inputs: list[tuple[tuple, dict]], on
             calls = _capture_graphs(fn, inputs)
             method = "cuda_graph_events"
 
-    def batch(n: int, offset: int) -> list[float]:
+    def batch(n: int, offset: int, cpu_times: list[float] | None = None) -> list[float]:
         if on_gpu:
             return _time_calls_cuda(calls, n, offset)
-        return _time_calls_host(fn, inputs, n, offset)
+        return _time_calls_host(fn, inputs, n, offset, cpu_times)
 
     # Warm-up until two consecutive batch medians agree (compiles, autotuning, clocks settle).
     warm = 0
-    stable = False
+    converged = False
     previous = None
     t_end = time.perf_counter() + max_warmup_s
     while True:
         times = batch(warmup_batch, warm)
         warm += warmup_batch
-        med = _median(times)
+        med = statistics.median(times)
         if previous is not None and abs(med - previous) <= stable_rel * max(previous, 1e-12):
-            stable = True
+            converged = True
             break
         previous = med
         if time.perf_counter() > t_end:
@@ -258,8 +294,12 @@ def _time_on_device(fn: Callable[..., Any], inputs: list[tuple[tuple, dict]], on
             break
     if repeats is None:
         repeats = int(min(max_repeats, max(min_repeats, math.ceil(min_time_s / max(med, 1e-9)))))
-    times = batch(repeats, warm)
-    return Timing(tuple(times), method, warm, stable, len(inputs), bool(on_gpu and cold), tuple(notes))
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    per_call_cpu: list[float] = []
+    times = batch(repeats, warm, per_call_cpu)
+    cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
+    return Timing(tuple(times), method, warm, converged, len(inputs), bool(cold), tuple(notes),
+                  cpu_time_s=cpu_s, wall_s=wall_s, threads=torch.get_num_threads(), cpu_times_s=tuple(per_call_cpu))
 
 
 def _capture_graphs(fn: Callable[..., Any], inputs: list[tuple[tuple, dict]]) -> list[Callable[[], Any]]:
@@ -279,5 +319,5 @@ def _capture_graphs(fn: Callable[..., Any], inputs: list[tuple[tuple, dict]]) ->
     return [g.replay for g in graphs]
 
 
-__all__ = ["Timing", "device_context", "infer_device", "l2_cache_bytes", "prepare_inputs", "rotating_inputs", "synchronize",
-           "time_fn"]
+__all__ = ["Timing", "device_context", "infer_device", "keep_freed_memory", "l2_cache_bytes", "prepare_inputs",
+           "rotating_inputs", "synchronize", "time_fn"]

@@ -10,14 +10,18 @@ import pytest
 
 from pyscale.benchmark.shapes import (
     DECODE_M,
+    GPT_STEPS,
     MODELS,
     PREFILL_M,
     SHAPE_SETS,
+    STEP_OPS,
     attention_shapes,
     gemm_shapes,
     moe_shapes,
+    step_shapes,
+    training_gemms,
 )
-from pyscale.formulas import moe_layer_model_flops
+from pyscale.formulas import embedding_rows_touched, moe_layer_model_flops
 
 
 def test_every_named_set_has_decode_and_prefill_shapes():
@@ -27,6 +31,8 @@ def test_every_named_set_has_decode_and_prefill_shapes():
             assert shapes == [] and moe_shapes(name) == [] and attention_shapes(name)
             continue
         assert shapes and all(s.model == name and s.m > 0 and s.n > 0 and s.k > 0 for s in shapes)
+        if name in GPT_STEPS and name != "quick":  # training GEMMs of the built-in GPT (checked below)
+            continue
         if name != "quick":
             assert {s.m for s in shapes} == set(DECODE_M) | set(PREFILL_M)
         # every K must hold whole int4 groups of 128 and whole FP8 blocks (the W4A16 / block cases)
@@ -97,3 +103,41 @@ def test_the_cli_offers_the_registry_sets():
 def test_shape_data_imports_no_torch():
     code = "import sys, pyscale.benchmark.shapes; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", [n for n in GPT_STEPS if n != "quick"])
+def test_gpt_sets_hold_every_gemm_and_attention_of_their_steps(name):
+    want, attention = set(), set()
+    for step in GPT_STEPS[name]:
+        c = step.config()
+        for m in c.matrices():
+            if m.name != "embed.weight":
+                want |= {(mm, n, k) for _, mm, n, k in training_gemms(step.batch * step.seq, m.out_features,
+                                                                     m.in_features)}
+        attention.add((step.batch, step.seq, c.n_heads, c.n_kv_heads, c.head_dim))
+    got = [(s.m, s.n, s.k) for s in gemm_shapes(name)]
+    assert set(got) == want and len(got) == len(want)  # each GEMM once, whichever layer ran it first
+    assert {(a.batch, a.seq, a.heads_q, a.heads_kv, a.head_dim) for a in attention_shapes(name)} == attention
+    assert moe_shapes(name) == []
+    # sizes where the rest of the step matters: a 32000-token vocabulary on a narrow model
+    assert any(s.vocab == 32000 and s.d_model <= 256 for s in GPT_STEPS[name]) and len(GPT_STEPS[name]) >= 5
+
+
+@pytest.mark.parametrize("name", [n for n in SHAPE_SETS if n != "grid"])
+def test_step_shapes_cover_every_step_op_with_its_optimizer_tensors(name):
+    shapes = step_shapes(name)
+    assert {op for op, _ in shapes} == set(STEP_OPS)
+    assert len(shapes) == len({(op, tuple(sorted(p.items()))) for op, p in shapes})  # no duplicates
+    if name in GPT_STEPS:  # AdamW sees each step.s parameters: one tensor at a time, or a group at once
+        groups = [p for op, p in shapes if op == "adamw" and p["tensors"] > 1]
+        for step in GPT_STEPS[name]:
+            c = step.config()
+            matrices = sum(m.out_features * m.in_features * m.count for m in c.matrices())
+            vectors = sum(v.size * v.count for v in c.vectors())
+            assert matrices + vectors == c.n_params()
+            (group,) = [g for g in groups if g["elements"] == matrices and g["tensors"] == sum(
+                m.count for m in c.matrices()) and g["matrix"]]
+            # a profile repeats one batch: the embedding rows it never touches keep zero gradients
+            untouched = c.vocab_size - embedding_rows_touched(step.batch * step.seq, c.vocab_size)
+            assert group["zero_fraction"] == pytest.approx(untouched * c.d_model / matrices, abs=1e-4)
+    assert step_shapes("grid") == []

@@ -19,6 +19,7 @@ from pyscale.costmodel import (
     list_shipped_profiles,
     load_shipped_profile,
     predict_step,
+    shipped_profile_problems,
 )
 
 
@@ -79,12 +80,64 @@ def test_shipped_profiles_lookup(profile, tmp_path):
 
 
 def test_every_shipped_profile_is_measured_and_complete():
-    # No invented profile ships: each one says it was measured, when, with what, and its CV error.
+    # No invented profile ships: each one says it was measured, when, with what, its CV error and its step
+    # validation, and names a device that maps to exactly one hw row.
     for name, path in list_shipped_profiles().items():
         p = DeviceProfile.from_json(path)
-        assert p.device_name == name and p.created and p.source.get("measured") is True
-        assert p.versions.get("pyscale") and p.source.get("command")
-        assert all(m.cv is not None for m in p.models)
+        assert p.device_name == name
+        assert shipped_profile_problems(path) == [], (path, shipped_profile_problems(path))
+
+
+def _validated(profile):
+    profile.validation = {"created": "2026-12-04T00:00:00+00:00", "command": "pyscale costmodel validate ...",
+                          "steps": [{"config": {}, "measured_s": 1.0, "predicted_s": 1.05, "rel_error": 0.05}],
+                          "summary": {"n_steps": 1, "max_abs_error": 0.05, "mean_abs_error": 0.05,
+                                      "min_error": 0.05, "max_error": 0.05}}
+    return profile
+
+
+def test_a_shipped_profile_must_be_a_measured_validated_gpu_profile_of_one_hw_row(profile, tmp_path):
+    path = tmp_path / "p.json"
+    profile.to_json(path)
+    assert any("step validation" in p for p in shipped_profile_problems(path))  # fitted, never validated
+    _validated(profile).to_json(path)
+    assert shipped_profile_problems(path) == []
+    for change, problem in ((dict(device_kind="cpu"), "only GPU profiles ship"),
+                            (dict(device_name="Imaginary GPU 9000"), "maps to 0 hw rows"),
+                            (dict(source={"measured": False}), "source.measured must be true")):
+        changed = DeviceProfile.from_dict({**profile.to_dict()})
+        for key, value in change.items():
+            setattr(changed, key, value)
+        changed.to_json(path)
+        assert any(problem in p for p in shipped_profile_problems(path)), (change, shipped_profile_problems(path))
+
+
+def test_the_machine_name_and_the_hw_row_name_find_the_same_shipped_profile(profile, tmp_path):
+    from pyscale import hw
+
+    assert [s.name for s in hw.matching_specs("NVIDIA H200")] == ["H200 SXM"]  # the lent machine's name
+    h200 = _validated(DeviceProfile.from_dict(profile.to_dict()))
+    h200.device_name = "NVIDIA H200"
+    h200.to_json(tmp_path / "h200.json")
+    for name in ("NVIDIA H200", "H200 SXM", "h200"):
+        assert load_shipped_profile(name, tmp_path).device_name == "NVIDIA H200"
+    assert load_shipped_profile("H100 SXM", tmp_path) is None
+    h200.device_name = "H200 SXM"
+    h200.to_json(tmp_path / "h200-again.json")
+    with pytest.raises(ValueError, match="several shipped profiles"):
+        load_shipped_profile("NVIDIA H200", tmp_path)
+
+
+def test_a_measured_shape_is_answered_with_its_measurement_and_others_by_the_model(profile):
+    m = profile.model("gemm", "bf16")
+    key, seconds = next(iter(m.measured.items()))
+    shape = json.loads(key)["shape"]
+    f, b = gemm_cost(shape)
+    assert profile.predict_time_s("gemm", "bf16", f, b, **shape) == seconds
+    model = profile.predict_time_s("gemm", "bf16", f, b)  # no features: the fitted model
+    assert model != seconds and model == pytest.approx(seconds, rel=0.5)
+    other = {**shape, "m": shape["m"] + 1}
+    assert profile.predict_time_s("gemm", "bf16", *gemm_cost(other), **other) not in m.measured.values()
 
 
 def test_predict_step_sums_ops(profile):

@@ -252,3 +252,16 @@ def test_full_size_counts_on_meta_device(cfg: GPTConfig) -> None:
     model = GPT(cfg, impl="torch", device="meta")
     assert sum(p.numel() for p in model.parameters()) == cfg.n_params()
     assert all(p.device.type == "meta" for p in model.parameters())
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_the_configs_matrices_and_vectors_are_the_models_parameters(moe):
+    from pyscale.models.gpt import GPT
+
+    extra = {"n_experts": 4, "top_k": 2} if moe else {}
+    cfg = GPTConfig(n_layers=2, d_model=48, n_heads=4, n_kv_heads=2, vocab_size=100, seq_len=8, **extra)
+    model = GPT(cfg, impl="torch")
+    got = sorted(tuple(p.shape) for p in model.parameters())
+    want = sorted([(m.out_features, m.in_features) for m in cfg.matrices() for _ in range(m.count)]
+                  + [(v.size,) for v in cfg.vectors() for _ in range(v.count)])
+    assert got == want

@@ -253,3 +253,22 @@ def test_the_table_with_energy_at_80_columns():
     for m in sp.modules:
         assert f"{m.energy_j:.3g}" in rendered
     assert any("MFU" in n for n in notes) and sp.summary.repeats == 3
+
+
+def test_a_cpu_gpt_step_records_what_it_ran_and_its_threads(monkeypatch, capsys):
+    pytest.importorskip("pyscale.models.gpt")
+    monkeypatch.setenv("PYSCALE_BENCH_CPU_THREADS", "1")
+    argv = ["profile", "--model", "gpt", "--layers", "1", "--d-model", "32", "--heads", "2", "--seq", "8",
+            "--batch", "2", "--vocab", "64", "--impl", "torch", *FAST, "--no-store", "--json"]
+    assert main([*argv, "--retry-unstable", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    p = out["params"]
+    assert p["optimizer"] == "for-loop" and p["cpu_threads"] == 1 and p["impl_parts"]["attention"] == "torch"
+    verdict = out["summary"]["extra"]["stability"]
+    assert 1 <= out["attempts"] <= 2 and (out["attempts"] == 1) == verdict["stable"]
+    assert main([*argv, "--retry-unstable", "-1"]) == 2
+    assert "--retry-unstable: must be a whole number >= 0" in capsys.readouterr().err
+    monkeypatch.setenv("PYSCALE_BENCH_CPU_THREADS", "zero")
+    assert main(argv) == 2 and "PYSCALE_BENCH_CPU_THREADS must be a whole number" in capsys.readouterr().err
+    assert main(["bench", "gemm", "--quick", "--retry-unstable", "-2"]) == 2
+    assert "--retry-unstable: must be a whole number >= 0" in capsys.readouterr().err

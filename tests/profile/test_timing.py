@@ -26,7 +26,7 @@ def test_time_fn_cpu_counts_calls_and_stabilises():
 
     t = tm.time_fn(fn, torch.ones(4), repeats=11, warmup_batch=3, stable_rel=1e9)
     assert t.method == "perf_counter" and t.repeats == 11 and all(x > 0 for x in t.times_s)
-    assert t.stable and t.warmup_calls == 6  # two batches are needed to compare medians
+    assert t.warmup_converged and t.warmup_calls == 6  # two batches are needed to compare medians
     assert len(calls) == t.warmup_calls + t.repeats
     assert not t.cold_l2 and t.rotating_copies == 1  # no L2 size for the CPU unless given
 
@@ -79,3 +79,13 @@ def test_indexed_copies_mode_for_benchmark_workloads():
     assert len(seen) == t.warmup_calls + 7
     with pytest.raises(ValueError, match="copies=N"):
         tm.time_fn(lambda i: None, 1, copies=2)
+
+
+def test_cpu_timings_carry_their_cpu_time_and_cpu_measurements_keep_freed_memory():
+    from pyscale.profile.timing import keep_freed_memory
+
+    a = torch.randn(128, 128)
+    t = tm.time_fn(torch.mm, a, a, device="cpu", min_time_s=0.01)
+    assert len(t.cpu_times_s) == t.repeats and all(c >= 0 for c in t.cpu_times_s)
+    assert t.wall_s > 0 and t.cpu_time_s >= 0 and t.threads == torch.get_num_threads()
+    assert keep_freed_memory() is keep_freed_memory()  # set once per process; True with glibc

@@ -89,9 +89,9 @@ def workload(case: Case, device: str) -> Workload:
     if fmt == "w4a16-g128" and device != "cuda":
         act = torch.float16  # W4A16 takes 16-bit activations; CPU has fp16 matmuls
     out_size = 4 if act == torch.float32 else 2
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(m, k, generator=gen).to(device=device, dtype=act)
-    w = (torch.randn(n, k, generator=gen) / k**0.5).to(device=device, dtype=act)
+    gen = torch.Generator(device=device).manual_seed(0)  # drawn where they are used: large shapes draw fast
+    x = torch.randn(m, k, generator=gen, device=device).to(dtype=act)
+    w = (torch.randn(n, k, generator=gen, device=device) / k**0.5).to(dtype=act)
     flops = float(formulas.gemm_flops(m, n, k))
     chosen = VARIANTS.get(fmt, {}).get(impl)
     if chosen is not None:
