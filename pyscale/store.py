@@ -193,6 +193,11 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     ALTER TABLE runs ADD COLUMN pid INTEGER;
     ALTER TABLE runs ADD COLUMN process_started_at REAL;
     """,
+    # v5: the GPU power limit enforced while measuring (part of a GPU case's key from now on; older rows have
+    # none: their limit was never read, so a resume measures them again rather than guess it).
+    """
+    ALTER TABLE measurements ADD COLUMN power_limit_w REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -216,10 +221,15 @@ def _canonical_json(obj: Any) -> str:
 
 
 def case_key(op: str, backend: str, params: Mapping[str, Any], dtype: str, device_uuid: str,
-             versions: Mapping[str, str | None], rank: int = 0) -> str:
-    """Canonical identity of a measured case, shared by --resume and retries."""
-    return _canonical_json({"op": op, "backend": backend, "params": dict(params), "dtype": dtype,
-                            "device": device_uuid, "versions": dict(versions), "rank": rank})
+             versions: Mapping[str, str | None], rank: int = 0, power_limit_w: float | None = None) -> str:
+    """Canonical identity of a measured case, shared by --resume and retries. A GPU's enforced power limit is
+    part of it (the same case at 300 W and at 400 W are two measurements); without one (a CPU, an
+    unreadable limit, rows older than schema v5) the key is what it always was."""
+    key = {"op": op, "backend": backend, "params": dict(params), "dtype": dtype, "device": device_uuid,
+           "versions": dict(versions), "rank": rank}
+    if power_limit_w is not None:
+        key["power_limit_w"] = float(power_limit_w)
+    return _canonical_json(key)
 
 
 @dataclass(frozen=True)
@@ -264,6 +274,7 @@ class MeasuredValues:
     mem_clock_mhz: float | None = None
     temperature_c: float | None = None
     throttle_reasons: tuple[str, ...] | None = None  # NVML's reason names; () when none
+    power_limit_w: float | None = None  # the GPU power limit NVML enforced while measuring (part of the key)
     time_s_unavailable_reason: Reason = None
     flops_unavailable_reason: Reason = None
     model_flops_unavailable_reason: Reason = None
@@ -275,6 +286,7 @@ class MeasuredValues:
     mem_clock_mhz_unavailable_reason: Reason = None
     temperature_c_unavailable_reason: Reason = None
     throttle_reasons_unavailable_reason: Reason = None
+    power_limit_w_unavailable_reason: Reason = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def unavailable_reasons(self) -> dict[str, str]:
@@ -690,7 +702,8 @@ class Store:
         superseded, and the measurement stays current (a rerun that runs out of memory loses nothing)."""
         m.validate()
         device = self.device(device_id)
-        key = case_key(m.op, m.backend, m.params, m.dtype, device.uuid, device.versions(), m.rank)
+        key = case_key(m.op, m.backend, m.params, m.dtype, device.uuid, device.versions(), m.rank,
+                       m.power_limit_w)
         row = m.columns()
         row.update(case_key=key, device_id=device_id, run_id=run_id, created_at=time.time())
 
@@ -709,9 +722,9 @@ class Store:
         return self.write(insert)
 
     def case_key_for(self, op: str, backend: str, params: Mapping[str, Any], dtype: str, *, device_id: int,
-                     rank: int = 0) -> str:
+                     rank: int = 0, power_limit_w: float | None = None) -> str:
         device = self.device(device_id)
-        return case_key(op, backend, params, dtype, device.uuid, device.versions(), rank)
+        return case_key(op, backend, params, dtype, device.uuid, device.versions(), rank, power_limit_w)
 
     def has_case(self, key: str, *, statuses: Sequence[str] = ("ok",)) -> bool:
         """True when the current row of this case has one of `statuses` (what --resume skips)."""

@@ -440,3 +440,41 @@ def test_two_concurrent_writers_on_fresh_stores(tmp_path):
             assert len(rows) == 2 * RECORDS and [r["status"] for r in s.runs()] == ["ok", "ok"]
             assert s._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_power_limit_is_part_of_a_gpu_case_and_absent_keys_are_unchanged(tmp_path):
+    params = {"m": 128, "n": 256, "k": 64}
+    with st.Store(tmp_path / "a.db") as s:
+        dev = s.register_device(DEVICE)
+        s.record(_ok(power_limit_w=300.0), device_id=dev)
+        s.record(_ok(power_limit_w=400.0, time_s=0.8e-3), device_id=dev)
+        rows = s.measurements()
+        assert sorted((r["power_limit_w"], r["time_s_median"]) for r in rows) == [(300.0, 1e-3), (400.0, 0.8e-3)]
+        at = {w: s.case_key_for("gemm", "triton", params, "bf16", device_id=dev, power_limit_w=w)
+              for w in (300, 400.0, 500)}
+        assert s.has_case(at[300]) and s.has_case(at[400.0]) and not s.has_case(at[500])  # 300 == 300.0
+        unlimited = s.case_key_for("gemm", "triton", params, "bf16", device_id=dev)
+        assert not s.has_case(unlimited)
+        # without a limit the key is the one stores before v5 hold
+        assert "power_limit_w" not in json.loads(unlimited)
+        s.record(_ok(power_limit_w_unavailable_reason="no GPU power limit on a cpu device"), device_id=dev)
+        row = next(r for r in s.measurements() if r["power_limit_w"] is None)
+        assert row["unavailable_reasons"]["power_limit_w"] == "no GPU power limit on a cpu device"
+
+
+def test_a_v4_store_opens_keeps_its_rows_and_resumes_them(tmp_path):
+    path = tmp_path / "v4.db"
+    with st.Store(path) as s:
+        dev = s.register_device(DEVICE)
+        s.record(_ok(), device_id=dev)
+        key = s.case_key_for("gemm", "triton", {"m": 128, "n": 256, "k": 64}, "bf16", device_id=dev)
+    conn = sqlite3.connect(path)  # back to v4: the column gone, the key as v4 wrote it
+    conn.execute("ALTER TABLE measurements DROP COLUMN power_limit_w")
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    with st.Store(path, read_only=True) as s:
+        assert s.schema_version == st.SCHEMA_VERSION and s.measurements()[0]["power_limit_w"] is None
+    with st.Store(path) as s:
+        assert s.schema_version == 5 and s.has_case(key)  # a CPU or limit-less resume still finds the row
+        assert len(s.measurements()) == 1

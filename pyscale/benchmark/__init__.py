@@ -2,7 +2,7 @@
 
     shapes.py       the per-model shape registry; every family's shapes and the shape-set names derive from it
     cases/<family>  one module per op family: its cases of a shape set, and a case's workload
-    runner.py       Case, Workload, run_case (one case, here), sweep (cases -> store), executors
+    runner.py       Case, Workload, run_case (one case, here), sweep (cases -> store), pending (resume), executors
     distributed.py  the Ray fan-out (`pyscale bench --ray`)
     rows.py         derived report rows (TFLOP/s, % of peak, GB/s, J/TFLOP, speedups), the table, exports
     suites.py       what the bench/ suites run per test
@@ -18,7 +18,7 @@ from typing import Any
 
 _EXPORTS = {
     "FAMILIES": "runner", "Case": "runner", "Executor": "runner", "LocalExecutor": "runner",
-    "SweepSummary": "runner", "Workload": "runner", "plan_cases": "runner", "run_case": "runner", "sweep": "runner",
+    "SweepSummary": "runner", "Workload": "runner", "pending": "runner", "plan_cases": "runner", "run_case": "runner", "sweep": "runner",
     "SHAPE_SETS": "shapes",
     "case_groups": "suites", "group_id": "suites", "run_group_for_pytest": "suites",
 }

@@ -223,6 +223,27 @@ class SweepSummary:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
+def pending(cases: Sequence[Case], *, store: st.Store, device: str = "cpu", label: str = "") -> list[Case]:
+    """The cases `store` has no current ok row of on `device` (at the GPU's power limit now): what a resumed
+    sweep measures. `label`: a suffix of the backend (the campaign's A/B rows)."""
+    device_id = store.register_device(sysinfo.device_record(device))
+    limit = _power_limit_now(device)
+    return [c for c in cases if not store.has_case(store.case_key_for(
+        c.op, c.impl + label, {**c.params_dict, "shape_set": c.shape_set}, c.dtype, device_id=device_id,
+        power_limit_w=limit))]
+
+
+def _power_limit_now(device: str) -> float | None:
+    """The enforced power limit of CUDA `device` (part of its cases' keys); None on a CPU or where NVML
+    cannot say, as the profiler then records none either."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda":
+        return None
+    from pyscale.profile.power.nvml import enforced_power_limit_w
+
+    return enforced_power_limit_w(int(index or 0))[0]
+
+
 def sweep(cases: Sequence[Case], *, store: st.Store, device: str = "cpu", resume: bool = False,
           energy: bool = False, executor: Executor | None = None, progress: bool = True,
           command: str = "bench", arguments: dict[str, Any] | None = None,
@@ -238,10 +259,7 @@ def sweep(cases: Sequence[Case], *, store: st.Store, device: str = "cpu", resume
     summary = SweepSummary(run_id)
     todo = list(cases)
     if resume:
-        here = sysinfo.device_record(device)
-        device_id = store.register_device(here)
-        todo = [c for c in cases if not store.has_case(store.case_key_for(
-            c.op, c.impl, {**c.params_dict, "shape_set": c.shape_set}, c.dtype, device_id=device_id))]
+        todo = pending(cases, store=store, device=device)
         summary.skipped = len(cases) - len(todo)
     status = "ok"
     bar = _progress(progress, len(todo))

@@ -631,8 +631,26 @@ class Profiler:
 
     # ------------------------------------------------------------------ reduction and storage
 
+    def _power_limit(self) -> tuple[float | None, str | None]:
+        """The GPU power limit NVML enforces now (W; summed over the gpus= devices), read-only, or (None, why)."""
+        if self.device.type != "cuda":
+            return None, f"no GPU power limit on a {self.device.type} device"
+        from pyscale.profile.power.nvml import enforced_power_limit_w
+
+        total = 0.0
+        for index in self.gpus or [self.device.index or 0]:
+            limit, why = enforced_power_limit_w(index)
+            if limit is None:
+                return None, why or "not reported"
+            total += limit
+        return total, None
+
     def _finish(self, rows: list[Measurement], params: dict[str, Any] | None, backend: str,
                 record: bool) -> list[Measurement]:
+        limit, why = self._power_limit()  # read once the rows are measured: a limit is set between measurements
+        for m in rows:
+            if m.power_limit_w is None:
+                m.power_limit_w, m.power_limit_w_unavailable_reason = limit, why
         all_rows = rows
         if self.world_size > 1:
             here = sysinfo.device_record(self.device.type, self.device.index)
@@ -695,8 +713,10 @@ def reduce_ranks(per_rank: list[Measurement]) -> Measurement:
     out = replace(first, rank=0, reduced=True, time_s=worst("time_s"), time_s_p20=worst("time_s_p20"),
                   time_s_p80=worst("time_s_p80"), flops=total("flops"), model_flops=total("model_flops"),
                   bytes=total("bytes"), energy_j=total("energy_j"), avg_power_w=total("avg_power_w"),
-                  idle_power_w=total("idle_power_w"), extra={**first.extra, "ranks": len(per_rank)})
-    for name in ("time_s", "flops", "model_flops", "bytes", "energy_j", "avg_power_w", "idle_power_w"):
+                  idle_power_w=total("idle_power_w"), power_limit_w=total("power_limit_w"),
+                  extra={**first.extra, "ranks": len(per_rank)})
+    for name in ("time_s", "flops", "model_flops", "bytes", "energy_j", "avg_power_w", "idle_power_w",
+                 "power_limit_w"):
         if getattr(out, name) is None:
             why = next((getattr(m, f"{name}_unavailable_reason") for m in per_rank if getattr(m, name) is None), None)
             setattr(out, f"{name}_unavailable_reason", f"unavailable on some rank: {why}")

@@ -40,6 +40,25 @@ def test_quick_sweep_end_to_end_and_resume(tmp_path):
         assert len(store.measurements(include_superseded=True)) == len(cases)
 
 
+def test_resume_is_per_power_limit(tmp_path, monkeypatch):
+    from pyscale.benchmark import runner
+    from pyscale.store import MeasurementRecord
+
+    cases = _quick_gemm()[:2]
+    with Store(tmp_path / "s.db") as store:
+        benchmark.sweep(cases, store=store, progress=False)
+        assert benchmark.pending(cases, store=store, device="cpu") == []
+        # the same rows seen from a GPU at 300 W: none of them was measured there, at that limit
+        monkeypatch.setattr(runner, "_power_limit_now", lambda device: 300.0)
+        assert benchmark.pending(cases, store=store, device="cpu") == cases
+        row = store.measurements()[0]
+        dev = store.register_device(benchmark.runner.sysinfo.device_record("cpu"))
+        store.record(MeasurementRecord(op=row["op"], backend=row["backend"], params=row["params"],
+                                       dtype=row["dtype"], time_s=1e-3, power_limit_w=300.0).explain_missing("test"),
+                     device_id=dev)
+        assert len(benchmark.pending(cases, store=store, device="cpu")) == 1
+
+
 def test_oom_and_kernel_failure_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     cases = _quick_gemm()
     real = gemm.workload

@@ -16,7 +16,8 @@ from pyscale.profile.power import nvml as nvml_mod
 FUNCS = ("nvmlInit", "nvmlShutdown", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetHandleByUUID",
          "nvmlDeviceGetUUID", "nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage",
          "nvmlDeviceGetFieldValues", "nvmlDeviceGetClockInfo", "nvmlDeviceGetTemperature",
-         "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons")
+         "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons",
+         "nvmlDeviceGetEnforcedPowerLimit")
 CONSTANTS = ("NVMLError", "NVML_FI_DEV_POWER_INSTANT", "NVML_CLOCK_SM", "NVML_CLOCK_MEM", "NVML_TEMPERATURE_GPU",
              "NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_NOT_SUPPORTED")
 
@@ -58,6 +59,7 @@ def nv():
     fake.nvmlDeviceGetTemperature.return_value = 61
     fake.nvmlDeviceGetCurrentClocksEventReasons.return_value = 0x4 | 0x40
     fake.nvmlDeviceGetTotalEnergyConsumption.return_value = 1_000_000
+    fake.nvmlDeviceGetEnforcedPowerLimit.return_value = 350_000
     return fake
 
 
@@ -74,6 +76,7 @@ def test_nvml_window_and_fields(nv):
     assert start.power_w == 250.0  # the instantaneous field, mW -> W
     assert start.sm_clock_mhz == 1980 and start.mem_clock_mhz == 2619 and start.temperature_c == 61
     assert start.throttle_reasons == ("SwPowerCap", "HwThermalSlowdown")
+    assert start.power_limit_w == 350.0  # the enforced limit, mW -> W
     assert w.avg_power_w == pytest.approx(150.25 / w.time_s)
     m.close()
     m.close()  # idempotent
@@ -99,6 +102,7 @@ def test_nvml_energy_not_supported_is_none_with_reason(nv):
     assert snap.energy_j is None and "not supported" in snap.unavailable_reasons["energy_j"].lower()
     assert "Volta" in snap.unavailable_reasons["energy_j"]
     assert snap.temperature_c is None and "temperature_c" in snap.unavailable_reasons
+    assert snap.power_limit_w == 350.0
     assert snap.power_w == 240.0  # unsupported instant field -> the averaged power reading
     w = m.window(snap, m.snapshot())
     assert w.energy_j is None and w.avg_power_w is None and "not supported" in w.energy_unavailable_reason.lower()
@@ -292,3 +296,20 @@ def test_multi_meter_one_reading_per_device(nv):
     ws = mixed.window(mixed.snapshot(), mixed.snapshot())
     assert ws.energy_j is None and "device 1" in ws.energy_unavailable_reason
     assert "no second meter" in ws.energy_unavailable_reason
+
+
+def test_the_enforced_power_limit_is_read_read_only(nv):
+    assert nvml_mod.enforced_power_limit_w(0, nvml=nv, env={}) == (350.0, None)
+    nv.nvmlDeviceGetEnforcedPowerLimit.side_effect = err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    limit, why = nvml_mod.enforced_power_limit_w(0, nvml=nv, env={})
+    assert limit is None and "not supported" in why.lower()
+    nv.nvmlInit.side_effect = err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    limit, why = nvml_mod.enforced_power_limit_w(0, nvml=nv, env={})
+    assert limit is None and why.startswith("NVML: nvmlInit failed")
+    assert not any(name.startswith("nvmlDeviceSet") for name in vars(nv))  # nothing here sets anything
+
+
+def test_a_multimeter_sums_the_power_limits(nv):
+    multi = power.MultiMeter([meter(nv), meter(nv)])
+    assert multi.snapshot().power_limit_w == 700.0
+    assert "not a GPU" in power.NullMeter("not a GPU").snapshot().unavailable_reasons["power_limit_w"]

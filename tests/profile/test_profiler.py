@@ -66,6 +66,20 @@ def test_window_measures_and_stores(tmp_path):
         assert row["flops"] == m.flops and row["energy_j"] == pytest.approx(m.energy_j)
         assert row["params"]["m"] == 32 and row["rank"] == 0 and row["throttle_reasons"] == "SwPowerCap"
         assert row["extra"]["mfu"] is None and "CPU" in row["extra"]["mfu_unavailable_reason"]
+        assert row["power_limit_w"] is None and "cpu" in row["unavailable_reasons"]["power_limit_w"]
+
+
+def test_every_row_records_the_enforced_power_limit_and_is_keyed_by_it(tmp_path, monkeypatch):
+    limits = iter([(300.0, None), (400.0, None)])
+    monkeypatch.setattr(pr.Profiler, "_power_limit", lambda self: next(limits))  # a GPU's limit, read per window
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with make_profiler(tmp_path) as prof:
+        at_300 = prof.window("mm", torch.mm, a, b, params={"m": 8})
+        at_400 = prof.window("mm", torch.mm, a, b, params={"m": 8})
+    assert (at_300.power_limit_w, at_400.power_limit_w) == (300.0, 400.0)
+    with Store(tmp_path / "p.db") as store:
+        rows = store.measurements(op="mm")  # two current rows: one case at two limits
+        assert sorted(r["power_limit_w"] for r in rows) == [300.0, 400.0]
 
 
 def test_unavailable_meter_reports_none_with_reason_never_zero(tmp_path):

@@ -43,6 +43,7 @@ class MeterSnapshot:
     mem_clock_mhz: float | None = None
     temperature_c: float | None = None
     throttle_reasons: tuple[str, ...] | None = None
+    power_limit_w: float | None = None  # the enforced power limit (NVML); None with a reason elsewhere
     # the raw counter in the meter's own unit (mJ for NVML, µJ for RAPL): exact integer arithmetic
     counter: int | None = None
     # field name -> why it is None (only for fields that are None)
@@ -162,7 +163,8 @@ class MultiMeter(PowerMeter):
             timestamp_s=max(p.timestamp_s for p in parts), energy_j=combine("energy_j", sum),
             power_w=combine("power_w", sum), sm_clock_mhz=combine("sm_clock_mhz", min),
             mem_clock_mhz=combine("mem_clock_mhz", min), temperature_c=combine("temperature_c", max),
-            throttle_reasons=throttle, unavailable_reasons=reasons, parts=parts)
+            throttle_reasons=throttle, power_limit_w=combine("power_limit_w", sum),  # the devices' power budget
+            unavailable_reasons=reasons, parts=parts)
 
     def window(self, start: MeterSnapshot, end: MeterSnapshot) -> EnergyWindow:
         parts = tuple(m.window(a, b) for m, a, b in zip(self.meters, start.parts, end.parts))

@@ -15,7 +15,8 @@ class NullMeter(PowerMeter):
         self.reason = reason
 
     def _read(self) -> MeterSnapshot:
-        fields = ("energy_j", "power_w", "sm_clock_mhz", "mem_clock_mhz", "temperature_c", "throttle_reasons")
+        fields = ("energy_j", "power_w", "sm_clock_mhz", "mem_clock_mhz", "temperature_c", "throttle_reasons",
+                  "power_limit_w")
         return MeterSnapshot(now_s(), None, unavailable_reasons=dict.fromkeys(fields, self.reason))
 
     @property

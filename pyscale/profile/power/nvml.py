@@ -185,6 +185,7 @@ class NvmlMeter(PowerMeter):
         reasons_fn = getattr(self.nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
             self.nv.nvmlDeviceGetCurrentClocksThrottleReasons
         mask = self._optional(reasons, "throttle_reasons", reasons_fn, self.handle)
+        limit_mw = self._optional(reasons, "power_limit_w", self.nv.nvmlDeviceGetEnforcedPowerLimit, self.handle)
         return MeterSnapshot(
             timestamp_s=t,
             energy_j=None if energy_mj is None else float(energy_mj) / 1000.0,
@@ -194,6 +195,7 @@ class NvmlMeter(PowerMeter):
             mem_clock_mhz=None if mem is None else float(mem),
             temperature_c=None if temp is None else float(temp),
             throttle_reasons=None if mask is None else decode_throttle_reasons(int(mask)),
+            power_limit_w=None if limit_mw is None else float(limit_mw) / 1000.0,
             unavailable_reasons=reasons,
         )
 
@@ -220,3 +222,18 @@ class NvmlMeter(PowerMeter):
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def enforced_power_limit_w(index: int, **meter_args: Any) -> tuple[float | None, str | None]:
+    """The power limit NVML enforces on visible CUDA device `index` now, in W, read-only; or (None, why)."""
+    try:
+        meter = NvmlMeter(index, **meter_args)
+    except MeterError as exc:
+        return None, f"NVML: {exc}"
+    try:
+        snap = meter.snapshot()
+        return snap.power_limit_w, snap.unavailable_reasons.get("power_limit_w")
+    except MeterError as exc:
+        return None, f"NVML: {exc}"
+    finally:
+        meter.close()

@@ -83,7 +83,7 @@ class RaplMeter(PowerMeter):
         return MeterSnapshot(t, total_uj * 1e-6, counter=total_uj, unavailable_reasons={
             "power_w": "RAPL has no instantaneous power reading (sample the counter instead)",
             "sm_clock_mhz": "not a GPU", "mem_clock_mhz": "not a GPU", "temperature_c": "RAPL reports no temperature",
-            "throttle_reasons": "not a GPU"})
+            "throttle_reasons": "not a GPU", "power_limit_w": "not a GPU"})
 
     def energy_delta_j(self, start: MeterSnapshot, end: MeterSnapshot) -> float:
         assert start.counter is not None and end.counter is not None
