@@ -239,9 +239,9 @@ def ab_step(name: str, variable: str, values: tuple[str, str], *, family: str, o
         shape_set = "quick" if ctx.dry_run else shapes
         out = []
         for value, tag in ((a, ""), (b, ""), (a, "#repeat")):
-            label = f"@{variable}={value}{tag}"
+            label = f"@{variable}={value or 'default'}{tag}"  # "": the variable unset, the op's own choice
             env = {variable: value, "PYSCALE_AUTOTUNE": "on",
-                   "PYSCALE_AUTOTUNE_CACHE": str(ctx.tmp / f"autotune-{name}-{value}{tag.strip('#')}.json")}
+                   "PYSCALE_AUTOTUNE_CACHE": str(ctx.tmp / f"autotune-{name}-{value or 'default'}{tag.strip('#')}.json")}
             out.append(ctx.worker("sweep", "--store", str(ctx.store), "--shapes", shape_set, "--families",
                                   f"{family}:{'+'.join(impls)}", "--ops", ",".join(ops), "--label", label,
                                   env=env, shown=(f"{variable}={value} PYSCALE_AUTOTUNE=on pyscale bench {family} "
@@ -250,14 +250,43 @@ def ab_step(name: str, variable: str, values: tuple[str, str], *, family: str, o
         return out
 
     def needs(ctx: Context) -> str | None:
-        if ctx.dry_run or min_capability is None:
-            return None
-        if ctx.capability is None or tuple(ctx.capability) < min_capability:
-            return f"needs compute capability {min_capability[0]}.{min_capability[1]}+ (this GPU: {ctx.capability})"
-        return None
+        return None if ctx.dry_run else _capability_missing(ctx, min_capability)
 
     what = (f"A/B {variable}={a} vs {b} (then {a} again): {', '.join(ops)} at {shapes}, tuned (PYSCALE_AUTOTUNE=on)")
     return Step(name, budget_s, what, commands, needs)
+
+
+VARIANTS_LABEL = "variants"
+
+
+def variants_step(name: str, *, family: str, ops: tuple[str, ...], budget_s: float, shapes: str = "llama3-8b",
+                  min_capability: tuple[int, int] | None = None) -> Step:
+    """A variants step: a family whose structural variants are implementations of their own
+    (`pyscale:<variant>`, e.g. pyscale.benchmark.cases.gemm.VARIANTS) measured side by side in one tuned
+    run, with a fresh autotune cache, baselines included. Rows are stored under `<impl>@variants`."""
+
+    def commands(ctx: Context) -> list[Command]:
+        shape_set = "quick" if ctx.dry_run else shapes
+        label = f"@{VARIANTS_LABEL}"
+        env = {"PYSCALE_AUTOTUNE": "on", "PYSCALE_AUTOTUNE_CACHE": str(ctx.tmp / f"autotune-{name}.json")}
+        return [ctx.worker("sweep", "--store", str(ctx.store), "--shapes", shape_set, "--families", f"{family}:*",
+                           "--ops", ",".join(ops), "--label", label, env=env,
+                           shown=(f"PYSCALE_AUTOTUNE=on pyscale bench {family} --shapes {shape_set} "
+                                  f"(every implementation and variant; rows labelled {label})"))]
+
+    def needs(ctx: Context) -> str | None:
+        return None if ctx.dry_run else _capability_missing(ctx, min_capability)
+
+    return Step(name, budget_s, f"{family} variants side by side: {', '.join(ops)} at {shapes}, tuned", commands,
+                needs)
+
+
+def _capability_missing(ctx: Context, min_capability: tuple[int, int] | None) -> str | None:
+    if min_capability is None:
+        return None
+    if ctx.capability is None or tuple(ctx.capability) < min_capability:
+        return f"needs compute capability {min_capability[0]}.{min_capability[1]}+ (this GPU: {ctx.capability})"
+    return None
 
 
 #: The campaign, in priority order. Budgets are seconds of the default 300 s (scaled with --budget-s); the
@@ -277,8 +306,13 @@ STEPS: tuple[Step, ...] = (
     Step("profile", 45, "pyscale profile of the built-in GPT at 5 sizes", _profile),
     Step("fit", 15, "pyscale costmodel fit, then costmodel validate --record (into profile.json)", _fit),
     ab_step("ab-attention-tma", "PYSCALE_ATTN_TMA", ("0", "1"), family="attention", ops=("attention_fwd",),
-            budget_s=25, min_capability=(9, 0)),
-    Step("energy", 40, f"energy of {ENERGY_SHAPES_PER_OP} shapes per op where NVML's energy counter answers, "
+            budget_s=15, min_capability=(9, 0)),
+    ab_step("ab-attention-bwd", "PYSCALE_ATTN_BWD", ("split", "fused"), family="attention",
+            ops=("attention_bwd",), budget_s=15),
+    variants_step("ab-gemm", family="gemm", ops=("gemm",), budget_s=15),
+    ab_step("ab-moe-dw-splits", "PYSCALE_MOE_DW_SPLITS", ("", "1"), family="moe", ops=("moe_fwd_bwd",),
+            shapes="qwen3-moe", budget_s=15),
+    Step("energy", 30, f"energy of {ENERGY_SHAPES_PER_OP} shapes per op where NVML's energy counter answers, "
          "then the fit and validation again", _energy, _needs_energy),
     Step("pytest-gpu", 0, "the rest of pytest -m 'gpu and not slow', with whatever time is left", _pytest_rest,
          final=True),
@@ -578,23 +612,71 @@ def _store_sections(ctx: Context) -> list[str]:
 
 
 def _ab_section(rows: list[dict[str, Any]]) -> list[str]:
+    """One table per A/B step: an environment variable's values (`@VAR=value`), or the structural variants
+    of one run (`@variants`: the implementations of each shape side by side, against `pyscale`)."""
+    steps: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        label = r["backend"].split("@", 1)[1]
+        steps.setdefault(label.split("=", 1)[0].split("#", 1)[0], []).append(r)
+    out = []
+    for variable, group in sorted(steps.items()):
+        out += _variants_table(group) if variable == VARIANTS_LABEL else _ab_table(variable, group)
+    return out
+
+
+def _ratio_table(title: str, groups: dict[tuple[str, str], dict[str, dict[str, Any]]], columns: list[str],
+                 base: str) -> list[str]:
+    """Rows (op, shape) x `columns` in ms, then each column's ratio to `base` (> 1: slower than `base`)."""
+    others = [x for x in columns if x != base]
+    out = ["", title, "",
+           "| op | shape | " + " | ".join(f"{x} ms" for x in columns) + " | "
+           + " | ".join(f"{x} / {base}" for x in others) + " |",
+           "| --- | --- | " + " | ".join("---:" for _ in columns) + " | " + " | ".join("---:" for _ in others) + " |"]
+    for (op, key), cells in sorted(groups.items()):
+        times = {x: cells[x]["time_s_median"] if x in cells and cells[x]["status"] == "ok" else None for x in columns}
+        ref = times.get(base)
+        out.append(f"| {op} | {_shape(json.loads(key))} | "
+                   + " | ".join(_fmt(None if times[x] is None else times[x] * 1e3) for x in columns) + " | "
+                   + " | ".join(_fmt(times[x] / ref if times[x] and ref else None, '.3f') for x in others) + " |")
+    return out
+
+
+def _ab_table(variable: str, rows: list[dict[str, Any]]) -> list[str]:
     by: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in rows:
         impl, label = r["backend"].split("@", 1)
         by.setdefault((r["op"], json.dumps({**r["params"], "impl": impl}, sort_keys=True)), {})[label] = r
-    labels = sorted({label for group in by.values() for label in group})
-    firsts = [x for x in labels if not x.endswith("#repeat")]
-    out = ["", f"### A/B ({', '.join(firsts)}; tuned; `#repeat` measures the first variant again: the noise)", "",
-           "| op | shape | " + " | ".join(f"{x} ms" for x in labels) + " | " +
-           " | ".join(f"{x} / {firsts[0]}" for x in labels[1:]) + " |",
-           "| --- | --- | " + " | ".join("---:" for _ in labels) + " | " + " | ".join("---:" for _ in labels[1:]) + " |"]
-    for (op, key), group in sorted(by.items()):
-        params = json.loads(key)
-        times = {x: group[x]["time_s_median"] if x in group and group[x]["status"] == "ok" else None for x in labels}
-        base = times.get(firsts[0])
-        out.append(f"| {op} | {_shape(params)} | " + " | ".join(_fmt(None if v is None else v * 1e3) for v in times.values())
-                   + " | " + " | ".join(_fmt(times[x] / base if times[x] and base else None, '.3f') for x in labels[1:])
-                   + " |")
+    firsts = list(dict.fromkeys(label for r in rows for label in [r["backend"].split("@", 1)[1]]
+                                if not label.endswith("#repeat")))
+    labels = firsts + sorted({r["backend"].split("@", 1)[1] for r in rows} - set(firsts))
+    return _ratio_table(f"### A/B {variable} ({', '.join(firsts)}; tuned; `#repeat` measures the first value "
+                        "again: the noise)", by, labels, firsts[0])
+
+
+UNQUANTIZED = ("bf16", "fp32")  # the formats of the plain layer (torch.mm), every format's reference
+
+
+def _variants_table(rows: list[dict[str, Any]]) -> list[str]:
+    """One table per format: its implementations at each shape against `pyscale` (the op's default), with
+    the unquantized layer (torch.mm at the same shape) as a column of every quantized format's table."""
+    formats: dict[str, dict[tuple[str, str], dict[str, dict[str, Any]]]] = {}
+    plain: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        impl, key = r["backend"].split("@", 1)[0], (r["op"], json.dumps(r["params"], sort_keys=True))
+        formats.setdefault(r["dtype"], {}).setdefault(key, {})[impl] = r
+        if r["dtype"] in UNQUANTIZED and impl == "torch.mm":
+            plain[key] = r
+    out = []
+    for fmt, groups in sorted(formats.items()):
+        if fmt in UNQUANTIZED:
+            continue
+        for key, cells in groups.items():
+            if key in plain:
+                cells["torch.mm"] = plain[key]
+        impls = sorted({impl for cells in groups.values() for impl in cells},
+                       key=lambda i: (i != "pyscale", i.startswith("torch"), i))
+        out += _ratio_table(f"### Variants, {fmt} (one tuned run; each implementation against `pyscale`, the "
+                            "default; torch.mm: the unquantized layer)", groups, impls, "pyscale")
     return out
 
 
@@ -693,16 +775,14 @@ def _device() -> str:
 
 
 def worker_sweep(args: argparse.Namespace) -> int:
-    from pyscale import benchmark, sysinfo
+    from pyscale import benchmark
     from pyscale.store import Store
 
     device = _device()
     cases = _plan(args.shapes, args.families, device, args.ops, args.skip_ops)
     with Store(args.store) as store:
         if args.label:
-            here = store.register_device(sysinfo.device_record(device))
-            todo = [c for c in cases if not store.has_case(store.case_key_for(
-                c.op, c.impl + args.label, {**c.params_dict, "shape_set": c.shape_set}, c.dtype, device_id=here))]
+            todo = benchmark.pending(cases, store=store, device=device, label=args.label)
             print(f"sweep {args.shapes} {args.label}: {len(todo)} of {len(cases)} cases to measure", flush=True)
             summary = benchmark.sweep(todo, store=store, device=device, executor=_Labelled(args.label),
                                       progress=False, retry_unstable=args.retry_unstable, command="campaign")

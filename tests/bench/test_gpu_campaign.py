@@ -42,7 +42,8 @@ def test_the_script_parses_and_lists_every_step_with_its_budget_fast_and_without
     assert time.perf_counter() - t0 < 5
     lines = out.stdout.splitlines()
     steps = [line.split()[1] for line in lines if line[:2].strip().isdigit()]
-    assert steps == ["build", "smoke", "sweep", "profile", "fit", "ab-attention-tma", "energy", "pytest-gpu"]
+    assert steps == ["build", "smoke", "sweep", "profile", "fit", "ab-attention-tma", "ab-attention-bwd", "ab-gemm",
+                     "ab-moe-dw-splits", "energy", "pytest-gpu"]
     budgets = [float(line.split()[2]) for line in lines if line[:2].strip().isdigit() and "rest" not in line]
     assert sum(budgets) < 300 and "rest ≥" in out.stdout  # the final step gets what is left
     assert "budget 300 s including the build" in out.stdout and "at most 8" in out.stdout
@@ -148,8 +149,12 @@ def test_results_render_the_store_profile_and_tests(campaign, tmp_path):
                                                                   "temperature_c", "energy_j", "avg_power_w")}
     with Store(ctx.store) as store:
         dev = store.register_device(DeviceRecord(kind="cpu", name="test CPU", uuid="cpu-test"))
-        for backend, t in (("torch.mm", 2e-3), ("pyscale@PYSCALE_X=a", 1e-3), ("pyscale@PYSCALE_X=b", 5e-4)):
-            store.record(MeasurementRecord(op="gemm", backend=backend, params={"m": 8, "n": 8, "k": 8}, dtype="fp32",
+        for backend, t in (("torch.mm", 2e-3), ("pyscale@PYSCALE_X=a", 1e-3), ("pyscale@PYSCALE_X=b", 5e-4),
+                           ("pyscale@PYSCALE_Y=default", 4e-3), ("pyscale@PYSCALE_Y=1", 2e-3),
+                           ("pyscale@variants", 1e-3), ("pyscale:tma@variants", 1.25e-3),
+                           ("torch.mm@variants", 2e-3)):
+            dtype = "int8" if backend.endswith("variants") and backend.startswith("pyscale") else "fp32"
+            store.record(MeasurementRecord(op="gemm", backend=backend, params={"m": 8, "n": 8, "k": 8}, dtype=dtype,
                                            time_s=t, flops=1024.0, bytes=768.0, extra={"stable": True},
                                            **unmeasured), device_id=dev)
         store.record(MeasurementRecord(op="gpt_step", backend="step", dtype="float32", time_s=0.1, time_s_p20=0.09,
@@ -163,8 +168,27 @@ def test_results_render_the_store_profile_and_tests(campaign, tmp_path):
     assert "## GPU campaign — test CPU — 2026-12-04" in text and "- sweep: `pyscale bench gemm`" in text
     assert "| gemm | torch.mm | fp32 | k=8, m=8, n=8 | 2 |" in text  # op rows; A/B rows apart
     assert "| 1 | 32 | 2 | 8 | 2 | 64 | 100 |" in text and "| no |" in text  # the step, not stable
-    ab = text.split("### A/B")[1]
-    assert "PYSCALE_X=b / PYSCALE_X=a" in ab and "| 0.500 |" in ab
+    x, y = text.split("### A/B PYSCALE_X")[1].split("###")[0], text.split("### A/B PYSCALE_Y")[1].split("###")[0]
+    assert "PYSCALE_X=b / PYSCALE_X=a" in x and "| 0.500 |" in x and "PYSCALE_Y" not in x  # one table a variable
+    assert "PYSCALE_Y=1 / PYSCALE_Y=default" in y and "| 0.500 |" in y
+    variants = text.split("### Variants, int8")[1]
+    assert "pyscale:tma / pyscale" in variants and "torch.mm / pyscale" in variants
+    assert "| 1.250 | 2.000 |" in variants  # each implementation against the default, pyscale
+
+
+def test_the_ab_steps_cover_attention_gemm_and_moe(campaign, tmp_path):
+    ctx = _context(campaign, tmp_path)
+    steps = {s.name: s for s in campaign.STEPS}
+    bwd = steps["ab-attention-bwd"].commands(ctx)
+    assert [c.env["PYSCALE_ATTN_BWD"] for c in bwd] == ["split", "fused", "split"]
+    moe = steps["ab-moe-dw-splits"].commands(ctx)
+    assert [c.env["PYSCALE_MOE_DW_SPLITS"] for c in moe] == ["", "1", ""]  # "": the op's own split count
+    assert moe[0].argv[moe[0].argv.index("--label") + 1] == "@PYSCALE_MOE_DW_SPLITS=default"
+    (gemm,) = steps["ab-gemm"].commands(ctx)
+    assert gemm.argv[gemm.argv.index("--families") + 1] == "gemm:*" and gemm.env["PYSCALE_AUTOTUNE"] == "on"
+    gpu = campaign.Context(**{**ctx.__dict__, "dry_run": False, "device": "cuda", "capability": (9, 0)})
+    assert all(steps[n].needs(gpu) is None for n in ("ab-attention-bwd", "ab-gemm", "ab-moe-dw-splits"))
+    assert sum(s.budget_s for s in campaign.STEPS) <= campaign.DEFAULT_BUDGET_S  # the default budget holds them all
 
 
 @pytest.mark.slow
