@@ -70,13 +70,11 @@ def iso_loss(plan: Any, law: Any, path: str | Path, *, others: dict[str, Any] | 
 
 def pareto(points: list[dict[str, float]], path: str | Path) -> Path:
     """Time-energy trade-off of plans that reach the same loss (points: time_s, energy_kwh, n_params)."""
+    from pyscale.plan.pareto import pareto_front
+
     plt = _pyplot()
     pts = sorted((p for p in points if p.get("time_s") and p.get("energy_kwh")), key=lambda p: p["time_s"])
-    front, best = [], math.inf
-    for p in pts:
-        if p["energy_kwh"] < best:
-            front.append(p)
-            best = p["energy_kwh"]
+    front = pareto_front(pts, energy_key="energy_kwh")
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter([p["time_s"] / 3600 for p in pts], [p["energy_kwh"] for p in pts], s=12, color="0.6",
                label="candidate sizes")
