@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -244,7 +245,7 @@ def ab_step(name: str, variable: str, values: tuple[str, str], *, family: str, o
                    "PYSCALE_AUTOTUNE_CACHE": str(ctx.tmp / f"autotune-{name}-{value or 'default'}{tag.strip('#')}.json")}
             out.append(ctx.worker("sweep", "--store", str(ctx.store), "--shapes", shape_set, "--families",
                                   f"{family}:{'+'.join(impls)}", "--ops", ",".join(ops), "--label", label,
-                                  env=env, shown=(f"{variable}={value} PYSCALE_AUTOTUNE=on pyscale bench {family} "
+                                  env=env, shown=(f"{variable}={shlex.quote(value)} PYSCALE_AUTOTUNE=on pyscale bench {family} "
                                                   f"--shapes {shape_set} " + " ".join(f"--impl {i}" for i in impls)
                                                   + f" (ops {', '.join(ops)}; rows labelled {label})")))
         return out
@@ -252,7 +253,9 @@ def ab_step(name: str, variable: str, values: tuple[str, str], *, family: str, o
     def needs(ctx: Context) -> str | None:
         return None if ctx.dry_run else _capability_missing(ctx, min_capability)
 
-    what = (f"A/B {variable}={a} vs {b} (then {a} again): {', '.join(ops)} at {shapes}, tuned (PYSCALE_AUTOTUNE=on)")
+    shown_a, shown_b = a or "default", b or "default"
+    what = (f"A/B {variable}={shown_a} vs {shown_b} (then {shown_a} again): {', '.join(ops)} at {shapes}, tuned "
+            "(PYSCALE_AUTOTUNE=on)")
     return Step(name, budget_s, what, commands, needs)
 
 
@@ -951,16 +954,23 @@ def _shape_plan(args: argparse.Namespace, device: str) -> tuple[tuple[str, ...],
     return (args.shapes,), (args.shapes if args.shapes in GPT_STEPS else default_steps)
 
 
+WIDTH, WHAT_COLUMN = 80, 33  # --list's terminal width, and where its "what" column starts
+
+
 def print_list(args: argparse.Namespace, steps: Sequence[Step]) -> None:
     scale = args.budget_s / DEFAULT_BUDGET_S
     fixed = sum(s.budget_s for s in steps if not s.final) * scale
-    mode = "dry run on a CPU at the quick shapes" if args.dry_run else "on a GPU"
-    print(f"GPU campaign steps ({mode}), budget {args.budget_s:g} s including the build:")
+    mode = "a dry run on a CPU at the quick shapes" if args.dry_run else "on a GPU"
+    print(f"GPU campaign steps ({mode}):\nbudget {args.budget_s:g} s including the build")
     print(f"{'#':>2}  {'step':<18} {'budget s':>8}  what")
     for i, s in enumerate(steps, 1):
         budget = f"rest ≥{max(args.budget_s - fixed - RESERVE_S, 0):.0f}" if s.final else f"{s.budget_s * scale:.0f}"
-        print(f"{i:>2}  {s.name:<18} {budget:>8}  {s.what}")
-    print(f"files into --out DIR (at most {MAX_FILES}): {', '.join(FILES)} (+ store.db-wal/-shm while a step writes)")
+        lines = textwrap.wrap(s.what, WIDTH - WHAT_COLUMN) or [""]  # 80 columns: the description wraps
+        print(f"{i:>2}  {s.name:<18} {budget:>8}  {lines[0]}")
+        for line in lines[1:]:
+            print(" " * WHAT_COLUMN + line)
+    print(textwrap.fill(f"files into --out DIR (at most {MAX_FILES}): {', '.join(FILES)} (+ store.db-wal/-shm "
+                        "while a step writes)", WIDTH))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
