@@ -984,7 +984,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     steps = [s for s in STEPS if args.only is None or s.name in args.only]
     if args.list:
-        print_list(args, steps)
+        try:
+            print_list(args, steps)
+        except BrokenPipeError:  # `--list | head`: the reader went away; stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         return 0
     out = args.out.resolve()
     if out.exists() and not out.is_dir():

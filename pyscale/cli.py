@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 import traceback
@@ -47,7 +48,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("costmodel", "pyscale.commands.costmodel"),
 )
 
-USER_ERROR, FAILED, INTERRUPTED = 2, 1, 130
+USER_ERROR, FAILED, INTERRUPTED, BROKEN_PIPE = 2, 1, 130, 141  # 141: 128 + SIGPIPE, as a shell shows it
 
 # argparse's own complaints, which say what is wrong but not where to look
 _ARGPARSE_WORDING = re.compile(r"invalid .* value|invalid choice|required|expected .*argument|unrecognized "
@@ -153,6 +154,13 @@ def classify(exc: BaseException, flags: Mapping[str, str]) -> tuple[int, str] | 
     return None
 
 
+def reader_gone() -> int:
+    """The exit status after stdout's reader closed the pipe; stdout is pointed at /dev/null so that the
+    interpreter's final flush does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -185,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{prog}: interrupted (Ctrl-C)", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`pyscale report | head`): stop quietly, as Unix tools do
+        return reader_gone()
     except Exception as exc:  # the one place where an error becomes a line and a status
         known = classify(exc, args._flags)
         if known is None or debug:

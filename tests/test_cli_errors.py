@@ -369,3 +369,14 @@ def test_a_damaged_store_is_named(tmp_path, capsys):
     for argv in (["bench"], ["plan", "--flops", "1e21"], ["costmodel", "fit"]):
         user_error(capsys, [*argv, "--store", str(bad)], "s.db is damaged or not a pyscale store",
                    "move this file away")
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`pyscale report | head`: stdout's pipe closes; exit 141 (as a shell shows SIGPIPE), no traceback."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom pyscale import cli\nr, w = os.pipe()\nos.close(r)\nos.dup2(w, 1)\n"
+            "try:\n    print('x' * 200000, flush=True)\nexcept BrokenPipeError:\n    sys.exit(cli.reader_gone())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 141 and out.stderr == ""
