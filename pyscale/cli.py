@@ -46,6 +46,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("plan", "pyscale.commands.plan"),
     ("report", "pyscale.commands.report"),
     ("costmodel", "pyscale.commands.costmodel"),
+    ("energy", "pyscale.commands.energy"),
 )
 
 USER_ERROR, FAILED, INTERRUPTED, BROKEN_PIPE = 2, 1, 130, 141  # 141: 128 + SIGPIPE, as a shell shows it
