@@ -7,8 +7,9 @@ dK = scale * dS^T Q, and dK/dV summed over each kv head's query heads.
 - `split` (the default): two launches, each with its own register allocation. `_attn_bwd_dkdv` programs
   own a key block of one kv head and loop over the query blocks of every query head of its group (GQA
   summed in-program, in a fixed order); `_attn_bwd_dq` programs own a query block of one query head and
-  loop over its key blocks. The dq kernel needs far fewer registers than the dk/dv one (on sm_90 105 vs
-  255 at D = 64, 156 vs 251 at D = 128), so its programs are not held to the dk/dv side's occupancy.
+  loop over its key blocks. The dq kernel needs far fewer registers than the dk/dv one (bf16 on sm_90a,
+  from the compile report: 106 vs 220 at D = 64, 158 vs 254 at D = 128), so its programs are not held to
+  the dk/dv side's occupancy.
 - `fused`: one launch whose programs take either role (the first n_blocks_k programs per kv head are
   dK/dV programs): one launch fewer and both roles in flight together, but every program gets the dk/dv
   side's registers. Selectable (PYSCALE_ATTN_BWD=fused) so a GPU run can compare both in one process.

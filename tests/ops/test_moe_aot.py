@@ -3,7 +3,7 @@ launchers pick on that arch (the largest shared-memory one), within the arch's s
 
 The specs are the compile report's (pyscale.testing.aot_specs.moe), aligned as Triton's launcher
 specialises torch tensors, so CI compiles each once (tests/testing/test_compile_report.py holds the
-no-spill rule and lists the known exception)."""
+no-spill rule: no MoE kernel spills on any arch)."""
 
 from __future__ import annotations
 
