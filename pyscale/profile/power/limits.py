@@ -292,16 +292,18 @@ def sweep_power_limits(watts: Sequence[float], measure: Callable[[AppliedLimit |
             except CannotSetPowerLimit as exc:
                 if results:
                     raise
-                current = "the current limit" + (f" {allowed.enforced_w:g} W" if allowed.enforced_w is not None
-                                                 else "")
-                say(f"cannot set GPU power limits here ({exc}): measuring at {current} only")
-                return [measure(None)]
+                refused = exc
+                break
             note = applied.note
             enforced = f"{applied.enforced_w:g} W" if applied.enforced_w is not None else "unknown"
             say(f"power limit {w:g} W ({i} of {len(watts)}; enforced: {enforced}"
                 + (f"; {note}" if note else "") + f"; restored to {applied.original_w:g} W afterwards)")
             results.append(measure(applied))
-    return results
+    else:
+        return results
+    current = "the current limit" + (f" {allowed.enforced_w:g} W" if allowed.enforced_w is not None else "")
+    say(f"cannot set GPU power limits here ({refused}): measuring at {current} only")
+    return [measure(None)]
 
 
 __all__ = ["AppliedLimit", "CannotSetPowerLimit", "PowerLimitRange", "parse_power_limits", "power_limit",
