@@ -1,4 +1,5 @@
-"""`pyscale bench`: sweep the named shape sets of each op family and their baselines into the store."""
+"""`pyscale bench`: sweep the named shape sets of each op family and their baselines into the store (with
+--power-limits, one sweep under each GPU power limit: `pyscale.commands.power_limits`)."""
 
 from __future__ import annotations
 

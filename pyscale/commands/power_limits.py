@@ -58,9 +58,12 @@ def each(resolved: tuple[tuple[float, ...], Any], measure: Callable[[Any], T], p
 
 
 def label(applied: Any) -> str:
-    """How a table's title names the limit its rows were measured under."""
+    """How a table's title names the limit its rows were measured under (`applied`: an AppliedLimit, its
+    JSON form, or None for the current limit)."""
     if applied is None:
         return "at the current power limit"
-    enforced = "" if applied.note is None else (
-        f" (enforced: {'unknown' if applied.enforced_w is None else f'{applied.enforced_w:g} W'})")
-    return f"at power limit {applied.requested_w:g} W{enforced}"
+    fields = applied if isinstance(applied, dict) else {**vars(applied), "note": applied.note}
+    requested, enforced = fields["requested_w"], fields["enforced_w"]
+    if fields["note"] is None:  # enforced as set
+        return f"at power limit {requested:g} W"
+    return f"at power limit {requested:g} W (enforced: {'unknown' if enforced is None else f'{enforced:g} W'})"

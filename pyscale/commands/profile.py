@@ -2,9 +2,11 @@
 
     pyscale profile --model gpt --layers 12 --d-model 768 --heads 12 --seq 256 --batch 4 --steps 20
     pyscale profile -m mypkg.bench:step --steps 10        # profiles mypkg.bench.step() as the step
+    pyscale profile --model gpt --power-limits 250,max    # under each GPU power limit (root; restored)
 
 The built-in model comes from pyscale.models (config.GPTConfig, gpt.GPT, gpt.train_step, gpt.make_batch);
 its step's model FLOPs are the config's PaLM count (6N + 12·L·H·Q·T per token) times the tokens per step.
+With --power-limits the JSON is {"power_limits": [one object as above per limit, with "power_limit"]}.
 """
 
 from __future__ import annotations
@@ -312,10 +314,7 @@ def run(args: argparse.Namespace) -> int:
     console = table_console()
     if "power_limits" in out:
         for one in out["power_limits"]:
-            applied = one["power_limit"]
-            _print(console, one, "at the current power limit" if applied is None else
-                   f"at power limit {applied['requested_w']:g} W" +
-                   ("" if applied["note"] is None else f" ({applied['note']})"))
+            _print(console, one, power_limits.label(one["power_limit"]))
     else:
         _print(console, out)
     return 0

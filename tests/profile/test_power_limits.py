@@ -80,6 +80,10 @@ def test_an_enforced_limit_unlike_the_request_is_stated(fake):
         assert applied.enforced_w == 250.0
         assert "enforces 250 W, not the 300 W set" in applied.note
     assert fake_nvml.state()["limit_mw"] == 350_000
+    said = []
+    limits.sweep_power_limits((300.0,), lambda a: None, allowed=allowed(), say=said.append, nvml=fake_nvml, env={},
+                              guard=False)
+    assert "(1 of 1; GPU 0 enforces 250 W, not the 300 W set" in said[0]  # said, not hidden
 
 
 @pytest.mark.parametrize("error", [RuntimeError("kernel failed"), KeyboardInterrupt()])
@@ -194,7 +198,7 @@ def test_each_limit_is_measured_under_it_and_restored_after(fake):
                                     env={})
     assert out == [200.0, 700.0] and seen == [(200.0, 200_000), (700.0, 700_000)]
     assert fake_nvml.sets() == [200.0, 350.0, 700.0, 350.0]  # restored between limits and at the end
-    assert said[0].startswith("power limit 200 W (1 of 2; enforced: 200 W") and said[1].startswith("power limit 700")
+    assert said[0] == "power limit 200 W (1 of 2; the original 350 W is restored afterwards)" and said[1].startswith("power limit 700")
 
 
 def test_a_failure_under_a_limit_restores_it(fake):
@@ -277,7 +281,7 @@ def test_bench_measures_under_each_limit_and_restores_before_the_tables(gpu_stan
     assert sweeps == [(200_000, True, 200.0), (700_000, True, 700.0)]
     assert [limit for limit, _ in tables] == [350_000, 350_000]  # restored before anything is printed
     assert tables[0][1].endswith("at power limit 200 W") and tables[1][1].endswith("at power limit 700 W")
-    assert "pyscale bench: power limit 200 W (1 of 2; enforced: 200 W" in err and "(2 of 2" in err
+    assert "pyscale bench: power limit 200 W (1 of 2; the original 350 W" in err and "(2 of 2" in err
     assert "runs 1, 2: 2 measured" in out
     with Store(db) as store:
         assert [json.loads(r["arguments"])["power_limit_w"] for r in store.runs()] == [200.0, 700.0]

@@ -294,10 +294,9 @@ def sweep_power_limits(watts: Sequence[float], measure: Callable[[AppliedLimit |
                     raise
                 refused = exc
                 break
-            note = applied.note
-            enforced = f"{applied.enforced_w:g} W" if applied.enforced_w is not None else "unknown"
-            say(f"power limit {w:g} W ({i} of {len(watts)}; enforced: {enforced}"
-                + (f"; {note}" if note else "") + f"; restored to {applied.original_w:g} W afterwards)")
+            note = f"; {applied.note}" if applied.note else ""
+            say(f"power limit {w:g} W ({i} of {len(watts)}{note}; the original {applied.original_w:g} W is "
+                "restored afterwards)")
             results.append(measure(applied))
     else:
         return results
