@@ -185,6 +185,30 @@ def test_a_guard_that_cannot_load_nvml_stops_before_anything_is_set(fake, tmp_pa
     assert fake_nvml.sets() == []
 
 
+
+def test_a_restore_that_fails_here_is_done_by_the_guard_or_said(fake):
+    """The guard loads the fake's file, so it restores where this process's NVML (a copy that fails on the
+    restore) cannot; when the guard fails too, the error says how to restore by hand."""
+    module = types.ModuleType("flaky_nvml")
+    vars(module).update({k: v for k, v in vars(fake_nvml).items() if not k.startswith("__")})
+    module.__file__ = fake_nvml.__file__
+
+    def set_once(handle, limit_mw):
+        if fake_nvml.sets():
+            raise fake_nvml.NVMLError(15)  # NVML_ERROR_GPU_IS_LOST on the way back
+        fake_nvml.nvmlDeviceSetPowerManagementLimit(handle, limit_mw)
+
+    module.nvmlDeviceSetPowerManagementLimit = set_once
+    with limits.power_limit(200, nvml=module, env={}):
+        pass
+    (setter, _), (restorer, restored) = fake_nvml.state()["log"]
+    assert setter == os.getpid() and restorer != setter and restored == 350_000
+
+    reset(fake)
+    by_hand = "could not restore GPU 0's power limit to 350 W .*nvidia-smi -i GPU-fake-0 -pl 350"
+    with pytest.raises(MeterError, match=by_hand), limits.power_limit(200, nvml=module, env={}):
+        reset(fake, limit_w=200.0, refuse=fake_nvml.NVML_ERROR_NO_PERMISSION)  # here and in the guard
+
 # ------------------------------------------------------------------------------------------- the per-limit loop
 
 def test_each_limit_is_measured_under_it_and_restored_after(fake):

@@ -154,7 +154,11 @@ class _Guard:
         self.proc = subprocess.Popen([sys.executable, str(GUARD_SCRIPT), nvml_source, uuid, str(restore_mw)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        ready = self.proc.stdout.readline()
+        try:
+            ready = self.proc.stdout.readline()
+        except BaseException:  # Ctrl-C while it starts: nothing is set yet, so it has nothing to restore
+            self.finish(restored=True)
+            raise
         if ready.strip() != b"ready":  # it could not load NVML: better to change nothing than to go unguarded
             self.proc.stdin.close()
             rc = self.proc.wait()
@@ -264,7 +268,7 @@ class power_limit:  # noqa: N801 - used as a function: `with power_limit(300):`
             restored = self._guard.finish(restored)  # on a failure here the guard tries too
         if not restored:
             raise MeterError(f"could not restore GPU {self.index}'s power limit to {_w(self._original_mw):g} W "
-                             f"({failure}); set it back with `nvidia-smi -i {self.index} -pl "
+                             f"({failure}); set it back with `nvidia-smi -i {self._device.uuid} -pl "
                              f"{_w(self._original_mw):g}` (as root)") from failure
 
     def _finish(self) -> None:
