@@ -162,6 +162,15 @@ def test_profile_meter_and_device_checked_before_the_model_is_built(capsys):
                "--d-model", "--heads 5")
 
 
+
+def test_power_limits_are_for_a_gpu(tmp_path, capsys):
+    """--power-limits sets a GPU's limit: on a CPU it is the user's mistake, said before anything runs."""
+    db = tmp_path / "s.db"
+    for argv in (["bench", "gemm", "--quick", "--device", "cpu", "--power-limits", "200,max", "--store", str(db)],
+                 ["profile", "--model", "gpt", "--device", "cpu", "--power-limits", "200", "--no-store"]):
+        user_error(capsys, argv, "--power-limits sets a GPU's power limit", "--device cuda")
+    assert not db.exists()
+
 RUNS_CSV = "run,N,D,loss\n" + "".join(f"r{i},{n:.3g},{d:.3g},{loss}\n" for i, (n, d, loss) in enumerate(
     [(1e8, 2e9, 3.1), (2e8, 4e9, 2.9), (4e8, 8e9, "nan"), (8e8, 1.6e10, 2.6), (1.6e9, 3.2e10, 2.5)]))
 

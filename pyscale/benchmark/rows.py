@@ -45,7 +45,7 @@ def bench_rows(raw: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "op": rec.op, "impl": rec.backend, "dtype": rec.dtype, "params": case.params_dict,
             "device": device.name, "status": rec.status, "error": rec.error, "time_ms": None if t is None else t * 1e3,
             "tflops": None, "pct_peak": None, "bytes": rec.bytes, "gb_s": None, "pct_bandwidth": None,
-            "energy_j": rec.energy_j, "j_per_tflop": None,
+            "energy_j": rec.energy_j, "j_per_tflop": None, "power_limit_w": rec.power_limit_w,
             "energy_unavailable_reason": rec.unavailable_reasons().get("energy_j"),
         }
         spec = _spec(device.kind, device.name)

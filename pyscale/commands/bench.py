@@ -1,4 +1,5 @@
-"""`pyscale bench`: sweep the named shape sets of each op family and their baselines into the store."""
+"""`pyscale bench`: sweep the named shape sets of each op family and their baselines into the store (with
+--power-limits, one sweep under each GPU power limit: `pyscale.commands.power_limits`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from pyscale.benchmark.shapes import FAMILIES, MODELS, SHAPE_SETS
+from pyscale.commands import power_limits
 from pyscale.commands.usage import OutputFile, StorePath, UsageError, nonnegative_int, require
 
 EXPORT_SUFFIXES = (".csv", ".json", ".parquet")
@@ -25,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--impl", action="append", help="only these implementations (repeatable), e.g. pyscale")
     parser.add_argument("--energy", action="store_true", help="measure energy over >= 1 s windows (NVML/RAPL)")
-    parser.add_argument("--resume", action="store_true", help="skip cases already measured ok in the store")
+    parser.add_argument("--resume", action="store_true", help="skip cases already measured ok in the store "
+                        "(at the power limit they are measured under)")
+    power_limits.add_argument(parser)
     parser.add_argument("--retry-unstable", type=nonnegative_int, default=0, metavar="N",
                         help="measure again, up to N more times, the cases whose timing was not stable "
                              "(a contended CPU, a throttled or shared GPU); every attempt is stored")
@@ -74,8 +78,12 @@ def run(args: argparse.Namespace) -> int:
     if args.export and args.export.suffix == ".parquet":
         for module in ("pandas", "pyarrow"):
             require(module, "--export to .parquet", "export to .csv or .json")
+    limits = power_limits.resolve(args.power_limits, device)  # the cases' device is GPU 0 (the store's key too)
     executor = None
     if args.ray:
+        if limits:
+            raise UsageError("--power-limits sets this machine's GPU power limit, and --ray measures elsewhere; "
+                             "use one of them")
         from pyscale.benchmark.distributed import RayUnavailable, ray_executor
 
         try:
@@ -85,25 +93,40 @@ def run(args: argparse.Namespace) -> int:
     if device == "cpu" and not args.json:
         print(f"no GPU: measuring {len(cases)} CPU cases at the tiny '{shape_set}' shapes "
               "(reference / C++ / Triton-interpreter paths; CPU rows are tagged with the CPU device)")
+    arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
     with open_store(args.store, write=True) as store:
         if args.resume:
             _say_interrupted(store)
-        summary = benchmark.sweep(cases, store=store, device=device, resume=args.resume, energy=args.energy,
-                                  executor=executor, progress=not args.json, retry_unstable=args.retry_unstable,
-                                  arguments={k: (str(v) if isinstance(v, Path) else v)
-                                             for k, v in vars(args).items() if not k.startswith("_")})
-    rows = bench_rows(summary.rows)
+
+        def measure(applied):
+            # under each limit the sweep warms every case up again until its timing is stable, and --resume
+            # skips what was measured at the limit enforced now (benchmark.pending)
+            run_arguments = arguments if applied is None else {**arguments, "power_limit_w": applied.requested_w}
+            return applied, benchmark.sweep(cases, store=store, device=device, resume=args.resume,
+                                            energy=args.energy, executor=executor, progress=not args.json,
+                                            retry_unstable=args.retry_unstable, arguments=run_arguments)
+
+        measured = power_limits.each(limits, measure, args._prog) if limits else [measure(None)]
+    # every limit is restored by now: the tables come after
+    title = f"pyscale bench {', '.join(families)} [{shape_set}] on {device}"
+    rows = [row for _, summary in measured for row in bench_rows(summary.rows)]
     if args.export:
         export(rows, args.export)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
-        if rows:
-            print_bench_table(rows, title=f"pyscale bench {', '.join(families)} [{shape_set}] on {device}")
-        print(f"run {summary.run_id}: {summary.measured} measured, {summary.failed} failed, "
-              f"{summary.skipped} skipped (already in the store)")
-    if summary.failed:
-        print(f"pyscale bench: {summary.failed} of {len(cases) - summary.skipped} case(s) failed (status and error "
+        for applied, summary in measured:
+            table_rows = bench_rows(summary.rows)
+            if table_rows:
+                print_bench_table(table_rows, title=title + (f" {power_limits.label(applied)}" if limits else ""))
+        ids = ", ".join(str(summary.run_id) for _, summary in measured)
+        print(f"run{'s' if len(measured) > 1 else ''} {ids}: {sum(s.measured for _, s in measured)} measured, "
+              f"{sum(s.failed for _, s in measured)} failed, {sum(s.skipped for _, s in measured)} skipped "
+              "(already in the store)")
+    failed = sum(s.failed for _, s in measured)
+    if failed:
+        attempted = len(cases) * len(measured) - sum(s.skipped for _, s in measured)
+        print(f"pyscale bench: {failed} of {attempted} case(s) failed (status and error "
               "of each are in the table and the store); measure them again with --resume", file=sys.stderr)
         return 1
     return 0

@@ -2,9 +2,11 @@
 
     pyscale profile --model gpt --layers 12 --d-model 768 --heads 12 --seq 256 --batch 4 --steps 20
     pyscale profile -m mypkg.bench:step --steps 10        # profiles mypkg.bench.step() as the step
+    pyscale profile --model gpt --power-limits 250,max    # under each GPU power limit (root; restored)
 
 The built-in model comes from pyscale.models (config.GPTConfig, gpt.GPT, gpt.train_step, gpt.make_batch);
 its step's model FLOPs are the config's PaLM count (6N + 12·L·H·Q·T per token) times the tokens per step.
+With --power-limits the JSON is {"power_limits": [one object as above per limit, with "power_limit"]}.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import sys
 from typing import Any
 
+from pyscale.commands import power_limits
 from pyscale.commands.usage import (
     StorePath,
     UsageError,
@@ -64,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-unstable", type=nonnegative_int, default=0, metavar="N",
                    help="profile again, up to N more times, while the step timing is not stable (a contended "
                         "CPU, a throttled or shared GPU); every attempt is stored, the last one current")
+    power_limits.add_argument(p)
     p.add_argument("--store", type=StorePath(write=True), default=None,
                    help="SQLite store path (default: pyscale's store)")
     p.add_argument("--no-store", action="store_true", help="write nothing")
@@ -159,6 +163,9 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     if device.type not in ("cuda", "cpu"):
         raise UsageError(f"--device {args.device}: pyscale profiles on cuda or cpu; use one of them")
     _check_meter(args.meter, device)
+    index = (device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 0
+    limits = power_limits.resolve(args.power_limits, device.type, index)  # checked before the model is built
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = getattr(torch, dtype_name)
     from pyscale.benchmark.runner import cpu_measurement, cpu_thread_count
@@ -182,10 +189,14 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     if threads is not None:
         params["cpu_threads"] = threads
-    try:
+
+    def measure(applied: Any) -> tuple[Any, Any, int]:
+        # a profiler per limit: idle power and the warm-up steps again under the new limit (the stability
+        # verdict, and --retry-unstable, judge the timing at each limit on its own)
+        run_arguments = arguments if applied is None else {**arguments, "power_limit_w": applied.requested_w}
         with cpu_measurement(device.type), Profiler(store=store, device=device, meter=args.meter,
                                                     min_window_s=args.min_window, idle_s=args.idle,
-                                                    command="profile", arguments=arguments,
+                                                    command="profile", arguments=run_arguments,
                                                     sampler=args.sampler) as prof:
             attempts = 0
             while True:
@@ -195,13 +206,28 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                                            params=params)
                 if result.summary.extra.get("stable") is not False or attempts > args.retry_unstable:
                     break
+        return applied, result, attempts
+
+    try:
+        measured = power_limits.each(limits, measure, args._prog) if limits else [measure(None)]
     finally:
         if store is not None:
             store.close()
+    outs = [_out(op, device, dtype_name, params, args, store, applied, result, attempts)
+            for applied, result, attempts in measured]
+    return {"power_limits": outs} if limits else outs[0]
+
+
+def _out(op: str, device: Any, dtype_name: str, params: dict[str, Any], args: argparse.Namespace, store: Any,
+         applied: Any, result: Any, attempts: int) -> dict[str, Any]:
     out = {"op": op, "device": str(device), "dtype": dtype_name, "params": params, "attempts": attempts,
            "summary": result.summary.to_dict(), "steps": [m.to_dict() for m in result.steps],
            "modules": [m.to_dict() for m in result.modules],
            "store": None if store is None else str(store.path)}
+    if args.power_limits is not None:
+        out["power_limit"] = None if applied is None else {
+            "requested_w": applied.requested_w, "enforced_w": applied.enforced_w, "original_w": applied.original_w,
+            "note": applied.note}
     if args.model == "gpt":
         tokens = params["tokens_per_step"]
         s = result.summary
@@ -279,19 +305,29 @@ def profile_table(out: dict[str, Any]) -> tuple[Any, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = collect(args)
+    out = collect(args)  # every power limit is restored by now: the tables come after
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True, default=str))
         return 0
-    from rich.markup import escape
-
     from pyscale.benchmark.rows import table_console
 
     console = table_console()
+    if "power_limits" in out:
+        for one in out["power_limits"]:
+            _print(console, one, power_limits.label(one["power_limit"]))
+    else:
+        _print(console, out)
+    return 0
+
+
+def _print(console: Any, out: dict[str, Any], limit: str = "") -> None:
+    from rich.markup import escape
+
     s = out["summary"]
     extra = s["extra"]
     hooked = out["modules"][0]["extra"].get("hooked_steps") if out["modules"] else None
-    console.print(f"[bold]{escape(out['op'])} on {out['device']} ({out['dtype']}), per step[/]")
+    console.print(f"[bold]{escape(out['op'])} on {out['device']} ({out['dtype']}), per step"
+                  + (f", {escape(limit)}" if limit else "") + "[/]")
     how = (f"time: median of the {s['repeats']} steps asked for (p20 {_duration(s['time_s_p20'])}, p80 "
            f"{_duration(s['time_s_p80'])}).")
     if hooked:
@@ -323,4 +359,3 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{out['tokens_per_s']:.1f} tokens/s" +
                       (f", {per_token:.3g} J/token" if per_token is not None else ""), highlight=False)
     console.print(f"stored in {out['store']}" if out["store"] else "nothing stored (--no-store)", highlight=False)
-    return 0

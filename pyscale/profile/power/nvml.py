@@ -85,10 +85,11 @@ def _nvml_index(index: int, env: Mapping[str, str]) -> int:
     return int(entry)
 
 
-class NvmlMeter(PowerMeter):
-    """One GPU's meter. `index` is the visible CUDA index; `uuid` overrides the mapping; `nvml` injects pynvml."""
+class NvmlDevice:
+    """nvmlInit and one GPU's handle, with NVML's errors as meter errors: what every NVML user here shares
+    (the meter reads through it, `pyscale.profile.power.limits` sets limits through it).
 
-    name = "nvml"
+    `index` is the visible CUDA index; `uuid` overrides the mapping; `nvml` injects a pynvml-like module."""
 
     def __init__(self, index: int = 0, *, uuid: str | None = None, nvml: ModuleType | Any | None = None,
                  env: Mapping[str, str] | None = None) -> None:
@@ -103,14 +104,54 @@ class NvmlMeter(PowerMeter):
         try:
             self.uuid = uuid or _visible_uuid(index, env)
             if self.uuid is not None:
-                self.handle = self._call(self.nv.nvmlDeviceGetHandleByUUID, self.uuid)
+                self.handle = self.call(self.nv.nvmlDeviceGetHandleByUUID, self.uuid)
                 self.mapping = f"UUID {self.uuid}"
             else:
                 nvml_index = _nvml_index(index, env)
-                self.handle = self._call(self.nv.nvmlDeviceGetHandleByIndex, nvml_index)
-                self.uuid = _text(self._call(self.nv.nvmlDeviceGetUUID, self.handle))
+                self.handle = self.call(self.nv.nvmlDeviceGetHandleByIndex, nvml_index)
+                self.uuid = _text(self.call(self.nv.nvmlDeviceGetUUID, self.handle))
                 self.mapping = (f"NVML index {nvml_index} (no UUID known; assumes CUDA_DEVICE_ORDER=PCI_BUS_ID "
                                 f"when devices differ)")
+        except BaseException:
+            self.close()
+            raise
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self.nv.NVMLError as exc:
+            raise self.translate(exc, fn) from exc
+
+    def translate(self, exc: Exception, fn: Callable[..., Any]) -> MeterError:
+        what = getattr(fn, "__name__", str(fn))
+        code = getattr(exc, "value", None)
+        if code == getattr(self.nv, "NVML_ERROR_GPU_IS_LOST", 15):
+            return DeviceLost(f"GPU {self.index} is lost ({what}: {exc}); it needs a reset or a reboot")
+        if code == getattr(self.nv, "NVML_ERROR_NO_PERMISSION", 4):
+            return MeterPermissionError(f"{what}: no permission to read GPU {self.index} ({exc}); "
+                                        f"an administrator may have restricted NVML queries")
+        if code == getattr(self.nv, "NVML_ERROR_NOT_SUPPORTED", 3):
+            return MeterUnavailable(f"{what} is not supported on GPU {self.index} ({exc})")
+        return MeterError(f"{what} failed on GPU {self.index}: {exc}")
+
+    def close(self) -> None:
+        if getattr(self, "_open", False):
+            self._open = False
+            with contextlib.suppress(self.nv.NVMLError):
+                self.nv.nvmlShutdown()
+
+
+class NvmlMeter(PowerMeter):
+    """One GPU's meter. `index` is the visible CUDA index; `uuid` overrides the mapping; `nvml` injects pynvml."""
+
+    name = "nvml"
+
+    def __init__(self, index: int = 0, *, uuid: str | None = None, nvml: ModuleType | Any | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.device = NvmlDevice(index, uuid=uuid, nvml=nvml, env=env)
+        self.nv, self.index, self.handle = self.device.nv, index, self.device.handle
+        self.uuid, self.mapping = self.device.uuid, self.device.mapping
+        try:
             self._energy_reason: str | None = None
             self._instant_power = hasattr(self.nv, "NVML_FI_DEV_POWER_INSTANT")
             # Fail now on a meter that cannot measure energy at all? No: report it per window, with the reason.
@@ -122,22 +163,10 @@ class NvmlMeter(PowerMeter):
     # ------------------------------------------------------------------ NVML calls mapped to meter errors
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except self.nv.NVMLError as exc:
-            raise self._translate(exc, fn) from exc
+        return self.device.call(fn, *args)
 
     def _translate(self, exc: Exception, fn: Callable[..., Any]) -> MeterError:
-        what = getattr(fn, "__name__", str(fn))
-        code = getattr(exc, "value", None)
-        if code == getattr(self.nv, "NVML_ERROR_GPU_IS_LOST", 15):
-            return DeviceLost(f"GPU {self.index} is lost ({what}: {exc}); it needs a reset or a reboot")
-        if code == getattr(self.nv, "NVML_ERROR_NO_PERMISSION", 4):
-            return MeterPermissionError(f"{what}: no permission to read GPU {self.index} ({exc}); "
-                                        f"an administrator may have restricted NVML queries")
-        if code == getattr(self.nv, "NVML_ERROR_NOT_SUPPORTED", 3):
-            return MeterUnavailable(f"{what} is not supported on GPU {self.index} ({exc})")
-        return MeterError(f"{what} failed on GPU {self.index}: {exc}")
+        return self.device.translate(exc, fn)
 
     def _optional(self, reasons: dict[str, str], field: str, fn: Callable[..., Any], *args: Any) -> Any:
         """A reading that may be unsupported: None + reason then; lost GPUs and other errors raise."""
@@ -210,10 +239,7 @@ class NvmlMeter(PowerMeter):
                            f"the driver was reloaded during the window")
 
     def close(self) -> None:
-        if getattr(self, "_open", False):
-            self._open = False
-            with contextlib.suppress(self.nv.NVMLError):
-                self.nv.nvmlShutdown()
+        self.device.close()
 
     @property
     def description(self) -> str:
