@@ -265,7 +265,8 @@ def test_a_cpu_gpt_step_records_what_it_ran_and_its_threads(monkeypatch, capsys)
     p = out["params"]
     assert p["optimizer"] == "for-loop" and p["cpu_threads"] == 1 and p["impl_parts"]["attention"] == "torch"
     verdict = out["summary"]["extra"]["stability"]
-    assert 1 <= out["attempts"] <= 2 and (out["attempts"] == 1) == verdict["stable"]
+    # one attempt only when it was stable; a second (its verdict either way) only after an unstable first
+    assert out["attempts"] in (1, 2) and (out["attempts"] == 2 or verdict["stable"])
     assert main([*argv, "--retry-unstable", "-1"]) == 2
     assert "--retry-unstable: must be a whole number >= 0" in capsys.readouterr().err
     monkeypatch.setenv("PYSCALE_BENCH_CPU_THREADS", "zero")
