@@ -412,7 +412,8 @@ def run_campaign(ctx: Context, steps: Sequence[Step], budget_s: float, resume: b
                  "command": "bash bench/gpu_campaign.sh " + " ".join(shlex.quote(a) for a in argv),
                  "budget_s": budget_s, "dry_run": ctx.dry_run})
     state.update(device=state.get("device") or _device_info(ctx), energy=ctx.energy,
-                 energy_reason=ctx.energy_reason, dry_run=ctx.dry_run)
+                 energy_reason=ctx.energy_reason, dry_run=ctx.dry_run,
+                 power_limit=_probe_power_limit() if ctx.device == "cuda" else "none (a dry run on a CPU)")
     done = state.setdefault("steps", {})
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYSCALE_HOME": str(ctx.tmp / "home"),
            "PYSCALE_AUTOTUNE_CACHE": str(ctx.tmp / "autotune.json")}
@@ -519,6 +520,19 @@ def _probe_energy() -> tuple[bool, str]:
     return True, "NVML total-energy counter"
 
 
+def _probe_power_limit() -> str:
+    """GPU 0's enforced power limit and the range NVML allows, read only: the campaign never sets it."""
+    from pyscale.profile.power import MeterError
+    from pyscale.profile.power.limits import power_limit_range
+
+    try:
+        allowed = power_limit_range(0)
+    except MeterError as exc:
+        return f"not read ({exc})"
+    enforced = "unknown" if allowed.enforced_w is None else f"{allowed.enforced_w:g} W"
+    return f"{enforced} enforced (NVML allows {allowed}; read only, never changed)"
+
+
 # =========================================================================== results.md
 
 
@@ -552,7 +566,8 @@ def render_results(ctx: Context, state: dict[str, Any]) -> str:
              f"{dev.get('compute_capability')}, {_fmt((dev.get('memory_bytes') or 0) / 2**30, '.0f')} GiB), driver "
              f"{dev.get('driver_version')}, CUDA {versions.get('torch_cuda')}; torch {versions.get('torch')}, triton "
              f"{versions.get('triton')}, pyscale {versions.get('pyscale')}, python {versions.get('python')}. "
-             f"Energy: {'NVML total-energy counter' if state.get('energy') else state.get('energy_reason')}.", "",
+             f"Energy: {'NVML total-energy counter' if state.get('energy') else state.get('energy_reason')}. "
+             f"Power limit: {state.get('power_limit', 'not recorded')}.", "",
              f"Command: `{run.get('command', '')}` (budget {run.get('budget_s')} s"
              + (f", took {run['seconds']} s" if run.get("seconds") is not None else ", running") + ").", "",
              "| step | share s | spent s | status | note |", "| --- | ---: | ---: | --- | --- |"]

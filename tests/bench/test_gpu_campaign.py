@@ -237,3 +237,19 @@ def test_a_sweep_stopped_at_its_share_keeps_its_rows_and_resume_continues_it(tmp
     keys = [(r["op"], r["backend"], json.dumps(r["params"], sort_keys=True)) for r in rows]
     assert len(keys) == len(set(keys))  # resumed case by case: nothing measured twice
     assert json.loads((out / "campaign.json").read_text())["steps"]["sweep"]["status"] == "timeout"
+
+
+def test_results_record_the_power_limit_read_only(campaign, tmp_path, monkeypatch):
+    """The campaign reads GPU 0's limit and range (never sets them) and results.md says what it found."""
+    from pyscale.profile.power import MeterUnavailable, limits
+
+    monkeypatch.setattr(limits, "power_limit_range", lambda index: limits.PowerLimitRange(index, 100.0, 700.0, 700.0))
+    assert campaign._probe_power_limit() == "700 W enforced (NVML allows 100-700 W; read only, never changed)"
+
+    def unavailable(index):
+        raise MeterUnavailable("nvidia-ml-py is not installed")
+
+    monkeypatch.setattr(limits, "power_limit_range", unavailable)
+    assert campaign._probe_power_limit() == "not read (nvidia-ml-py is not installed)"
+    text = campaign.render_results(_context(campaign, tmp_path), {"power_limit": "700 W enforced (...)"})
+    assert "Power limit: 700 W enforced (...)." in text
