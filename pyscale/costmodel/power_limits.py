@@ -104,6 +104,8 @@ class PowerLimitModel:
 
     def power_ratio(self, power_limit_w: float) -> float | None:
         """Average power at `power_limit_w` / that at the largest limit; None when energy was not measured."""
+        if self.measured_limit(power_limit_w) == self.reference_w:
+            return 1.0  # the reference, by definition, also where energy was not measured
         if not self.has_energy:
             return None
         return _loglog(self.limits_w, [p.power_ratio for p in self.points], power_limit_w)
