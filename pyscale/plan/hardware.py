@@ -36,7 +36,8 @@ class Hardware:
     flops_per_s(config) -> (achieved model FLOP/s per device, source); power_w(config) -> (average W per
     device while training, source) or (None, reason). Both at the device's largest power limit; a cost model
     measured at several limits also gives power_limit_source(config) -> (one dict per measured limit:
-    power_limit_w, time_ratio and energy_ratio against the largest, or None; source or the reason for None).
+    power_limit_w, time_ratio and energy_ratio against the largest, or None; the source, or why None where
+    the profile has power-limit models but not for every op of the step, else "").
     """
 
     device_name: str

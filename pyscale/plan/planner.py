@@ -395,6 +395,10 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
     assumptions += cost_assumptions
     unavailable.update(priced_unavailable)
     power_limit = None
+    if limit_options is None and objective in ("energy", "cost") and hardware and hardware.power_limit_source:
+        why = hardware.power_limit_source(config)[1]
+        if why:  # a profile with power-limit models that cannot price this step across limits
+            unavailable["power_limit"] = f"no GPU power limit chosen (priced at the largest): {why}"
     if limit_options is not None:
         power_limit, text = _power_limit_report(limit_options, chosen, objective, cost,
                                                 hardware.power_limit_source(config)[1])

@@ -188,8 +188,9 @@ def hardware_from_profile(profile: Any, *, micro_batch: int = 1, peak_flops_per_
 
     def at_limits(config: Any) -> tuple[list[dict[str, Any]] | None, str]:
         base = predict(config)
-        if not base.at_power_limits:
-            return None, str(base.power_limits_reason)
+        if not base.at_power_limits:  # the reason matters only where the profile has a power-limit model at all
+            modelled = any(getattr(m, "power_limits", None) is not None for m in getattr(profile, "models", ()))
+            return None, str(base.power_limits_reason) if modelled else ""
         options = [{"power_limit_w": at["power_limit_w"], "time_ratio": at["time_s"] / base.time_s,
                     "energy_ratio": None if at["energy_j"] is None or base.energy_j is None
                     else at["energy_j"] / base.energy_j} for at in base.at_power_limits]

@@ -69,7 +69,7 @@ def test_a_time_plan_stays_at_the_largest_limit(limits_profile, profile):
     assert timed.n_params == flat.n_params and timed.tokens == pytest.approx(flat.tokens, rel=1e-9)
 
 
-def test_the_cost_objective_takes_a_lower_limit_only_when_it_is_no_slower():
+def test_the_cost_objective_takes_a_lower_limit_only_when_it_is_no_slower_and_gaps_are_named():
     hw = from_user("H100 SXM", mfu=0.4, power_w=600, price_per_device_hour=2.0)
     options = [{"power_limit_w": 300.0, "time_ratio": 1.3, "energy_ratio": 0.7},
                {"power_limit_w": 500.0, "time_ratio": 1.0, "energy_ratio": 0.9},
@@ -82,6 +82,12 @@ def test_the_cost_objective_takes_a_lower_limit_only_when_it_is_no_slower():
     energy = plan(Budget("kwh", 1e4), hardware=hw)
     assert energy.power_limit["power_limit_w"] == 300.0
     assert energy.time_s == pytest.approx(energy.power_limit["time_s_at_largest"] * 1.3)
+    # a profile with power-limit models that cannot price the step across limits says so; one without is silent
+    hw.power_limit_source = lambda config: (None, "rmsnorm/bf16/torch has no power-limit model: one limit only")
+    partial = plan(Budget("kwh", 1e4), hardware=hw)
+    assert partial.power_limit is None and "rmsnorm/bf16/torch" in partial.unavailable["power_limit"]
+    hw.power_limit_source = lambda config: (None, "")
+    assert "power_limit" not in plan(Budget("kwh", 1e4), hardware=hw).unavailable
 
 
 def test_the_time_energy_front_spans_sizes_and_limits(limits_profile, energy_plan):
