@@ -187,6 +187,8 @@ def _fit(args: argparse.Namespace) -> int:
             profile.to_json(args.out)
             print(f"wrote {args.out}")
         if args.plot:
+            import numpy as np
+
             from pyscale.costmodel.plot import plot_roofline
 
             rows = rows_from_measurements(m for m in store.measurements(status=None)
@@ -194,8 +196,11 @@ def _fit(args: argparse.Namespace) -> int:
             for m in profile.models:
                 key = (profile.device_name, m.op, m.dtype, m.backend)
                 name = f"{m.op}_{m.dtype}_{m.backend}.png".replace("/", "-").replace(" ", "_")
+                drawn = rows[key]
+                if m.power_limits is not None:  # the roofline is the largest limit's: draw the rows it was fitted on
+                    drawn = drawn.subset(np.flatnonzero(drawn.limits_w == m.power_limits.reference_w))
                 try:
-                    out = plot_roofline(rows[key], m.runtime, Path(args.plot) / name)
+                    out = plot_roofline(drawn, m.runtime, Path(args.plot) / name)
                 except ValueError as exc:
                     print(f"no plot for {m.op}/{m.dtype}/{m.backend}: {exc}")
                     continue

@@ -238,7 +238,7 @@ def fit_power_limits(rows: Rows) -> tuple[PowerLimitModel | None, str | None]:
         fit_t, fit_e = _errors(table, p["power_limit_w"], ref, p["slowdown"], ratio)
         points.append(LimitPoint(power_limit_w=p["power_limit_w"], slowdown=p["slowdown"],
                                  power_ratio=p["power_ratio"], power_w=p["power_w"], n_shapes=p["n_shapes"],
-                                 fit_time_mape_pct=fit_t or 0.0, fit_energy_mape_pct=fit_e))
+                                 fit_time_mape_pct=float(fit_t), fit_energy_mape_pct=fit_e))
     model = PowerLimitModel(points=points, n_rows=int(known.sum()), n_excluded_no_limit=int((~known).sum()),
                             notes=notes)
     for i in range(1, len(kept) - 1):  # leave one interior limit out

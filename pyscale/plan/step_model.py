@@ -332,7 +332,8 @@ STEP_CONFIG_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "voc
 def validate_against_store(profile: Any, rows: Sequence[dict[str, Any]], *,
                            communication_s: float = 0.0) -> list[dict[str, Any]]:
     """Predicted vs measured step time of stored `gpt_step` rows (relative error per row), each row priced
-    with the implementation it ran (`implementation_of`)."""
+    with the implementation it ran (`implementation_of`) and, where the profile models every op of the step at
+    the row's recorded power limit, at that limit (`priced_at_power_limit_w`); else at the largest."""
     from pyscale.models.config import GPTConfig
 
     out = []
@@ -342,11 +343,18 @@ def validate_against_store(profile: Any, rows: Sequence[dict[str, Any]], *,
         config = GPTConfig(**fields)
         options = implementation_of(r)
         pred = predict_gpt_step(profile, config, int(p["batch"]), communication_s=communication_s, **options)
+        # a step measured at a power limit the profile models every op at is priced at that limit
+        limit = r.get("power_limit_w")
+        at = next((a for a in pred.at_power_limits if limit is not None and a["power_limit_w"] == limit), None)
+        predicted = pred.time_s if at is None else at["time_s"]
         extra = r.get("extra") or {}
-        out.append({"config": fields, "batch": int(p["batch"]), "priced_as": options, "measured_s": r["time_s_median"],
-                    "predicted_s": pred.time_s, "rel_error": pred.time_s / r["time_s_median"] - 1.0,
-                    "measured_stable": extra.get("stable"),
-                    "predicted_share_outside_gemm_attention": _share_outside(pred)})
+        check = {"config": fields, "batch": int(p["batch"]), "priced_as": options, "measured_s": r["time_s_median"],
+                 "predicted_s": predicted, "rel_error": predicted / r["time_s_median"] - 1.0,
+                 "measured_stable": extra.get("stable"),
+                 "predicted_share_outside_gemm_attention": _share_outside(pred)}
+        if at is not None:
+            check["priced_at_power_limit_w"] = limit
+        out.append(check)
     return out
 
 

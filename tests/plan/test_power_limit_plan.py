@@ -112,3 +112,25 @@ def test_cli_plan_from_a_profile_file_dumps_the_power_limit(limits_profile, tmp_
     assert cli.main(["plan", "--kwh", "500", "--profile", str(path), "--seq-len", "1024", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["power_limit"]["power_limit_w"] == BEST and out["energy_kwh"] == pytest.approx(500, rel=1e-6)
+
+
+def test_validation_prices_a_step_at_the_power_limit_it_was_measured_at(monkeypatch):
+    from pyscale.costmodel.model_level import StepPrediction
+    from pyscale.plan import step_model
+
+    def predicted(*args, **kwargs):
+        return StepPrediction(time_s=1.0, energy_j=None, flops=0.0, model_flops=None, peak_flops_per_s=None,
+                              mfu=None, hfu=None, tokens=None, energy_j_per_token=None, per_op=[],
+                              at_power_limits=[{"power_limit_w": 300.0, "time_s": 1.25, "energy_j": None},
+                                               {"power_limit_w": 700.0, "time_s": 1.0, "energy_j": None}])
+
+    monkeypatch.setattr(step_model, "predict_gpt_step", predicted)
+    row = {"params": {"n_layers": 2, "d_model": 256, "n_heads": 4, "seq_len": 128, "batch": 2,
+                      "impl_parts": {"attention": "pyscale"}}, "dtype": "bf16", "device_kind": "cuda",
+           "time_s_median": 1.3}
+    at_300, at_250, unknown = step_model.validate_against_store(
+        None, [{**row, "power_limit_w": 300.0}, {**row, "power_limit_w": 250.0}, row])
+    assert at_300["predicted_s"] == 1.25 and at_300["priced_at_power_limit_w"] == 300.0
+    assert at_300["rel_error"] == pytest.approx(1.25 / 1.3 - 1)
+    for check in (at_250, unknown):  # not a measured limit of the model, or none recorded: the largest's price
+        assert check["predicted_s"] == 1.0 and "priced_at_power_limit_w" not in check
