@@ -162,8 +162,8 @@ def _print_power_limits(profile: Any) -> None:
         for note in pl.notes:
             _wrapped(f"note: {note}", "    ")
     for reason, labels in missing.items():
-        which = "of any model" if len(labels) == len(profile.models) else f"of {', '.join(labels)}"
-        _wrapped(f"power limits: none {which}: {reason}")
+        which = "for any op" if len(labels) == len(profile.models) else f"of {', '.join(labels)}"
+        _wrapped(f"power limits: no model {which}: {reason}")
 
 
 def _fit(args: argparse.Namespace) -> int:

@@ -136,7 +136,7 @@ def test_times_only_without_energy_and_monotone_against_noise():
     assert two.slowdown(300.0) == 2.0 and two.loo_mape_pct() is None and "no interior limit" in two.notes[0]
 
 
-def test_a_profile_written_before_power_limit_models_loads_unchanged(limits_profile, tmp_path):
+def test_a_profile_written_before_power_limit_models_loads_unchanged(limits_profile, tmp_path, capsys):
     old = json.loads(limits_profile.to_json())
     for m in old["models"]:  # what pyscale wrote before this section existed
         del m["power_limits"], m["power_limits_unavailable_reason"]
@@ -148,6 +148,8 @@ def test_a_profile_written_before_power_limit_models_loads_unchanged(limits_prof
     f, b = gemm_cost({"m": 300, "n": 1000, "k": 2000})
     assert back.predict_time_s("gemm", "bf16", f, b) == limits_profile.predict_time_s("gemm", "bf16", f, b)
     assert back.predict_energy_j("gemm", "bf16", f, b) == limits_profile.predict_energy_j("gemm", "bf16", f, b)
+    assert cli.main(["costmodel", "show", str(path)]) == 0
+    assert "power limits: no model for any op: the profile was written before" in capsys.readouterr().out
 
 
 def test_cli_fit_and_show_print_the_power_limit_section_in_80_columns(tmp_path, synth_gpu, truth, capsys):
