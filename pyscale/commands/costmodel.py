@@ -118,12 +118,52 @@ def _print_profile(profile: Any) -> None:
             print(f"    note: {note}")
     for note in profile.notes:
         print(f"note: {note}")
+    _print_power_limits(profile)
     if profile.validation:
         v = profile.validation
         print(f"step validation ({v.get('created')}, {v.get('command') or 'command not recorded'}):")
         _print_checks(profile.device_name, v.get("steps", []), v["summary"])
     else:
         print("step validation: none recorded (pyscale costmodel validate PROFILE.json --record)")
+
+
+def _wrapped(text: str, indent: str = "") -> None:
+    import textwrap
+
+    print(textwrap.fill(text, width=80, initial_indent=indent, subsequent_indent=indent + "  "))
+
+
+def _print_power_limits(profile: Any) -> None:
+    """Each model's power-limit section, 80 columns wide; the models without one share a line per reason."""
+    fitted = [m for m in profile.models if m.power_limits is not None]
+    missing: dict[str, list[str]] = {}
+    for m in profile.models:
+        if m.power_limits is None:
+            missing.setdefault(m.power_limits_unavailable_reason or "unknown", []).append(
+                f"{m.op}/{m.dtype}/{m.backend}")
+    if fitted:
+        _wrapped("power limits: time and power relative to the largest limit; fit: the pooled factor against "
+                 "each shape there; LOO: leave-one-limit-out (interior limits only: predicting an end would be "
+                 "extrapolation)")
+    for m in fitted:
+        pl = m.power_limits
+        loo_t, loo_e = pl.loo_mape_pct("time"), pl.loo_mape_pct("energy")
+        _wrapped(f"{m.op}/{m.dtype}/{m.backend}: {len(pl.points)} limits, reference {pl.reference_w:g} W; "
+                 f"leave-one-limit-out MAPE at most {_fmt(loo_t, '.1f')} % time, {_fmt(loo_e, '.1f')} % energy",
+                 "  ")
+        print(f"  {'limit W':>8} {'slowdown':>8} {'P ratio':>7} {'P W':>6} {'shapes':>6} {'fit t%':>6} "
+              f"{'fit E%':>6} {'LOO t%':>6} {'LOO E%':>6}")
+        for p in pl.points:
+            end = p.loo_time_mape_pct is None and p.loo_energy_mape_pct is None
+            print(f"  {p.power_limit_w:>8g} {p.slowdown:>8.3f} {_fmt(p.power_ratio, '.3f'):>7} "
+                  f"{_fmt(p.power_w, '.0f'):>6} {p.n_shapes:>6} {p.fit_time_mape_pct:>6.1f} "
+                  f"{_fmt(p.fit_energy_mape_pct, '.1f'):>6} {'end' if end else _fmt(p.loo_time_mape_pct, '.1f'):>6} "
+                  f"{'end' if end else _fmt(p.loo_energy_mape_pct, '.1f'):>6}")
+        for note in pl.notes:
+            _wrapped(f"note: {note}", "    ")
+    for reason, labels in missing.items():
+        which = "for any op" if len(labels) == len(profile.models) else f"of {', '.join(labels)}"
+        _wrapped(f"power limits: no model {which}: {reason}")
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -147,6 +187,8 @@ def _fit(args: argparse.Namespace) -> int:
             profile.to_json(args.out)
             print(f"wrote {args.out}")
         if args.plot:
+            import numpy as np
+
             from pyscale.costmodel.plot import plot_roofline
 
             rows = rows_from_measurements(m for m in store.measurements(status=None)
@@ -154,8 +196,11 @@ def _fit(args: argparse.Namespace) -> int:
             for m in profile.models:
                 key = (profile.device_name, m.op, m.dtype, m.backend)
                 name = f"{m.op}_{m.dtype}_{m.backend}.png".replace("/", "-").replace(" ", "_")
+                drawn = rows[key]
+                if m.power_limits is not None:  # the roofline is the largest limit's: draw the rows it was fitted on
+                    drawn = drawn.subset(np.flatnonzero(drawn.limits_w == m.power_limits.reference_w))
                 try:
-                    out = plot_roofline(rows[key], m.runtime, Path(args.plot) / name)
+                    out = plot_roofline(drawn, m.runtime, Path(args.plot) / name)
                 except ValueError as exc:
                     print(f"no plot for {m.op}/{m.dtype}/{m.backend}: {exc}")
                     continue

@@ -157,6 +157,15 @@ def _n(v: float | None, unit: str = "", spec: str = ".4g") -> str:
     return "—" if v is None else f"{format(v, spec)}{unit}"
 
 
+def _power_limit_row(pl: dict) -> str:
+    measured = ", ".join(f"{w:g}" for w in pl["measured_w"])
+    text = f"{pl['power_limit_w']:g} W of the measured {measured} W, chosen by {pl['chosen_by']}"
+    if pl["power_limit_w"] != pl["largest_w"]:
+        energy = "unknown" if pl["energy_change"] is None else f"{pl['energy_change']:+.1%}"
+        text += f"; vs {pl['largest_w']:g} W: time {pl['time_change']:+.1%}, energy {energy}"
+    return text
+
+
 def print_plan(p) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -199,6 +208,8 @@ def print_plan(p) -> None:
         ("facility energy", _n(p.facility_energy_kwh, " kWh")),
         ("cost", "—" if p.cost_dollars is None else f"${p.cost_dollars:,.0f}"),
     ]
+    if p.power_limit:  # only with a power-limit model: other plans print as they always did
+        rows.append(("GPU power limit", _power_limit_row(p.power_limit)))
     if p.flops_optimal:
         rows.append(("FLOPs-optimal at same C", f"N {p.flops_optimal['N']:.4g}, D {p.flops_optimal['D']:.4g}, "
                                                 f"loss {p.flops_optimal['loss']:.4f}"))

@@ -5,6 +5,8 @@
 * `energy`: energy roofline E = e_flop·F + e_byte·B + P₀·T (Choi et al., IPDPS 2013) and a
   constant-power baseline;
 * `evaluate`: leave-shape-out cross-validation (MAPE, R²);
+* `power_limits`: time and power as functions of the GPU power limit (rows at >= 2 limits), validated
+  leave-one-limit-out;
 * `profile`: `DeviceProfile` JSON files, shipped profiles, `fit_device_profile(store)`;
 * `model_level`: a step's time, energy and MFU from its op breakdown;
 * `plot`: roofline PNGs.
@@ -17,6 +19,7 @@ from pyscale.costmodel.data import NON_SHAPE_KEYS, Rows, rows_from_measurements,
 from pyscale.costmodel.energy import EnergyModel, fit_energy
 from pyscale.costmodel.evaluate import CVResult, cross_validate, group_kfold
 from pyscale.costmodel.model_level import OpCall, StepPrediction, predict_step
+from pyscale.costmodel.power_limits import PowerLimitModel, fit_power_limits
 from pyscale.costmodel.profile import (
     DeviceProfile,
     OpModel,
@@ -35,6 +38,7 @@ __all__ = [
     "EnergyModel",
     "OpCall",
     "OpModel",
+    "PowerLimitModel",
     "Rows",
     "RuntimeModel",
     "StepPrediction",
@@ -42,6 +46,7 @@ __all__ = [
     "cross_validate",
     "fit_device_profile",
     "fit_energy",
+    "fit_power_limits",
     "fit_runtime",
     "group_kfold",
     "list_shipped_profiles",

@@ -32,6 +32,7 @@ NON_SHAPE_KEYS: frozenset[str] = frozenset({
     "backend", "baseline", "impl", "implementation", "dtype", "seed", "repeat", "repeats", "warmup",
     "iters", "iterations", "trial", "label", "tag", "name", "shape_set", "shapes", "cold_l2", "energy",
     "run", "rank", "layer", "model", "module",  # bench labels: one GEMM shape serves several layers/models
+    "power_limit_w",  # how hard the GPU may run, not how big the problem is: a feature of the power-limit model
 })
 
 #: Default output tile (rows, cols) assumed when a row does not record its tile count. 128×128 is the
@@ -61,6 +62,7 @@ class Rows:
     params: list[dict[str, Any]]
     skipped: dict[str, int] = field(default_factory=dict)
     energy_time_sources: dict[str, int] = field(default_factory=dict)  # where energy_time_s came from
+    power_limit_w: np.ndarray | None = None  # the enforced GPU power limit of each row; NaN (or None) unrecorded
 
     def __len__(self) -> int:
         return len(self.time_s)
@@ -73,11 +75,17 @@ class Rows:
                     energy_time_s=self.energy_time_s[idx], idle_power_w=self.idle_power_w[idx],
                     tiles=self.tiles[idx], groups=[self.groups[i] for i in idx],
                     params=[self.params[i] for i in idx], skipped=dict(self.skipped),
-                    energy_time_sources=dict(self.energy_time_sources))
+                    energy_time_sources=dict(self.energy_time_sources),
+                    power_limit_w=None if self.power_limit_w is None else self.power_limit_w[idx])
 
     @property
     def has_energy(self) -> np.ndarray:
         return np.isfinite(self.energy_j)
+
+    @property
+    def limits_w(self) -> np.ndarray:
+        """The enforced power limit of each row, NaN where none was recorded (a CPU, rows before store v5)."""
+        return np.full(len(self), np.nan) if self.power_limit_w is None else self.power_limit_w
 
 
 def shape_of(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -209,5 +217,6 @@ def rows_from_measurements(measurements: Iterable[Mapping[str, Any]], *, tile_m:
             params=params,
             skipped=dict(b["skipped"]),
             energy_time_sources=dict(Counter(e[1] for e in energy_times if e[1] != "none")),
+            power_limit_w=np.array([_float_or_nan(r.get("power_limit_w")) for r in rows], dtype=float),
         )
     return out

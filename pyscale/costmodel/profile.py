@@ -2,7 +2,11 @@
 
 A `DeviceProfile` holds, per (op, dtype, backend), the runtime model, the energy model (when energy was
 measured), the leave-shape-out CV errors, the row counts and notes, the measured time of every shape it was
-fitted on, plus the device name, the date and the versions it was measured with. `to_json`/`from_json`
+fitted on, plus the device name, the date and the versions it was measured with. When the rows were measured
+at two or more GPU power limits, each model also has a `power_limits` section (`pyscale.costmodel.power_limits`:
+time and power across limits) and its runtime and energy models are those of the largest limit; otherwise
+`power_limits` is null with `power_limits_unavailable_reason`. Profiles written before that section existed
+load unchanged (no power-limit model, the reason saying so). `to_json`/`from_json`
 round-trip it; `fit_device_profile` builds one from a store.
 
 Prediction at a shape the profile measured (the shape params given as features, as the benchmark recorded
@@ -31,12 +35,15 @@ from pyscale import hw
 from pyscale.costmodel.data import Rows, rows_from_measurements, shape_key, tile_count
 from pyscale.costmodel.energy import EnergyModel, fit_energy
 from pyscale.costmodel.evaluate import CVResult, cross_validate
+from pyscale.costmodel.power_limits import PowerLimitModel, fit_power_limits
 from pyscale.costmodel.runtime import RuntimeModel, fit_runtime
 
 FORMAT = "pyscale-device-profile"
 TRAINING_STEP_BACKEND = "step"  # the backend of the profiler's training-step rows (profile_step)
 FORMAT_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
+# why a model read from a profile written before power-limit models has none
+NO_POWER_LIMIT_SECTION = "the profile was written before pyscale fitted power-limit models: fit it again"
 
 
 @dataclass
@@ -53,13 +60,18 @@ class OpModel:
     skipped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     measured: dict[str, float] = field(default_factory=dict)  # shape key -> median measured seconds per call
+    # time and power across GPU power limits (`pyscale.costmodel.power_limits`); None with the reason
+    power_limits: PowerLimitModel | None = None
+    power_limits_unavailable_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"op": self.op, "dtype": self.dtype, "backend": self.backend, "n_rows": self.n_rows,
                 "skipped": dict(self.skipped), "runtime": self.runtime.to_dict(),
                 "energy": None if self.energy is None else self.energy.to_dict(),
                 "cv": None if self.cv is None else self.cv.to_dict(), "notes": list(self.notes),
-                "measured_time_s": dict(self.measured)}
+                "measured_time_s": dict(self.measured),
+                "power_limits": None if self.power_limits is None else self.power_limits.to_dict(),
+                "power_limits_unavailable_reason": self.power_limits_unavailable_reason}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> OpModel:
@@ -68,7 +80,10 @@ class OpModel:
                    energy=None if d.get("energy") is None else EnergyModel.from_dict(d["energy"]),
                    cv=None if d.get("cv") is None else CVResult.from_dict(d["cv"]), n_rows=int(d.get("n_rows", 0)),
                    skipped=dict(d.get("skipped", {})), notes=list(d.get("notes", [])),
-                   measured={str(k): float(v) for k, v in (d.get("measured_time_s") or {}).items()})
+                   measured={str(k): float(v) for k, v in (d.get("measured_time_s") or {}).items()},
+                   power_limits=None if d.get("power_limits") is None else PowerLimitModel.from_dict(d["power_limits"]),
+                   power_limits_unavailable_reason=d.get("power_limits_unavailable_reason",
+                                                         None if "power_limits" in d else NO_POWER_LIMIT_SECTION))
 
     def measured_time_s(self, features: Mapping[str, Any]) -> float | None:
         """The measured seconds per call at the shape `features` names (the benchmark's params), or None."""
@@ -156,9 +171,21 @@ class DeviceProfile:
         t = self._tiles(m, tiles, features)
         return _scalar_or_array(m.runtime.predict_time_s(flops, bytes, t), flops, bytes)
 
+    def power_limit_factors(self, op: str, dtype: str, power_limit_w: float, *,
+                            backend: str | None = None) -> tuple[float, float | None]:
+        """(time, energy) at `power_limit_w` relative to the largest measured limit, where `predict_time_s` and
+        `predict_energy_j` answer; the energy factor is None when energy was not measured across limits. A
+        ValueError says why there is no power-limit model, or that the limit is outside the measured ones."""
+        m = self.model(op, dtype, backend)
+        if m.power_limits is None:
+            raise ValueError(f"op {op!r} ({m.dtype}, {m.backend}) has no power-limit model in the profile of "
+                             f"{self.device_name!r}: {m.power_limits_unavailable_reason}")
+        return m.power_limits.slowdown(power_limit_w), m.power_limits.energy_ratio(power_limit_w)
+
     def predict_energy_j(self, op: str, dtype: str, flops: Any, bytes: Any, *, time_s: Any = None,
                          backend: str | None = None, tiles: Any = None, **features: Any) -> Any:
-        """Joules per call; with `time_s=None` the runtime model's predicted time is used."""
+        """Joules per call; with `time_s=None` the runtime model's predicted time is used. Both models are of
+        the largest power limit the rows were measured at (`power_limit_factors` for the others)."""
         m = self.model(op, dtype, backend)
         if m.energy is None:
             raise ValueError(f"op {op!r} ({dtype}, {m.backend}) has no energy model in the profile of "
@@ -388,10 +415,18 @@ def fit_device_profile(store: Any, *, device: str | None = None, op: str | None 
 def _fit_one(rows: Rows, spec: hw.GPUSpec | hw.UnknownGPU | None, *, folds: int, residual: bool,
              seed: int) -> OpModel | str:
     label = f"{rows.op}/{rows.dtype}/{rows.backend}"
+    notes: list[str] = []
+    limits, no_limits = fit_power_limits(rows)
+    if limits is not None:
+        # the limit is a feature of the model, not noise in it: the runtime and energy models are those of the
+        # largest limit, and the power-limit model scales them to the others
+        rows = rows.subset(np.flatnonzero(rows.limits_w == limits.reference_w))
+        notes.append(f"runtime and energy models fitted on the {len(rows)} row(s) at the largest power limit "
+                     f"({limits.reference_w:g} W); the limits {', '.join(f'{w:g}' for w in limits.limits_w)} W "
+                     "enter through the power-limit model")
     if len(rows) < 3:
         return f"{label}: not fitted, {len(rows)} usable row(s) (skipped: {rows.skipped or 'none'})"
     runtime = fit_runtime(rows, spec, residual=residual)
-    notes: list[str] = []
     if rows.skipped:
         notes.append(f"skipped rows: {rows.skipped}")
     energy = None
@@ -410,4 +445,5 @@ def _fit_one(rows: Rows, spec: hw.GPUSpec | hw.UnknownGPU | None, *, folds: int,
         by_shape.setdefault(group, []).append(float(t))
     measured = {group: float(np.median(ts)) for group, ts in by_shape.items()}
     return OpModel(op=rows.op, dtype=rows.dtype, backend=rows.backend, runtime=runtime, energy=energy, cv=cv,
-                   n_rows=len(rows), skipped=dict(rows.skipped), notes=notes, measured=measured)
+                   n_rows=len(rows), skipped=dict(rows.skipped), notes=notes, measured=measured,
+                   power_limits=limits, power_limits_unavailable_reason=no_limits)

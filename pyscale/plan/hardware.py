@@ -34,7 +34,10 @@ class Hardware:
     """Throughput and power of one accelerator for a given architecture, plus the fleet around it.
 
     flops_per_s(config) -> (achieved model FLOP/s per device, source); power_w(config) -> (average W per
-    device while training, source) or (None, reason).
+    device while training, source) or (None, reason). Both at the device's largest power limit; a cost model
+    measured at several limits also gives power_limit_source(config) -> (one dict per measured limit:
+    power_limit_w, time_ratio and energy_ratio against the largest, or None; the source, or why None where
+    the profile has power-limit models but not for every op of the step, else "").
     """
 
     device_name: str
@@ -48,6 +51,7 @@ class Hardware:
     pue: float | None = None
     flops_source: Callable[[Any], tuple[float, str]] | None = None
     power_source: Callable[[Any], tuple[float | None, str]] | None = None
+    power_limit_source: Callable[[Any], tuple[list[dict[str, Any]] | None, str]] | None = None
     notes: list[str] = field(default_factory=list)
     step_options: dict[str, Any] = field(default_factory=dict)  # how a cost model prices a step (dtype, backends)
     time_error: str | None = None  # a cost model's measured step-validation error, shown next to a plan's time

@@ -20,6 +20,12 @@ query heads divisible by 8 and 8 kv heads (GQA) unless asked otherwise, widths m
 of a whole number of 8 (and of data-parallel x micro-batch) sequences; the exact model is within ±5 % of N*
 and the tokens are set so the budget is spent exactly.
 
+With a cost model measured at several GPU power limits (`pyscale.costmodel.power_limits`), the energy and cost
+objectives also choose the power limit, among the measured ones, that minimises the objective for each
+candidate size and so for the planned run (cost is GPU-hours x price: a lower limit wins only when it is no
+slower, and then by its energy); flops and time plans run at the largest limit. `Plan.power_limit` reports
+the choice and the same run's time and energy against the largest limit.
+
 A plan is always an answer: one that does not fit in memory or runs longer than `max_days` is returned with
 `feasible=False` and its `infeasible_reasons` (and a warning), as is one far beyond the law's data (its
 `extrapolation_factor` above EXTRAPOLATION_THRESHOLD).
@@ -117,6 +123,9 @@ class Plan:
     infeasible_reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # infeasibility and extrapolation, one line each
     architecture_options: dict[str, Any] = field(default_factory=dict)  # the gqa_ratio/heads_multiple asked for
+    # the GPU power limit chosen and its trade-off against the largest (`_power_limit_report`); None without a
+    # power-limit model, and then absent from to_dict()
+    power_limit: dict[str, Any] | None = None
 
     device = _cost_attribute("device")
     n_devices = _cost_attribute("n_devices")
@@ -141,12 +150,34 @@ class Plan:
         d["budget"] = {"kind": self.budget.kind, "value": self.budget.value, "text": self.budget.describe()}
         d["extrapolated"] = bool(extrapolation_label(self.extrapolation_factor))
         d["config"] = self.config.to_dict()
+        if d["power_limit"] is None:
+            del d["power_limit"]
         return d
 
 
 def _search_flops_per_token(n: float, shaped: GPTConfig, k: float) -> float:
     """Model FLOPs per token of size n: k·n plus PaLM's attention 12·L·H·Q·T of its rule-shaped config."""
     return k * n + 12.0 * shaped.n_layers * shaped.n_heads * shaped.head_dim * shaped.seq_len
+
+
+def _limit_options(hardware: Hardware | None, config: GPTConfig) -> list[dict[str, Any]] | None:
+    """Time and energy of `config` at each measured power limit, against the largest; None without a model."""
+    if hardware is None or hardware.power_limit_source is None:
+        return None
+    return hardware.power_limit_source(config)[0]
+
+
+def _pick_limit(options: list[dict[str, Any]], objective: str) -> dict[str, Any]:
+    """The power limit `objective` chooses: the least energy (then time) for energy, the least time (then
+    energy) for cost, which prices GPU-hours; the largest limit for flops and time."""
+    largest = max(options, key=lambda o: o["power_limit_w"])
+    if objective == "energy":
+        usable = [o for o in options if o["energy_ratio"] is not None]
+        return min(usable, key=lambda o: (o["energy_ratio"], o["time_ratio"])) if usable else largest
+    if objective == "cost":
+        return min(options, key=lambda o: (o["time_ratio"], math.inf if o["energy_ratio"] is None
+                                           else o["energy_ratio"], -o["power_limit_w"]))
+    return largest
 
 
 def _unit_cost(objective: str, hardware: Hardware | None, k: float, pue_applies: bool, shape):
@@ -175,13 +206,23 @@ def _unit_cost(objective: str, hardware: Hardware | None, k: float, pue_applies:
 
     if objective == "time":
         return gpu_seconds
+    def at_best_limit(value: float, source: str, priced: GPTConfig) -> tuple[float, str]:
+        options = _limit_options(hardware, priced)
+        if options is None:
+            return value, source
+        best = _pick_limit(options, objective)
+        factor = best["energy_ratio"] if objective == "energy" else best["time_ratio"]
+        return value * factor, (f"{source}; at {best['power_limit_w']:g} W, the measured power limit that "
+                                f"minimises {objective} for this size")
+
     if objective == "energy":
         def joules(n: float, config: GPTConfig | None = None) -> tuple[float, str]:
             s, src = gpu_seconds(n, config)
             watts, psrc = hardware.power(config or shape(n))
             if watts is None:
                 raise ValueError(f"objective 'energy': {psrc}")
-            return s * watts * (hardware.pue if pue_applies and hardware.pue else 1.0), f"{src}; {psrc}"
+            return at_best_limit(s * watts * (hardware.pue if pue_applies and hardware.pue else 1.0),
+                                 f"{src}; {psrc}", config or shape(n))
         return joules
     if objective == "cost":
         if hardware.price_per_device_hour is None:
@@ -189,7 +230,7 @@ def _unit_cost(objective: str, hardware: Hardware | None, k: float, pue_applies:
                                  "price_per_device_hour")
         def dollars(n: float, config: GPTConfig | None = None) -> tuple[float, str]:
             s, src = gpu_seconds(n, config)
-            return s / 3600 * hardware.price_per_device_hour, src
+            return at_best_limit(s / 3600 * hardware.price_per_device_hour, src, config or shape(n))
         return dollars
     raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}: got {objective!r}")
 
@@ -348,9 +389,20 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
     assumptions.append(f"batch: {batch.assumption}")
     steps = max(1, math.ceil(tokens / batch.tokens))
 
-    cost, cost_assumptions, priced_unavailable = _price(hardware, config, model_flops)
+    limit_options = _limit_options(hardware, config)
+    chosen = None if limit_options is None else _pick_limit(limit_options, objective)
+    cost, cost_assumptions, priced_unavailable = _price(hardware, config, model_flops, chosen)
     assumptions += cost_assumptions
     unavailable.update(priced_unavailable)
+    power_limit = None
+    if limit_options is None and objective in ("energy", "cost") and hardware and hardware.power_limit_source:
+        why = hardware.power_limit_source(config)[1]
+        if why:  # a profile with power-limit models that cannot price this step across limits
+            unavailable["power_limit"] = f"no GPU power limit chosen (priced at the largest): {why}"
+    if limit_options is not None:
+        power_limit, text = _power_limit_report(limit_options, chosen, objective, cost,
+                                                hardware.power_limit_source(config)[1])
+        assumptions.append(text)
     reasons = _infeasible(memory, cost, max_days)
     warnings = [f"infeasible: {r}" for r in reasons] + warnings
     flops_opt = None
@@ -368,7 +420,7 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
                 memory=memory, cost=cost, inference_tokens=inference_tokens, assumptions=assumptions,
                 unavailable=unavailable, flops_optimal=flops_opt, extrapolation_factor=factor,
                 feasible=not reasons, infeasible_reasons=reasons, warnings=warnings,
-                architecture_options=options)
+                architecture_options=options, power_limit=power_limit)
 
 
 def _check_allocation_options(lc: LawChoice, budget: Budget, inference_tokens: float, batch_law: str) -> None:
@@ -464,10 +516,54 @@ def _too_small(budget: Budget, n_min: float) -> ValueError:
                       f"(~{n_min:.3g} parameters) needs for {MIN_TOKENS_PER_PARAM:g} token per parameter")
 
 
-def _price(hardware: Hardware | None, config: GPTConfig, model_flops: float
+def _power_limit_report(options: list[dict[str, Any]], chosen: dict[str, Any], objective: str, cost: PlanCost,
+                        source: str) -> tuple[dict[str, Any], str]:
+    """(the power limit a plan runs at, with the same run's time and energy against the largest limit; the
+    assumption line that says so)."""
+    largest = max(options, key=lambda o: o["power_limit_w"])
+
+    def change(o: dict[str, Any], key: str) -> float | None:
+        return None if o[key] is None or largest[key] is None else o[key] / largest[key] - 1.0
+
+    def trade(o: dict[str, Any]) -> str:
+        energy = change(o, "energy_ratio")
+        return (f"time {change(o, 'time_ratio'):+.1%}, energy " +
+                ("unknown (not measured across limits)" if energy is None else f"{energy:+.1%}"))
+
+    measured = [o["power_limit_w"] for o in sorted(options, key=lambda o: o["power_limit_w"])]
+    listed = ", ".join(f"{w:g}" for w in measured)
+    at, top = chosen["power_limit_w"], largest["power_limit_w"]
+    if objective in ("energy", "cost") and at != top:
+        text = (f"power limit: {at:g} W, of the measured {listed} W, minimises {objective} for this run; against "
+                f"the largest limit ({top:g} W) the same run takes {trade(chosen)} ({source})")
+    elif objective in ("energy", "cost"):
+        text = f"power limit: the largest measured ({top:g} W, of {listed} W) minimises {objective} for this run"
+        if objective == "cost":
+            text += " (cost prices GPU-hours: a lower limit wins only when it is no slower)"
+        text += f" ({source})"
+    else:
+        best = _pick_limit(options, "energy")
+        text = f"power limit: the largest measured ({top:g} W, of {listed} W): a {objective} plan runs at full power"
+        if best["power_limit_w"] != top:
+            text += f"; at {best['power_limit_w']:g} W, the energy-optimal limit, this run would take {trade(best)}"
+        text += f" ({source})"
+    time_ratio, energy_ratio = chosen["time_ratio"], chosen["energy_ratio"]
+    return {"power_limit_w": at, "largest_w": top, "measured_w": measured,
+            "chosen_by": objective if objective in ("energy", "cost") else "largest (flops and time plans)",
+            "time_change": change(chosen, "time_ratio"), "energy_change": change(chosen, "energy_ratio"),
+            "time_s_at_largest": None if cost.time_s is None else cost.time_s / time_ratio,
+            "energy_kwh_at_largest": None if cost.energy_kwh is None or not energy_ratio
+            else cost.energy_kwh / energy_ratio,
+            "options": [{"power_limit_w": o["power_limit_w"], "time_change": change(o, "time_ratio"),
+                         "energy_change": change(o, "energy_ratio")} for o in options],
+            "source": source}, text
+
+
+def _price(hardware: Hardware | None, config: GPTConfig, model_flops: float, limit: dict[str, Any] | None = None
            ) -> tuple[PlanCost, list[str], dict[str, str]]:
     """The cost block of a plan training `config` for `model_flops`, the assumptions it rests on, and why
-    each figure it cannot give is unavailable."""
+    each figure it cannot give is unavailable. `limit`: the power-limit option it runs at (time_ratio and
+    energy_ratio against the largest limit, whose figures the hardware gives); None: the largest."""
     assumptions: list[str] = []
     unavailable: dict[str, str] = {}
     if hardware is None:
@@ -482,6 +578,9 @@ def _price(hardware: Hardware | None, config: GPTConfig, model_flops: float
         return cost, assumptions, unavailable
     cost.throughput_flops_per_s, cost.throughput_source = hardware.throughput(config)
     cost.mfu = hardware.mfu(config)
+    if limit is not None:  # the hardware's figures are those of the largest limit
+        cost.throughput_flops_per_s /= limit["time_ratio"]
+        cost.mfu = None if cost.mfu is None else cost.mfu / limit["time_ratio"]
     cost.time_s = model_flops / cost.throughput_flops_per_s
     cost.gpu_hours = cost.time_s * hardware.n_devices / 3600
     assumptions.append(f"throughput: {cost.throughput_source}")
@@ -489,6 +588,13 @@ def _price(hardware: Hardware | None, config: GPTConfig, model_flops: float
     if hardware.time_error:
         assumptions.append(f"time: {hardware.time_error}")
     watts, power_source = hardware.power(config)
+    if watts is not None and limit is not None:
+        if limit["energy_ratio"] is None:
+            watts, power_source = None, (f"no energy measured across power limits at {limit['power_limit_w']:g} W "
+                                         "(pyscale bench --energy --power-limits)")
+        else:
+            watts *= limit["energy_ratio"] / limit["time_ratio"]
+            power_source += f", at {limit['power_limit_w']:g} W through the power-limit model"
     if watts is None:
         unavailable["energy_kwh"] = power_source
     else:
@@ -528,7 +634,8 @@ def _architecture_assumption(config: GPTConfig, embeddings: bool, n_star: float,
 def equal_loss_candidates(p: Plan, *, law: str | Any = "epoch2024", hardware: Hardware, span: float = 8.0,
                           points: int = 41) -> list[dict[str, float]]:
     """Models from N*/span to N*·span trained to the plan's predicted loss, with their time and GPU energy:
-    the time-energy trade-off around a plan (for the Pareto plot). Sizes that cannot reach the loss are left out."""
+    the time-energy trade-off around a plan (for the Pareto plot). Sizes that cannot reach the loss are left out.
+    With a power-limit model, one point per size and measured limit (with its `power_limit_w`)."""
     lc = choose_law(law)
     if hardware.flops_source is None:
         raise ParameterError("hardware: a time-energy trade-off needs a throughput (mfu=, profile= or store=)",
@@ -549,6 +656,14 @@ def equal_loss_candidates(p: Plan, *, law: str | Any = "epoch2024", hardware: Ha
         flops = _search_flops_per_token(float(n), shaped, lc.flops_per_param_token) * d
         time_s = flops / (rate * hardware.n_devices * float(hardware.dp_efficiency))
         watts, _ = hardware.power(shaped)
-        out.append({"n_params": float(n), "tokens": d, "time_s": time_s,
-                    "energy_kwh": None if watts is None else watts * hardware.n_devices * time_s / 3.6e6})
+        energy = None if watts is None else watts * hardware.n_devices * time_s / 3.6e6
+        options = _limit_options(hardware, shaped)
+        if options is None:
+            out.append({"n_params": float(n), "tokens": d, "time_s": time_s, "energy_kwh": energy})
+            continue
+        for o in sorted(options, key=lambda o: o["power_limit_w"]):
+            out.append({"n_params": float(n), "tokens": d, "power_limit_w": o["power_limit_w"],
+                        "time_s": time_s * o["time_ratio"],
+                        "energy_kwh": None if energy is None or o["energy_ratio"] is None
+                        else energy * o["energy_ratio"]})
     return out

@@ -68,21 +68,41 @@ def iso_loss(plan: Any, law: Any, path: str | Path, *, others: dict[str, Any] | 
     return Path(path)
 
 
-def pareto(points: list[dict[str, float]], path: str | Path) -> Path:
-    """Time-energy trade-off of plans that reach the same loss (points: time_s, energy_kwh, n_params)."""
+def pareto_figure(points: list[dict[str, float]]) -> Any:
+    """Time-energy trade-off of plans that reach the same loss (points: time_s, energy_kwh, n_params, and
+    power_limit_w when a power-limit model priced them): the candidates, coloured by power limit when they
+    have one, and their Pareto front (`pareto_front`) over every (size, limit) point."""
     from pyscale.plan.pareto import pareto_front
 
     plt = _pyplot()
     pts = sorted((p for p in points if p.get("time_s") and p.get("energy_kwh")), key=lambda p: p["time_s"])
     front = pareto_front(pts, energy_key="energy_kwh")
+    limits = sorted({p["power_limit_w"] for p in pts if p.get("power_limit_w") is not None})
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter([p["time_s"] / 3600 for p in pts], [p["energy_kwh"] for p in pts], s=12, color="0.6",
-               label="candidate sizes")
+    if limits:
+        colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(limits)))
+        for limit, colour in zip(limits, colours):
+            at = [p for p in pts if p.get("power_limit_w") == limit]
+            ax.scatter([p["time_s"] / 3600 for p in at], [p["energy_kwh"] for p in at], s=12, color=colour,
+                       label=f"candidate sizes at {limit:g} W")
+        title = "time vs energy at equal loss (one point per model size and power limit)"
+    else:
+        ax.scatter([p["time_s"] / 3600 for p in pts], [p["energy_kwh"] for p in pts], s=12, color="0.6",
+                   label="candidate sizes")
+        title = "time vs energy at equal loss (one point per model size)"
     ax.plot([p["time_s"] / 3600 for p in front], [p["energy_kwh"] for p in front], "r.-", label="Pareto front")
-    ax.set(xscale="log", yscale="log", xlabel="training time (h)", ylabel="GPU energy (kWh)",
-           title="time vs energy at equal loss (one point per model size)")
+    ax.set(xscale="log", yscale="log", xlabel="training time (h)", ylabel="GPU energy (kWh)", title=title)
+    if limits:
+        ax.title.set_fontsize(9)  # the longer title fits the figure
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def pareto(points: list[dict[str, float]], path: str | Path) -> Path:
+    """Write the time-energy figure (`pareto_figure`) to `path`."""
+    plt = _pyplot()
+    fig = pareto_figure(points)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)

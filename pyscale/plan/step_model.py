@@ -139,12 +139,14 @@ def missing_step_ops(profile: Any, dtype: str) -> list[str]:
 
 
 def predict_gpt_step(profile: Any, config: Any, micro_batch: int, *, peak_flops_per_s: float | None = None,
-                     communication_s: float = 0.0, **breakdown: Any) -> StepPrediction:
+                     communication_s: float = 0.0, power_limit_w: float | None = None,
+                     **breakdown: Any) -> StepPrediction:
     """Predicted time, energy and MFU of one training step (see `gpt_op_breakdown` for `breakdown`).
 
     `step_ops=None` (the default here) prices the ops outside GEMMs and attention when the profile models them
     all and otherwise leaves them out, saying so in the prediction's notes; True requires them.
     `communication_s`: the user-given seconds of communication per step that no op overlaps (0 on one device).
+    `power_limit_w`: price the step at that GPU power limit (`pyscale.costmodel.predict_step`).
     """
     tokens = micro_batch * config.seq_len
     step_ops = breakdown.pop("step_ops", None)
@@ -157,7 +159,8 @@ def predict_gpt_step(profile: Any, config: Any, micro_batch: int, *, peak_flops_
                     "only, and leaves out the rest of the step (norms, activations, loss, embedding, optimizer)")
     pred = predict_step(profile, gpt_op_breakdown(config, micro_batch, step_ops=step_ops, **breakdown),
                         model_flops=float(config.model_flops_per_token()) * tokens, tokens=tokens,
-                        peak_flops_per_s=peak_flops_per_s, communication_s=communication_s)
+                        peak_flops_per_s=peak_flops_per_s, communication_s=communication_s,
+                        power_limit_w=power_limit_w)
     if note:
         pred.notes.append(note)
     return pred
@@ -171,6 +174,9 @@ def hardware_from_profile(profile: Any, *, micro_batch: int = 1, peak_flops_per_
 
     The sources take a concrete architecture (a GPTConfig): a cost model prices shapes, not a parameter count.
     `communication_s`: user-given communication seconds per step (`predict_gpt_step`).
+    Throughput and power are those at the largest measured power limit; where the profile models every op of
+    the step across power limits, `power_limit_source` gives the step's time and energy at each measured limit
+    relative to that.
     """
     @functools.lru_cache(maxsize=1024)  # the planner asks for throughput and power of the same configs
     def predict(config: Any) -> StepPrediction:
@@ -179,6 +185,17 @@ def hardware_from_profile(profile: Any, *, micro_batch: int = 1, peak_flops_per_
                              f"got {type(config).__name__}")
         return predict_gpt_step(profile, config, micro_batch, peak_flops_per_s=peak_flops_per_s, dtype=dtype,
                                 communication_s=communication_s, **breakdown)
+
+    def at_limits(config: Any) -> tuple[list[dict[str, Any]] | None, str]:
+        base = predict(config)
+        if not base.at_power_limits:  # the reason matters only where the profile has a power-limit model at all
+            modelled = any(getattr(m, "power_limits", None) is not None for m in getattr(profile, "models", ()))
+            return None, str(base.power_limits_reason) if modelled else ""
+        options = [{"power_limit_w": at["power_limit_w"], "time_ratio": at["time_s"] / base.time_s,
+                    "energy_ratio": None if at["energy_j"] is None or base.energy_j is None
+                    else at["energy_j"] / base.energy_j} for at in base.at_power_limits]
+        listed = ", ".join(f"{o['power_limit_w']:g}" for o in options)
+        return options, f"power-limit model of {profile.device_name}: every op of the step measured at {listed} W"
 
     def flops(config: Any) -> tuple[float, str]:
         pred = predict(config)
@@ -198,7 +215,8 @@ def hardware_from_profile(profile: Any, *, micro_batch: int = 1, peak_flops_per_
     return Hardware(device_name=profile.device_name, n_devices=n_devices, dp_efficiency=dp_efficiency,
                     dp_efficiency_source="user-given" if dp_efficiency else "", peak_flops_per_s=peak_flops_per_s,
                     dtype=dtype, memory_bytes=memory_bytes, price_per_device_hour=price_per_device_hour, pue=pue,
-                    flops_source=flops, power_source=power, time_error=validation_summary(profile),
+                    flops_source=flops, power_source=power, power_limit_source=at_limits,
+                    time_error=validation_summary(profile),
                     step_options={"dtype": dtype, "micro_batch": micro_batch, **breakdown})
 
 
@@ -314,7 +332,8 @@ STEP_CONFIG_KEYS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "voc
 def validate_against_store(profile: Any, rows: Sequence[dict[str, Any]], *,
                            communication_s: float = 0.0) -> list[dict[str, Any]]:
     """Predicted vs measured step time of stored `gpt_step` rows (relative error per row), each row priced
-    with the implementation it ran (`implementation_of`)."""
+    with the implementation it ran (`implementation_of`) and, where the profile models every op of the step at
+    the row's recorded power limit, at that limit (`priced_at_power_limit_w`); else at the largest."""
     from pyscale.models.config import GPTConfig
 
     out = []
@@ -324,11 +343,18 @@ def validate_against_store(profile: Any, rows: Sequence[dict[str, Any]], *,
         config = GPTConfig(**fields)
         options = implementation_of(r)
         pred = predict_gpt_step(profile, config, int(p["batch"]), communication_s=communication_s, **options)
+        # a step measured at a power limit the profile models every op at is priced at that limit
+        limit = r.get("power_limit_w")
+        at = next((a for a in pred.at_power_limits if limit is not None and a["power_limit_w"] == limit), None)
+        predicted = pred.time_s if at is None else at["time_s"]
         extra = r.get("extra") or {}
-        out.append({"config": fields, "batch": int(p["batch"]), "priced_as": options, "measured_s": r["time_s_median"],
-                    "predicted_s": pred.time_s, "rel_error": pred.time_s / r["time_s_median"] - 1.0,
-                    "measured_stable": extra.get("stable"),
-                    "predicted_share_outside_gemm_attention": _share_outside(pred)})
+        check = {"config": fields, "batch": int(p["batch"]), "priced_as": options, "measured_s": r["time_s_median"],
+                 "predicted_s": predicted, "rel_error": predicted / r["time_s_median"] - 1.0,
+                 "measured_stable": extra.get("stable"),
+                 "predicted_share_outside_gemm_attention": _share_outside(pred)}
+        if at is not None:
+            check["priced_at_power_limit_w"] = limit
+        out.append(check)
     return out
 
 
