@@ -82,49 +82,61 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
 
 
 def _print_profile(profile: Any) -> None:
-    print(f"device: {profile.device_name} ({profile.device_kind or 'unknown kind'}), created {profile.created}")
+    """The profile in 80 columns: a runtime table, an energy table, then each model's units and notes."""
+    import textwrap
+
+    def say(text: str, indent: str = "") -> None:
+        print(textwrap.fill(text, 80, initial_indent=indent, subsequent_indent=indent + "  ", break_on_hyphens=False))
+
+    say(f"device: {profile.device_name} ({profile.device_kind or 'unknown kind'}), created {profile.created}")
     src = profile.source or {}
     if src.get("command"):
-        print(f"command: {src['command']}")
+        say(f"command: {src['command']}")
     lib = {k: v for k, v in profile.versions.items() if k != "device"}
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(lib.items())) +
-          (f"; device {profile.versions['device']}" if profile.versions.get("device") else ""))
-    header = (f"{'op':<16} {'dtype':<8} {'backend':<10} {'rows':>5} {'eta_c':>9} {'eta_m':>9} {'t0_s':>9} "
-              f"{'alpha':>5} | {'time MAPE%':>10} {'R2log':>6} | {'E MAPE%':>8} {'E e2e%':>7} {'E P̄%':>6} "
-              f"| {'P MAPE%':>7} {'P P̄%':>6}")
-    print(header)
-    print("-" * len(header))
-    for m in profile.models:
+    say("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(lib.items())) +
+        (f"; device {profile.versions['device']}" if profile.versions.get("device") else ""))
+    names = [f"{m.op}/{m.dtype}/{m.backend}" for m in profile.models]
+    w = max([len("op/dtype/backend"), *map(len, names)])
+    metrics = [m.cv.metrics if m.cv else {} for m in profile.models]
+
+    def metric(cv: dict, name: str, key: str = "mape_pct") -> str:
+        return _fmt(cv.get(name, {}).get(key), ".1f" if key == "mape_pct" else ".3f")
+
+    print()
+    say("runtime: eta_c/eta_m, the fraction of the hw peak/bandwidth (or FLOP/s and bytes/s where the device has "
+        "none); t0_s, the fixed cost of a call; alpha, wave quantisation; MAPE from leave-shape-out CV")
+    print(f"{'op/dtype/backend':<{w}} {'rows':>4} {'eta_c':>7} {'eta_m':>7} {'t0_s':>8} {'alpha':>5} "
+          f"{'time MAPE%':>10} {'R2log':>6}")
+    for name, m, cv in zip(names, profile.models, metrics):
         r = m.runtime
-        cv = m.cv.metrics if m.cv else {}
-
-        def metric(name: str, key: str = "mape_pct", cv: dict = cv) -> str:
-            return _fmt(cv.get(name, {}).get(key), ".1f" if key == "mape_pct" else ".3f")
-
-        print(f"{m.op:<16} {m.dtype:<8} {m.backend:<10} {m.n_rows:>5} {_fmt(r.eta_compute):>9} "
-              f"{_fmt(r.eta_memory):>9} {_fmt(r.t0_s):>9} {r.wave_alpha:>5.2f} | {metric('runtime'):>10} "
-              f"{metric('runtime', 'r2_log'):>6} | {metric('energy'):>8} {metric('energy_e2e'):>7} "
-              f"{metric('energy_baseline'):>6} | {metric('power'):>7} {metric('power_baseline'):>6}")
-    print("eta_c/eta_m: fraction of the hw peak/bandwidth, or FLOP/s and bytes/s where the device has none; "
-          "MAPE from leave-shape-out CV; P̄ = constant-power baseline")
-    for m in profile.models:
+        print(f"{name:<{w}} {m.n_rows:>4} {_fmt(r.eta_compute):>7} {_fmt(r.eta_memory):>7} {_fmt(r.t0_s):>8} "
+              f"{r.wave_alpha:>5.2f} {metric(cv, 'runtime'):>10} {metric(cv, 'runtime', 'r2_log'):>6}")
+    print()
+    say("energy and power, MAPE from leave-shape-out CV: E from measured time, E e2e from predicted time; P̄: the "
+        "constant-power baseline they must beat")
+    print(f"{'op/dtype/backend':<{w}} {'E MAPE%':>7} {'E e2e%':>6} {'E P̄%':>5} {'P MAPE%':>7} {'P P̄%':>5}")
+    for name, cv in zip(names, metrics):
+        print(f"{name:<{w}} {metric(cv, 'energy'):>7} {metric(cv, 'energy_e2e'):>6} {metric(cv, 'energy_baseline'):>5} "
+              f"{metric(cv, 'power'):>7} {metric(cv, 'power_baseline'):>5}")
+    print()
+    for name, m in zip(names, profile.models):
         units = f"units: compute {m.runtime.compute_units}, memory {m.runtime.memory_units}"
         if m.energy:
             units += (f"; energy e_flop {m.energy.e_flop_j:.3g} J/FLOP, e_byte {m.energy.e_byte_j:.3g} J/B, "
                       f"P0 {m.energy.p0_w:.3g} W")
-        print(f"  {m.op}/{m.dtype}/{m.backend}: {units}")
+        say(f"{name}: {units}", "  ")
         for note in [*m.notes, *m.runtime.notes, *(m.energy.notes if m.energy else []),
                      *(m.cv.notes if m.cv else [])]:
-            print(f"    note: {note}")
+            say(f"note: {note}", "    ")
     for note in profile.notes:
-        print(f"note: {note}")
+        say(f"note: {note}")
     _print_power_limits(profile)
     if profile.validation:
         v = profile.validation
         print(f"step validation ({v.get('created')}, {v.get('command') or 'command not recorded'}):")
         _print_checks(profile.device_name, v.get("steps", []), v["summary"])
     else:
-        print("step validation: none recorded (pyscale costmodel validate PROFILE.json --record)")
+        print("step validation: none recorded (pyscale costmodel validate PROFILE --record)")
 
 
 def _wrapped(text: str, indent: str = "") -> None:

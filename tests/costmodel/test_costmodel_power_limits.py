@@ -160,7 +160,7 @@ def test_cli_fit_and_show_print_the_power_limit_section_in_80_columns(tmp_path, 
     assert cli.main(["costmodel", "show", str(out)]) == 0
     shown = capsys.readouterr().out
     section = shown[shown.index("power limits:"):shown.index("step validation")].splitlines()
-    assert all(len(line) <= 80 for line in section), [line for line in section if len(line) > 80]
+    assert all(len(line) <= 80 for line in shown.splitlines()), [line for line in shown.splitlines() if len(line) > 80]
     table = [line.split() for line in section if line.split() and line.split()[0] in {"200", "300", "400", "700"}]
     assert [row[0] for row in table] == ["200", "300", "400", "700"]
     assert float(table[1][1]) == pytest.approx(1.25, abs=0.015)  # the slowdown at 300 W
