@@ -68,6 +68,9 @@ def iso_loss(plan: Any, law: Any, path: str | Path, *, others: dict[str, Any] | 
     return Path(path)
 
 
+ZOOM = 3.0  # the time-energy axes reach this many times the Pareto front's largest time and energy
+
+
 def pareto_figure(points: list[dict[str, float]]) -> Any:
     """Time-energy trade-off of plans that reach the same loss (points: time_s, energy_kwh, n_params, and
     power_limit_w when a power-limit model priced them): the candidates, coloured by power limit when they
@@ -77,6 +80,14 @@ def pareto_figure(points: list[dict[str, float]]) -> Any:
     plt = _pyplot()
     pts = sorted((p for p in points if p.get("time_s") and p.get("energy_kwh")), key=lambda p: p["time_s"])
     front = pareto_front(pts, energy_key="energy_kwh")
+    # The equal-loss candidates span decades of size; the trade-off lives near the front, so the axes show
+    # the candidates within ZOOM x the front's extent on both axes, and the title counts the rest.
+    if front:
+        t_max, e_max = (ZOOM * max(p[k] for p in front) for k in ("time_s", "energy_kwh"))
+        shown = [p for p in pts if p["time_s"] <= t_max and p["energy_kwh"] <= e_max]
+        hidden, pts = len(pts) - len(shown), shown
+    else:
+        hidden = 0
     limits = sorted({p["power_limit_w"] for p in pts if p.get("power_limit_w") is not None})
     fig, ax = plt.subplots(figsize=(6, 4.5))
     if limits:
@@ -91,8 +102,10 @@ def pareto_figure(points: list[dict[str, float]]) -> Any:
                    label="candidate sizes")
         title = "time vs energy at equal loss (one point per model size)"
     ax.plot([p["time_s"] / 3600 for p in front], [p["energy_kwh"] for p in front], "r.-", label="Pareto front")
+    if hidden:
+        title += f"\n{hidden} candidates more than {ZOOM:g}x the front's time or energy are off the axes"
     ax.set(xscale="log", yscale="log", xlabel="training time (h)", ylabel="GPU energy (kWh)", title=title)
-    if limits:
+    if limits or hidden:
         ax.title.set_fontsize(9)  # the longer title fits the figure
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -104,6 +104,12 @@ def test_the_time_energy_front_spans_sizes_and_limits(limits_profile, energy_pla
     line = ax.lines[0]
     assert list(line.get_ydata()) == [x["energy_kwh"] for x in front]
     assert len(ax.collections) == len(LIMITS) and "power limit" in ax.get_title()
+    # far-off candidates (decades of size away) leave the axes, counted in the title
+    from pyscale.plan.plot import ZOOM
+
+    shown = sum(len(c.get_offsets()) for c in ax.collections)
+    far = [x for x in pts if x["time_s"] > ZOOM * front[-1]["time_s"] or x["energy_kwh"] > ZOOM * front[0]["energy_kwh"]]
+    assert shown == len(pts) - len(far) and (f"{len(far)} candidates more than" in ax.get_title()) == bool(far)
 
 
 def test_cli_plan_from_a_profile_file_dumps_the_power_limit(limits_profile, tmp_path, capsys):
