@@ -182,6 +182,14 @@ def test_store_rows_of_two_models_or_no_limits_are_refused(tmp_path):
 # ------------------------------------------------------------------------------------------- the command
 
 
+def user_error(capsys, argv, fragment):
+    """`pyscale argv` fails with one line naming `fragment` and status 2 (the CLI's rule for a user's mistake)."""
+    rc = cli.main(argv)
+    _, err = capsys.readouterr()
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (rc, err)
+    assert err.startswith("pyscale energy optimize: ") and fragment in err, err
+
+
 def test_cli_prints_the_choices_at_80_columns_and_json_exactly(tmp_path, capsys):
     argv = ["energy", "optimize", "--steps", str(steps_csv(tmp_path)), "--runs", str(runs_csv(tmp_path)),
             "--baseline-batch", "32"]
@@ -214,8 +222,6 @@ def test_cli_reads_the_store(tmp_path, capsys):
     (["--epoch-samples", "10"], "--epoch-samples goes with --store"),
 ])
 def test_cli_errors_are_one_line_naming_the_flag(tmp_path, capsys, extra, fragment):
-    from tests.test_cli_errors import user_error
-
     db = _store_with_steps(tmp_path / "s.db", [(32, 300.0, 0.1, 200.0)])
     argv = ["energy", "optimize", "--steps", str(steps_csv(tmp_path)), "--runs", str(runs_csv(tmp_path)),
             "--baseline-batch", "32"]
@@ -223,8 +229,6 @@ def test_cli_errors_are_one_line_naming_the_flag(tmp_path, capsys, extra, fragme
 
 
 def test_cli_store_needs_epoch_samples(tmp_path, capsys):
-    from tests.test_cli_errors import user_error
-
     db = _store_with_steps(tmp_path / "s.db", [(32, 300.0, 0.1, 200.0)])
     user_error(capsys, ["energy", "optimize", "--store", str(db), "--runs", str(runs_csv(tmp_path)),
                         "--baseline-batch", "32"], "--store needs --epoch-samples N")
