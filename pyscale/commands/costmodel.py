@@ -275,18 +275,29 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _print_checks(device: str, checks: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    print(f"{device}: {summary['n_steps']} measured step(s), each priced with the implementation it ran")
-    print(f"{'layers':>6} {'d_model':>7} {'heads':>5} {'seq':>5} {'batch':>5} {'vocab':>6} | {'measured ms':>11} "
-          f"{'predicted ms':>12} {'error':>7} | {'rest %':>6}  priced as")
+    """The comparison in 80 columns: one row a step, its pricing said once when every step shares it."""
+    def priced(c: dict[str, Any]) -> str:
+        o = c["priced_as"]
+        return f"{o['dtype']}, attention {o['attention_backend']}, optimizer {o['optimizer_backend']}"
+
+    import textwrap
+
+    ways = {priced(c) for c in checks}
+    print(textwrap.fill(f"{device}: {summary['n_steps']} measured step(s), each priced with the implementation it "
+                        "ran" + (f" ({ways.pop()})" if len(ways) == 1 else ""), 80, subsequent_indent="  "))
+    print(f"{'layers':>6} {'d_model':>7} {'heads':>5} {'seq':>5} {'batch':>5} {'vocab':>6} | {'measured':>8} "
+          f"{'predicted':>9} {'error':>7} | {'rest%':>6}")
     for c in checks:
-        cfg, o = c["config"], c["priced_as"]
+        cfg = c["config"]
         print(f"{cfg['n_layers']:>6} {cfg['d_model']:>7} {cfg['n_heads']:>5} {cfg['seq_len']:>5} {c['batch']:>5} "
-              f"{cfg.get('vocab_size', '-'):>6} | {c['measured_s'] * 1e3:>11.4g} {c['predicted_s'] * 1e3:>12.4g} "
-              f"{c['rel_error']:>+7.1%} | {100 * c['predicted_share_outside_gemm_attention']:>6.1f}  "
-              f"{o['dtype']}, attention {o['attention_backend']}, optimizer {o['optimizer_backend']}")
-    print(f"error {summary['min_error']:+.1%} to {summary['max_error']:+.1%}, max |error| "
-          f"{summary['max_abs_error']:.1%}, mean |error| {summary['mean_abs_error']:.1%}; "
-          "rest %: predicted share of the step outside GEMMs and attention")
+              f"{cfg.get('vocab_size', '-'):>6} | {c['measured_s'] * 1e3:>8.4g} {c['predicted_s'] * 1e3:>9.4g} "
+              f"{c['rel_error']:>+7.1%} | {100 * c['predicted_share_outside_gemm_attention']:>6.1f}")
+        if ways:  # the steps ran different implementations: say each one's
+            print(f"{'':>6} priced as {priced(c)}")
+    print(textwrap.fill(f"times in ms; error {summary['min_error']:+.1%} to {summary['max_error']:+.1%}, max "
+                        f"|error| {summary['max_abs_error']:.1%}, mean |error| {summary['mean_abs_error']:.1%}; "
+                        "rest%: the predicted share of the step outside GEMMs and attention", 80,
+                        subsequent_indent="  "))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -61,7 +61,9 @@ def test_validate_compares_the_stored_step_with_the_profiles_prediction(measured
     print(f"CPU GPT step: measured {step['measured_s'] * 1e3:.3g} ms, predicted {step['predicted_s'] * 1e3:.3g} ms")
 
     assert cli.main(["costmodel", "validate", str(profile), "--store", str(db)]) == 0
-    assert "measured" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "measured" in text and "priced with the implementation it ran (fp32" in text
+    assert all(len(line) <= 80 for line in text.splitlines()), text
 
 
 def test_validate_records_its_errors_in_the_profile_and_a_plan_prints_them(measured, tmp_path, capsys):
