@@ -11,10 +11,10 @@ the per-op predictions, count times each. Assumptions, stated so they can be che
   energy is unavailable rather than short);
 * energy is the sum of per-op energies at their predicted times (the energy model's P₀·T term
   carries the static power for exactly that long);
-* at a GPU power limit (`power_limit_w`), each op's time and energy are those at the largest limit scaled by
-  its power-limit model (`DeviceProfile.power_limit_factors`); `at_power_limits` gives the step at each
-  limit at which every op of the step has one (measured limits they share, with the same largest limit), or
-  is empty with `power_limits_reason`.
+* the step is priced at the largest power limit its ops were measured at; `at_power_limits` gives it at
+  each limit at which every op of the step has a power-limit model (measured limits they share, with the
+  same largest limit; each op's time and energy scaled by `DeviceProfile.power_limit_factors`), or is empty
+  with `power_limits_reason`.
 
 MFU follows DESIGN §6: model FLOPs (PaLM convention) / (step time · peak). Without `model_flops` only
 the hardware FLOPs utilisation (executed FLOPs) is given. The built-in model's step is listed by
@@ -57,7 +57,6 @@ class StepPrediction:
     per_op: list[dict[str, Any]]
     unavailable_reasons: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    power_limit_w: float | None = None  # the GPU power limit priced; None: each op's largest measured limit
     # the step at each measured limit every op has a power-limit model at: power_limit_w, time_s, energy_j (None
     # where not measured across limits); empty with the reason in power_limits_reason
     at_power_limits: list[dict[str, Any]] = field(default_factory=list)
@@ -103,13 +102,12 @@ def step_power_limits(profile: Any, calls: Iterable[OpCall]) -> tuple[list[float
 
 def predict_step(profile: Any, op_breakdown: Iterable[Any], *, model_flops: float | None = None,
                  peak_flops_per_s: float | None = None, tokens: int | None = None,
-                 communication_s: float = 0.0, power_limit_w: float | None = None) -> StepPrediction:
+                 communication_s: float = 0.0) -> StepPrediction:
     """Predicted step time (s), energy (J), MFU and J/token of a step given its op breakdown.
 
     `peak_flops_per_s` defaults to the `hw` peak of the profile's device in the dtype carrying the most
     FLOPs. An op missing from the profile is an error naming it (a silent 0 would flatter the step).
     `communication_s`: user-given seconds per step added to the time (module docstring).
-    `power_limit_w`: price the step at that GPU power limit (module docstring); None: at the largest.
     """
     calls = [_as_call(item, i) for i, item in enumerate(op_breakdown)]
     if not calls:
@@ -134,33 +132,26 @@ def predict_step(profile: Any, op_breakdown: Iterable[Any], *, model_flops: floa
         return cache[key]
 
     for call in calls:
-        t0 = float(profile.predict_time_s(call.op, call.dtype, call.flops, call.bytes, backend=call.backend,
-                                          **dict(call.features)))
-        e0 = None  # both at the largest limit
+        t = float(profile.predict_time_s(call.op, call.dtype, call.flops, call.bytes, backend=call.backend,
+                                         **dict(call.features)))
+        entry: dict[str, Any] = {"op": call.op, "dtype": call.dtype, "count": call.count,
+                                 "time_s": t * call.count, "energy_j": None}
+        e = None  # both at the largest limit
         try:
-            e0 = float(profile.predict_energy_j(call.op, call.dtype, call.flops, call.bytes, time_s=t0,
-                                                backend=call.backend))
+            e = float(profile.predict_energy_j(call.op, call.dtype, call.flops, call.bytes, time_s=t,
+                                               backend=call.backend))
+            entry["energy_j"] = e * call.count
+            energy_j += e * call.count
         except ValueError as exc:
             energy_ok = False
             reasons.setdefault("energy_j", str(exc))
         for limit, acc in at_limits.items():
             slowdown, ratio = factors(call, limit)
-            acc[0] += t0 * slowdown * call.count
-            if e0 is None or ratio is None:
+            acc[0] += t * slowdown * call.count
+            if e is None or ratio is None:
                 acc[2] = False
             else:
-                acc[1] += e0 * ratio * call.count
-        slowdown, ratio = (1.0, 1.0) if power_limit_w is None else factors(call, power_limit_w)
-        t = t0 * slowdown
-        entry: dict[str, Any] = {"op": call.op, "dtype": call.dtype, "count": call.count,
-                                 "time_s": t * call.count, "energy_j": None}
-        if e0 is not None and ratio is None:
-            energy_ok = False
-            reasons.setdefault("energy_j", f"op {call.op!r} ({call.dtype}) has no energy measured across power "
-                                           "limits")
-        elif e0 is not None:
-            entry["energy_j"] = e0 * ratio * call.count
-            energy_j += e0 * ratio * call.count
+                acc[1] += e * ratio * call.count
         per_op.append(entry)
         time_s += t * call.count
         flops += call.flops * call.count
@@ -197,6 +188,6 @@ def predict_step(profile: Any, op_breakdown: Iterable[Any], *, model_flops: floa
     return StepPrediction(time_s=time_s, energy_j=energy, flops=flops, model_flops=model_flops,
                           peak_flops_per_s=peak_flops_per_s, mfu=mfu, hfu=hfu, tokens=tokens,
                           energy_j_per_token=per_token, per_op=per_op, unavailable_reasons=reasons, notes=notes,
-                          power_limit_w=power_limit_w, power_limits_reason=limits_reason,
+                          power_limits_reason=limits_reason,
                           at_power_limits=[{"power_limit_w": w, "time_s": acc[0], "energy_j": acc[1] if acc[2] else None}
                                            for w, acc in at_limits.items()])

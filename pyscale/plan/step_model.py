@@ -139,14 +139,12 @@ def missing_step_ops(profile: Any, dtype: str) -> list[str]:
 
 
 def predict_gpt_step(profile: Any, config: Any, micro_batch: int, *, peak_flops_per_s: float | None = None,
-                     communication_s: float = 0.0, power_limit_w: float | None = None,
-                     **breakdown: Any) -> StepPrediction:
+                     communication_s: float = 0.0, **breakdown: Any) -> StepPrediction:
     """Predicted time, energy and MFU of one training step (see `gpt_op_breakdown` for `breakdown`).
 
     `step_ops=None` (the default here) prices the ops outside GEMMs and attention when the profile models them
     all and otherwise leaves them out, saying so in the prediction's notes; True requires them.
     `communication_s`: the user-given seconds of communication per step that no op overlaps (0 on one device).
-    `power_limit_w`: price the step at that GPU power limit (`pyscale.costmodel.predict_step`).
     """
     tokens = micro_batch * config.seq_len
     step_ops = breakdown.pop("step_ops", None)
@@ -159,8 +157,7 @@ def predict_gpt_step(profile: Any, config: Any, micro_batch: int, *, peak_flops_
                     "only, and leaves out the rest of the step (norms, activations, loss, embedding, optimizer)")
     pred = predict_step(profile, gpt_op_breakdown(config, micro_batch, step_ops=step_ops, **breakdown),
                         model_flops=float(config.model_flops_per_token()) * tokens, tokens=tokens,
-                        peak_flops_per_s=peak_flops_per_s, communication_s=communication_s,
-                        power_limit_w=power_limit_w)
+                        peak_flops_per_s=peak_flops_per_s, communication_s=communication_s)
     if note:
         pred.notes.append(note)
     return pred
