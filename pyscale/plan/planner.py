@@ -389,19 +389,18 @@ def plan(budget: Budget | str, *, law: str | Any = "epoch2024", hardware: Hardwa
     assumptions.append(f"batch: {batch.assumption}")
     steps = max(1, math.ceil(tokens / batch.tokens))
 
-    limit_options = _limit_options(hardware, config)
+    limit_options, limit_source = (hardware.power_limit_source(config) if hardware and hardware.power_limit_source
+                                   else (None, ""))
     chosen = None if limit_options is None else _pick_limit(limit_options, objective)
     cost, cost_assumptions, priced_unavailable = _price(hardware, config, model_flops, chosen)
     assumptions += cost_assumptions
     unavailable.update(priced_unavailable)
     power_limit = None
-    if limit_options is None and objective in ("energy", "cost") and hardware and hardware.power_limit_source:
-        why = hardware.power_limit_source(config)[1]
-        if why:  # a profile with power-limit models that cannot price this step across limits
-            unavailable["power_limit"] = f"no GPU power limit chosen (priced at the largest): {why}"
+    if limit_options is None and objective in ("energy", "cost") and limit_source:
+        # a profile with power-limit models that cannot price this step across limits
+        unavailable["power_limit"] = f"no GPU power limit chosen (priced at the largest): {limit_source}"
     if limit_options is not None:
-        power_limit, text = _power_limit_report(limit_options, chosen, objective, cost,
-                                                hardware.power_limit_source(config)[1])
+        power_limit, text = _power_limit_report(limit_options, chosen, objective, cost, limit_source)
         assumptions.append(text)
     reasons = _infeasible(memory, cost, max_days)
     warnings = [f"infeasible: {r}" for r in reasons] + warnings
