@@ -170,6 +170,11 @@ def _table(rows: Rows, use: np.ndarray) -> Table:
     return out
 
 
+def _pairs(table: Table, limit: float, ref: float) -> list[tuple[tuple[float, float, float], ...]]:
+    """(at `limit`, at `ref`) of every shape measured at both."""
+    return [(by[limit], by[ref]) for by in table.values() if limit in by and ref in by]
+
+
 def _geomean(x: list[float]) -> float:
     return float(np.exp(np.mean(np.log(x))))
 
@@ -179,7 +184,7 @@ def _factors(table: Table, limits: list[float]) -> tuple[list[dict[str, Any]], l
     ref = limits[-1]
     points, notes = [], []
     for limit in limits:
-        pairs = [(by[limit], by[ref]) for by in table.values() if limit in by and ref in by]
+        pairs = _pairs(table, limit, ref)
         if not pairs:
             notes.append(f"{limit:g} W left out: no shape measured both there and at {ref:g} W")
             continue
@@ -206,7 +211,7 @@ def _factors(table: Table, limits: list[float]) -> tuple[list[dict[str, Any]], l
 def _errors(table: Table, limit: float, ref: float, slowdown: float,
             energy_ratio: float | None) -> tuple[float | None, float | None]:
     """MAPE (%) of time and energy at `limit` predicted from each shape's measurement at `ref`."""
-    pairs = [(by[limit], by[ref]) for by in table.values() if limit in by and ref in by]
+    pairs = _pairs(table, limit, ref)
     if not pairs:
         return None, None
     t = [abs(b[0] * slowdown / a[0] - 1) for a, b in pairs]
