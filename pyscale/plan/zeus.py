@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyscale.plan.measured import STEP_OP  # the built-in model's step rows, as `pyscale profile` stores them
 from pyscale.plan.pareto import pareto_front
 
 STEP_COLUMNS = ("batch_size", "power_limit_w", "time_s", "avg_power_w")
 RUN_COLUMNS = ("batch_size", "seed", "epochs_to_target")
-STEP_OP = "gpt_step"  # the built-in model's step rows, as `pyscale profile --model gpt` stores them
 # A step row's params that differ between batch sizes of one job (everything else must match).
 _BATCH_PARAMS = ("batch", "tokens_per_step")
 
