@@ -109,21 +109,20 @@ def run(args: argparse.Namespace) -> int:
         measured = power_limits.each(limits, measure, args._prog) if limits else [measure(None)]
     # every limit is restored by now: the tables come after
     title = f"pyscale bench {', '.join(families)} [{shape_set}] on {device}"
-    rows = [row for _, summary in measured for row in bench_rows(summary.rows)]
+    tables = [(applied, bench_rows(summary.rows)) for applied, summary in measured]  # one per limit
+    rows = [row for _, table_rows in tables for row in table_rows]
+    failed = sum(s.failed for _, s in measured)
     if args.export:
         export(rows, args.export)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
-        for applied, summary in measured:
-            table_rows = bench_rows(summary.rows)
+        for applied, table_rows in tables:
             if table_rows:
                 print_bench_table(table_rows, title=title + (f" {power_limits.label(applied)}" if limits else ""))
         ids = ", ".join(str(summary.run_id) for _, summary in measured)
         print(f"run{'s' if len(measured) > 1 else ''} {ids}: {sum(s.measured for _, s in measured)} measured, "
-              f"{sum(s.failed for _, s in measured)} failed, {sum(s.skipped for _, s in measured)} skipped "
-              "(already in the store)")
-    failed = sum(s.failed for _, s in measured)
+              f"{failed} failed, {sum(s.skipped for _, s in measured)} skipped (already in the store)")
     if failed:
         attempted = len(cases) * len(measured) - sum(s.skipped for _, s in measured)
         print(f"pyscale bench: {failed} of {attempted} case(s) failed (status and error "
