@@ -83,17 +83,12 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
 
 def _print_profile(profile: Any) -> None:
     """The profile in 80 columns: a runtime table, an energy table, then each model's units and notes."""
-    import textwrap
-
-    def say(text: str, indent: str = "") -> None:
-        print(textwrap.fill(text, 80, initial_indent=indent, subsequent_indent=indent + "  ", break_on_hyphens=False))
-
-    say(f"device: {profile.device_name} ({profile.device_kind or 'unknown kind'}), created {profile.created}")
+    _wrapped(f"device: {profile.device_name} ({profile.device_kind or 'unknown kind'}), created {profile.created}")
     src = profile.source or {}
     if src.get("command"):
-        say(f"command: {src['command']}")
+        _wrapped(f"command: {src['command']}")
     lib = {k: v for k, v in profile.versions.items() if k != "device"}
-    say("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(lib.items())) +
+    _wrapped("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(lib.items())) +
         (f"; device {profile.versions['device']}" if profile.versions.get("device") else ""))
     names = [f"{m.op}/{m.dtype}/{m.backend}" for m in profile.models]
     w = max([len("op/dtype/backend"), *map(len, names)])
@@ -103,7 +98,7 @@ def _print_profile(profile: Any) -> None:
         return _fmt(cv.get(name, {}).get(key), ".1f" if key == "mape_pct" else ".3f")
 
     print()
-    say("runtime: eta_c/eta_m, the fraction of the hw peak/bandwidth (or FLOP/s and bytes/s where the device has "
+    _wrapped("runtime: eta_c/eta_m, the fraction of the hw peak/bandwidth (or FLOP/s and bytes/s where the device has "
         "none); t0_s, the fixed cost of a call; alpha, wave quantisation; MAPE from leave-shape-out CV")
     print(f"{'op/dtype/backend':<{w}} {'rows':>4} {'eta_c':>7} {'eta_m':>7} {'t0_s':>8} {'alpha':>5} "
           f"{'time MAPE%':>10} {'R2log':>6}")
@@ -112,7 +107,7 @@ def _print_profile(profile: Any) -> None:
         print(f"{name:<{w}} {m.n_rows:>4} {_fmt(r.eta_compute):>7} {_fmt(r.eta_memory):>7} {_fmt(r.t0_s):>8} "
               f"{r.wave_alpha:>5.2f} {metric(cv, 'runtime'):>10} {metric(cv, 'runtime', 'r2_log'):>6}")
     print()
-    say("energy and power, MAPE from leave-shape-out CV: E from measured time, E e2e from predicted time; P̄: the "
+    _wrapped("energy and power, MAPE from leave-shape-out CV: E from measured time, E e2e from predicted time; P̄: the "
         "constant-power baseline they must beat")
     print(f"{'op/dtype/backend':<{w}} {'E MAPE%':>7} {'E e2e%':>6} {'E P̄%':>5} {'P MAPE%':>7} {'P P̄%':>5}")
     for name, cv in zip(names, metrics):
@@ -124,12 +119,12 @@ def _print_profile(profile: Any) -> None:
         if m.energy:
             units += (f"; energy e_flop {m.energy.e_flop_j:.3g} J/FLOP, e_byte {m.energy.e_byte_j:.3g} J/B, "
                       f"P0 {m.energy.p0_w:.3g} W")
-        say(f"{name}: {units}", "  ")
+        _wrapped(f"{name}: {units}", "  ")
         for note in [*m.notes, *m.runtime.notes, *(m.energy.notes if m.energy else []),
                      *(m.cv.notes if m.cv else [])]:
-            say(f"note: {note}", "    ")
+            _wrapped(f"note: {note}", "    ")
     for note in profile.notes:
-        say(f"note: {note}")
+        _wrapped(f"note: {note}")
     _print_power_limits(profile)
     if profile.validation:
         v = profile.validation
@@ -140,9 +135,12 @@ def _print_profile(profile: Any) -> None:
 
 
 def _wrapped(text: str, indent: str = "") -> None:
+    """`text` in lines of at most 80 columns, from `indent`, continued two spaces further in; hyphenated words
+    (leave-one-limit-out) stay whole."""
     import textwrap
 
-    print(textwrap.fill(text, width=80, initial_indent=indent, subsequent_indent=indent + "  "))
+    print(textwrap.fill(text, width=80, initial_indent=indent, subsequent_indent=indent + "  ",
+                        break_on_hyphens=False))
 
 
 def _print_power_limits(profile: Any) -> None:
@@ -280,11 +278,9 @@ def _print_checks(device: str, checks: list[dict[str, Any]], summary: dict[str, 
         o = c["priced_as"]
         return f"{o['dtype']}, attention {o['attention_backend']}, optimizer {o['optimizer_backend']}"
 
-    import textwrap
-
     ways = {priced(c) for c in checks}
-    print(textwrap.fill(f"{device}: {summary['n_steps']} measured step(s), each priced with the implementation it "
-                        "ran" + (f" ({ways.pop()})" if len(ways) == 1 else ""), 80, subsequent_indent="  "))
+    _wrapped(f"{device}: {summary['n_steps']} measured step(s), each priced with the implementation it ran"
+             + (f" ({ways.pop()})" if len(ways) == 1 else ""))
     print(f"{'layers':>6} {'d_model':>7} {'heads':>5} {'seq':>5} {'batch':>5} {'vocab':>6} | {'measured':>8} "
           f"{'predicted':>9} {'error':>7} | {'rest%':>6}")
     for c in checks:
@@ -294,10 +290,9 @@ def _print_checks(device: str, checks: list[dict[str, Any]], summary: dict[str, 
               f"{c['rel_error']:>+7.1%} | {100 * c['predicted_share_outside_gemm_attention']:>6.1f}")
         if ways:  # the steps ran different implementations: say each one's
             print(f"{'':>6} priced as {priced(c)}")
-    print(textwrap.fill(f"times in ms; error {summary['min_error']:+.1%} to {summary['max_error']:+.1%}, max "
-                        f"|error| {summary['max_abs_error']:.1%}, mean |error| {summary['mean_abs_error']:.1%}; "
-                        "rest%: the predicted share of the step outside GEMMs and attention", 80,
-                        subsequent_indent="  "))
+    _wrapped(f"times in ms; error {summary['min_error']:+.1%} to {summary['max_error']:+.1%}, max |error| "
+             f"{summary['max_abs_error']:.1%}, mean |error| {summary['mean_abs_error']:.1%}; rest%: the predicted "
+             "share of the step outside GEMMs and attention")
 
 
 def run(args: argparse.Namespace) -> int:
